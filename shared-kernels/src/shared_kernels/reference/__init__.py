@@ -1,0 +1,1 @@
+"""Plain-PyTorch references: the oracle of every test and the any-device fallback."""

@@ -1,0 +1,43 @@
+"""Helpers for the test suites of shared-kernels and of the method packages."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def setup_cpu_test_env() -> None:
+    """Call at the top of a conftest.py: Triton runs in its interpreter when no GPU is present, and
+    kernel outputs are poisoned before they are written."""
+    if not torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+    os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    os.environ.setdefault("SHARED_KERNELS_POISON", "1")
+
+
+def cuda_marker_skip(items) -> None:
+    """Turn the ``cuda`` marker into a skip with a reason on machines without a GPU."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="marked 'cuda': no CUDA GPU on this machine")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
+def assert_bit_exact(actual: torch.Tensor, expected: torch.Tensor, what: str = "") -> None:
+    """Equal bits (NaNs with equal payload compare equal), with the first mismatches in the message."""
+    assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    assert actual.dtype == expected.dtype, f"{what}: dtype {actual.dtype} != {expected.dtype}"
+    a = actual.detach().cpu().contiguous().view(torch.uint8).reshape(actual.numel(), -1)
+    e = expected.detach().cpu().contiguous().view(torch.uint8).reshape(expected.numel(), -1)
+    bad = (a != e).any(dim=-1).nonzero().flatten()
+    if bad.numel():
+        idx = bad[:5].tolist()
+        flat_a, flat_e = actual.detach().cpu().flatten(), expected.detach().cpu().flatten()
+        pairs = ", ".join(f"[{i}] {flat_a[i].item()} vs {flat_e[i].item()}" for i in idx)
+        raise AssertionError(f"{what}: {bad.numel()} of {actual.numel()} elements differ: {pairs}")
