@@ -180,7 +180,7 @@ TRITON_SPECS = [
             "BS": "i32",
             "multiplier": "fp32",
         },
-        constexprs={"HAS_MEAN": True, "CHUNK_N": 64, "BLOCK_D": 128},
+        constexprs={"HAS_MEAN": True, "CHUNK_N": 32, "BLOCK_D": 128},
         expect={80: ("none",), 89: ("none",), 90: ("none",), 100: ("none",)},
         divisible_by_16=("x_ptr", "mean_ptr", "q_ptr", "scale_ptr", "D"),
         num_warps=4,
