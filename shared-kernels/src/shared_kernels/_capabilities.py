@@ -46,6 +46,11 @@ def capabilities() -> dict[str, Any]:
         for b in info.backends:
             dev = "cuda" if b in ("cuda", "triton") else "cpu"
             ok, why = _backend.backend_status(b, dev)
+            if ok and not torch.cuda.is_available():
+                if b == "cuda":
+                    ok, why = False, "compiled, but no CUDA GPU is present"
+                elif b == "triton" and not _backend.triton_interpreter():
+                    ok, why = False, "no CUDA GPU is present (set TRITON_INTERPRET=1 to run it on the CPU)"
             entry[b] = {"usable": ok} if ok else {"usable": False, "reason": why}
         ops[name] = {"summary": info.summary, "backends": entry}
     return {

@@ -9,7 +9,7 @@ from collections.abc import Callable
 import torch
 
 import shared_kernels as sk
-from shared_kernels import reference as ref
+from shared_kernels.reference import int8_quant as ref_int8
 
 
 def _best_of(fn: Callable[[], object], repeats: int = 5) -> float:
@@ -34,11 +34,15 @@ def print_capabilities() -> None:
         print(f"  compiled module: MISSING ({caps['native_import_error']})")
     else:
         feats = [k for k in ("avx2", "avx512f", "avx512bw", "avx512vl", "avx512vnni") if cpu.get(k)]
-        print(f"  CPU   : {cpu['machine']}, ISA paths {cpu['isa_paths']}, detected {feats}, "
-              f"OpenMP {cpu['openmp']} ({cpu['threads']} threads)")
+        print(
+            f"  CPU   : {cpu['machine']}, ISA paths {cpu['isa_paths']}, detected {feats}, "
+            f"OpenMP {cpu['openmp']} ({cpu['threads']} threads)"
+        )
     if cuda["compiled"]:
-        print(f"  CUDA  : compiled for sm {', '.join(cuda['archs'])} with nvcc {cuda['cuda_version']}, "
-              f"CUTLASS {cuda['cutlass_version']}; GPU present: {cuda['runtime_available']}")
+        print(
+            f"  CUDA  : compiled for sm {', '.join(cuda['archs'])} with nvcc {cuda['cuda_version']}, "
+            f"CUTLASS {cuda['cutlass_version']}; GPU present: {cuda['runtime_available']}"
+        )
     else:
         print("  CUDA  : not compiled in this build")
     print(f"  Triton: {tri.get('version', 'missing')} (interpreter: {tri['interpreter']})")
@@ -48,8 +52,13 @@ def print_capabilities() -> None:
         print(f"    {name:28s} {marks}")
 
 
-def _case(name: str, run_cpu: Callable[[], object], run_ref: Callable[[], object],
-          same: Callable[[object, object], bool], nbytes: int) -> tuple[str, bool, float, float]:
+def _case(
+    name: str,
+    run_cpu: Callable[[], object],
+    run_ref: Callable[[], object],
+    same: Callable[[object, object], bool],
+    nbytes: int,
+) -> tuple[str, bool, float, float]:
     out_cpu, out_ref = run_cpu(), run_ref()
     t_cpu, t_ref = _best_of(run_cpu), _best_of(run_ref)
     return name, same(out_cpu, out_ref), nbytes / t_cpu / 1e9, t_ref / t_cpu
@@ -61,41 +70,66 @@ def run_ops_on_cpu() -> list[tuple[str, bool, float, float]]:
     x[0, 0, 3, 5] = 80.0  # an outlier
     rows = []
     if hasattr(sk, "quantize_int8_per_block"):
+
         def cpu_q():
             return sk.quantize_int8_per_block(x, 128, subtract_mean=True, backend="cpu")
 
         def ref_q(mean=None):
-            return ref.int8_quant.quantize_int8_per_block(x, 128, subtract_mean=True)
+            return ref_int8.quantize_int8_per_block(x, 128, subtract_mean=True)
 
         def same_q(a, b):
             # the float64 mean is summed in a different order: compare q/scale given the kernel's mean
-            qr, sr, _ = ref.int8_quant.quantize_int8_per_block(x, 128, subtract_mean=True, mean=a[2])
-            return _bits_equal(a[0], qr) and _bits_equal(a[1], sr) and torch.allclose(a[2], b[2], rtol=1e-6, atol=1e-7)
+            qr, sr, _ = ref_int8.quantize_int8_per_block(x, 128, subtract_mean=True, mean=a[2])
+            return (
+                _bits_equal(a[0], qr)
+                and _bits_equal(a[1], sr)
+                and torch.allclose(a[2], b[2], rtol=1e-6, atol=1e-7)
+            )
 
         rows.append(_case("int8 per-block (+mean)", cpu_q, ref_q, same_q, x.numel() * 5))
     if hasattr(sk, "hadamard_transform"):
         h = x.reshape(-1, 128)
-        rows.append(_case("hadamard 128", lambda: sk.hadamard_transform(h, 128, backend="cpu"),
-                          lambda: sk.hadamard_transform(h, 128, backend="torch"), _bits_equal, h.numel() * 8))
+        rows.append(
+            _case(
+                "hadamard 128",
+                lambda: sk.hadamard_transform(h, 128, backend="cpu"),
+                lambda: sk.hadamard_transform(h, 128, backend="torch"),
+                _bits_equal,
+                h.numel() * 8,
+            )
+        )
     if hasattr(sk, "quantize_fp8"):
-        rows.append(_case("fp8 e4m3 per-channel",
-                          lambda: sk.quantize_fp8(x, "e4m3", "per_channel", backend="cpu"),
-                          lambda: sk.quantize_fp8(x, "e4m3", "per_channel", backend="torch"),
-                          lambda a, b: all(_bits_equal(u, v) for u, v in zip(a, b)), x.numel() * 5))
+        rows.append(
+            _case(
+                "fp8 e4m3 per-channel",
+                lambda: sk.quantize_fp8(x, "e4m3", "per_channel", backend="cpu"),
+                lambda: sk.quantize_fp8(x, "e4m3", "per_channel", backend="torch"),
+                lambda a, b: all(_bits_equal(u, v) for u, v in zip(a, b, strict=True)),
+                x.numel() * 5,
+            )
+        )
     if hasattr(sk, "quantize_mx"):
         m = x.reshape(-1, 128)
-        rows.append(_case("mxfp4 1x32 (RNE)",
-                          lambda: sk.quantize_mx(m, "mxfp4", backend="cpu"),
-                          lambda: sk.quantize_mx(m, "mxfp4", backend="torch"),
-                          lambda a, b: _bits_equal(a.data, b.data) and _bits_equal(a.scales, b.scales),
-                          m.numel() * 4 + m.numel() // 2))
+        rows.append(
+            _case(
+                "mxfp4 1x32 (RNE)",
+                lambda: sk.quantize_mx(m, "mxfp4", backend="cpu"),
+                lambda: sk.quantize_mx(m, "mxfp4", backend="torch"),
+                lambda a, b: _bits_equal(a.data, b.data) and _bits_equal(a.scales, b.scales),
+                m.numel() * 4 + m.numel() // 2,
+            )
+        )
     if hasattr(sk, "quantize_nvfp4"):
         m = x.reshape(-1, 128)
-        rows.append(_case("nvfp4 1x16 (RNE)",
-                          lambda: sk.quantize_nvfp4(m, backend="cpu"),
-                          lambda: sk.quantize_nvfp4(m, backend="torch"),
-                          lambda a, b: _bits_equal(a.data, b.data) and _bits_equal(a.scales, b.scales),
-                          m.numel() * 4 + m.numel() // 2))
+        rows.append(
+            _case(
+                "nvfp4 1x16 (RNE)",
+                lambda: sk.quantize_nvfp4(m, backend="cpu"),
+                lambda: sk.quantize_nvfp4(m, backend="torch"),
+                lambda a, b: _bits_equal(a.data, b.data) and _bits_equal(a.scales, b.scales),
+                m.numel() * 4 + m.numel() // 2,
+            )
+        )
     return rows
 
 

@@ -33,6 +33,8 @@ def assert_bit_exact(actual: torch.Tensor, expected: torch.Tensor, what: str = "
     """Equal bits (NaNs with equal payload compare equal), with the first mismatches in the message."""
     assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
     assert actual.dtype == expected.dtype, f"{what}: dtype {actual.dtype} != {expected.dtype}"
+    if actual.numel() == 0:
+        return
     a = actual.detach().cpu().contiguous().view(torch.uint8).reshape(actual.numel(), -1)
     e = expected.detach().cpu().contiguous().view(torch.uint8).reshape(expected.numel(), -1)
     bad = (a != e).any(dim=-1).nonzero().flatten()
