@@ -235,13 +235,13 @@ def demangle(names: Iterable[str]) -> dict[str, str]:
 class Row:
     kernel: str
     kind: str  # "triton" | "cuda"
-    arch: str  # "sm_90a", "-" when not built
-    families: list[str]
-    regs: int | None
-    spill_bytes: int | None
-    expected: list[str] | None  # None: not checked on this arch
-    status: str
-    failed: bool
+    arch: str  # "sm_90a"; "-" when not built
+    families: list[str] = field(default_factory=list)
+    regs: int | None = None
+    spill_bytes: int | None = None
+    expected: list[str] | None = None  # None: not checked on this arch
+    status: str = "ok"
+    failed: bool = False
     details: dict = field(default_factory=dict)
 
     def cells(self) -> list[str]:
@@ -323,6 +323,9 @@ def load_specs(refs: list[str]) -> Specs:
     seen: dict[tuple[str, str], str] = {}
     for ref in refs:
         module = _import_spec_module(ref)
+        for wrong, right in (("TRITON_SPECS", "TRITON_KERNELS"), ("CUDA_SPECS", "CUDA_KERNELS")):
+            if hasattr(module, wrong) and not hasattr(module, right):
+                raise ToolError(f"{ref} defines {wrong}; a kernel_specs module exposes {right}")
         try:
             triton_specs = list(getattr(module, "TRITON_KERNELS", ()))
             cuda_specs = list(getattr(module, "CUDA_KERNELS", ()))
@@ -398,7 +401,7 @@ def triton_rows(specs: list, archs: list[int], tool: str, log) -> list[Row]:
     rows = []
     for spec in specs:
         for cc in [a for a in archs if a in spec.archs]:
-            expected = spec.expect.get(cc)
+            expected = list(spec.expect.get(cc, ())) or None
             t0 = time.perf_counter()
             captured = io.StringIO()
             try:
@@ -407,39 +410,51 @@ def triton_rows(specs: list, archs: list[int], tool: str, log) -> list[Row]:
             except ToolError:
                 raise
             except Exception as exc:
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                first = (str(exc).strip() or type(exc).__name__).splitlines()[0]
+                details = {"error": str(exc), "log": captured.getvalue()}
                 rows.append(
                     Row(
                         spec.name,
                         "triton",
                         f"cc{cc}",
-                        [],
-                        None,
-                        None,
-                        list(expected or []) or None,
-                        f"COMPILE ERROR: {first[:120]}",
-                        True,
-                        {"error": str(exc), "log": captured.getvalue()},
+                        expected=expected,
+                        details=details,
+                        status=f"COMPILE ERROR: {first[:120]}",
+                        failed=True,
                     )
                 )
                 log(f"  {spec.name} cc{cc}: compile error: {first}")
                 continue
             secs = time.perf_counter() - t0
-            ptx = k.asm["ptx"]
+            ptx, name = k.asm["ptx"], k.metadata.name
             m = re.search(r"^\s*\.target\s+(sm_\w+)", ptx, re.MULTILINE)
             arch = m.group(1) if m else f"sm_{cc}"
             with tempfile.TemporaryDirectory() as tmp:
-                path = os.path.join(tmp, f"{k.metadata.name}.cubin")
+                path = os.path.join(tmp, f"{name}.cubin")
                 with open(path, "wb") as fh:
                     fh.write(k.asm["cubin"])
                 sass = parse_sass(cuobjdump(tool, ["-sass"], path), arch)
                 res = parse_res_usage(cuobjdump(tool, ["-res-usage"], path), arch)
-            name = k.metadata.name
             sf = sass.get((arch, name)) or next(iter(sass.values()), SassFunction())
             ru = res.get((arch, name)) or next(iter(res.values()), {})
             pfam = ptx_families(ptx)
             found = pfam | sf.families
             status, failed = judge(found, expected, sf.spill_bytes, 0)
+            if cc >= 90 and not arch.endswith("a"):  # wgmma / tcgen05 need the arch-specific target
+                status = f"TARGET {arch} (want {arch}a)" + ("" if status == "ok" else f", {status}")
+                failed = True
+            details = {
+                "function": name,
+                "ptx_families": sorted(pfam),
+                "sass_families": sorted(sf.families),
+                "spill_store_bytes": sf.spill_store_bytes,
+                "spill_load_bytes": sf.spill_load_bytes,
+                "stack_bytes": ru.get("STACK"),
+                "shared_bytes": getattr(k.metadata, "shared", None),
+                "num_warps": spec.num_warps,
+                "num_stages": spec.num_stages,
+                "compile_s": round(secs, 3),
+            }
             rows.append(
                 Row(
                     spec.name,
@@ -448,22 +463,10 @@ def triton_rows(specs: list, archs: list[int], tool: str, log) -> list[Row]:
                     sorted(found),
                     ru.get("REG"),
                     sf.spill_bytes,
-                    list(expected) if expected else None,
+                    expected,
                     status,
                     failed,
-                    {
-                        "function": name,
-                        "ptx_families": sorted(pfam),
-                        "sass_families": sorted(sf.families),
-                        "spill_store_bytes": sf.spill_store_bytes,
-                        "spill_load_bytes": sf.spill_load_bytes,
-                        "stack_bytes": ru.get("STACK"),
-                        "shared_bytes_static": ru.get("SHARED"),
-                        "shared_bytes": getattr(k.metadata, "shared", None),
-                        "num_warps": spec.num_warps,
-                        "num_stages": spec.num_stages,
-                        "compile_s": round(secs, 3),
-                    },
+                    details,
                 )
             )
             log(f"  {spec.name} {arch}: {status} ({secs:.2f} s)")
@@ -512,21 +515,20 @@ def cuda_rows(
 ) -> list[Row]:
     if binary.path is None:
         return [
-            Row(s.name, "cuda", "-", [], None, None, None, "not built", False, {"reason": binary.reason})
-            for s in specs
+            Row(s.name, "cuda", "-", status="not built", details={"reason": binary.reason}) for s in specs
         ]
     selected = [a for a in binary.archs if arch_number(a) in archs]
-    funcs: dict[str, dict[str, tuple[SassFunction, dict]]] = {}  # name -> arch -> info
+    funcs: dict[str, dict[str, tuple[SassFunction, dict]]] = {}  # name -> "sm_XX" -> (sass, res-usage)
     for a in selected:
         sm = f"sm_{a}"
         sass = parse_sass(cuobjdump(tool, ["-sass", "-arch", sm], binary.path), sm)
         res = parse_res_usage(cuobjdump(tool, ["-res-usage", "-arch", sm], binary.path), sm)
-        for (arch, name), sf in sass.items():
+        for arch, name in sass.keys() | res.keys():
             if arch == sm:
-                funcs.setdefault(name, {})[sm] = (sf, res.get((arch, name), {}))
-        for (arch, name), ru in res.items():
-            if arch == sm and sm not in funcs.get(name, {}):
-                funcs.setdefault(name, {})[sm] = (SassFunction(), ru)
+                funcs.setdefault(name, {})[sm] = (
+                    sass.get((arch, name), SassFunction()),
+                    res.get((arch, name), {}),
+                )
     pretty = demangle(funcs)
     rows: list[Row] = []
     covered: set[str] = set()
@@ -534,27 +536,30 @@ def cuda_rows(
         matched = sorted(n for n in funcs if spec.match in n or spec.match in pretty[n])
         covered.update(matched)
         for a in selected:
-            sm, cc = f"sm_{a}", arch_number(a)
-            expected = spec.expect.get(cc)
+            sm = f"sm_{a}"
+            expected = list(spec.expect.get(arch_number(a), ())) or None
             here = [n for n in matched if sm in funcs[n]]
             if not here:
+                why = (
+                    f"no function matches {spec.match!r}"
+                    if any(sm in per for per in funcs.values())
+                    else f"no {sm} kernels in the binary"
+                )
                 rows.append(
-                    Row(
-                        spec.name,
-                        "cuda",
-                        sm,
-                        [],
-                        None,
-                        None,
-                        list(expected) if expected else None,
-                        f"NOT FOUND (no function matches {spec.match!r})",
-                        True,
-                    )
+                    Row(spec.name, "cuda", sm, expected=expected, status=f"NOT FOUND ({why})", failed=True)
                 )
                 continue
             for n in here:
                 sf, ru = funcs[n][sm]
                 status, failed = judge(sf.families, expected, sf.spill_bytes, spec.max_spill_bytes)
+                details = {
+                    "spec": spec.name,
+                    "function": n,
+                    "demangled": pretty[n],
+                    "stack_bytes": ru.get("STACK"),
+                    "spill_store_bytes": sf.spill_store_bytes,
+                    "spill_load_bytes": sf.spill_load_bytes,
+                }
                 rows.append(
                     Row(
                         f"{spec.name} [{_short(pretty[n])}]",
@@ -563,50 +568,36 @@ def cuda_rows(
                         sorted(sf.families),
                         ru.get("REG"),
                         sf.spill_bytes,
-                        list(expected) if expected else None,
+                        expected,
                         status,
                         failed,
-                        {
-                            "spec": spec.name,
-                            "function": n,
-                            "demangled": pretty[n],
-                            "stack_bytes": ru.get("STACK"),
-                            "spill_store_bytes": sf.spill_store_bytes,
-                            "spill_load_bytes": sf.spill_load_bytes,
-                        },
+                        details,
                     )
                 )
     for n in sorted(set(funcs) - covered, key=lambda n: pretty[n]):
         if only and only not in n and only not in pretty[n]:
             continue
         per = funcs[n]
-        fams = sorted(set().union(*(sf.families for sf, _ in per.values())))
-        regs = [ru.get("REG") for _, ru in per.values() if ru.get("REG") is not None]
-        spill = max(sf.spill_bytes for sf, _ in per.values())
+        regs = [ru["REG"] for _, ru in per.values() if "REG" in ru]
+        per_arch = {
+            a: {
+                "families": sorted(sf.families),
+                "regs": ru.get("REG"),
+                "stack_bytes": ru.get("STACK"),
+                "spill_bytes": sf.spill_bytes,
+            }
+            for a, (sf, ru) in per.items()
+        }
         rows.append(
             Row(
                 _short(pretty[n]),
                 "cuda",
                 ",".join(sorted(per, key=arch_number)),
-                fams,
+                sorted(set().union(*(sf.families for sf, _ in per.values()))),
                 max(regs) if regs else None,
-                spill,
-                None,
-                "no spec (info)",
-                False,
-                {
-                    "function": n,
-                    "demangled": pretty[n],
-                    "per_arch": {
-                        a: {
-                            "families": sorted(sf.families),
-                            "regs": ru.get("REG"),
-                            "stack_bytes": ru.get("STACK"),
-                            "spill_bytes": sf.spill_bytes,
-                        }
-                        for a, (sf, ru) in per.items()
-                    },
-                },
+                max(sf.spill_bytes for sf, _ in per.values()),
+                status="no spec (info)",
+                details={"function": n, "demangled": pretty[n], "per_arch": per_arch},
             )
         )
     return rows
@@ -721,7 +712,7 @@ def main(argv: list[str] | None = None) -> int:
             binary = shared_kernels_binary()
             tool = find_cuobjdump() if binary.path else None
         if binary.path:
-            log(f"cuda: {binary.path} (archs {','.join(binary.archs) or 'none'})")
+            log(f"cuda: {binary.path} (built for {','.join(binary.archs) or 'no arch'})")
         else:
             log(f"cuda: {binary.reason}")
         rows += cuda_rows(specs.cuda, binary, archs, args.only, tool)
@@ -734,6 +725,9 @@ def main(argv: list[str] | None = None) -> int:
     summary = f"{len(rows)} rows, {len(failures)} failing"
     if cuda_missing:
         summary += f"; CUDA not built ({binary.reason})"
+    elif binary is not None:
+        n = len({r.details["function"] for r in rows if r.kind == "cuda" and "function" in r.details})
+        summary += f"; CUDA built for {','.join(binary.archs) or 'no arch'}, {n} CUDA kernel(s) listed"
     print(f"{summary}; wall time {wall:.1f} s")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

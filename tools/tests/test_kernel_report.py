@@ -378,12 +378,43 @@ def test_cuda_spec_with_no_matching_kernel_fails(demo_binary):
     assert "NOT FOUND" in p.stdout
 
 
-def test_against_the_installed_shared_kernels_module():
-    """The real compiled module: CUDA rows exist iff CUDA was compiled; --require-cuda agrees."""
+def test_against_the_installed_shared_kernels_module(tmp_path):
+    """The real compiled module, no specs: every kernel in its cubins is listed for information only;
+    --require-cuda passes iff CUDA was compiled."""
     import shared_kernels._C as C
 
-    p = _run("--no-triton", "--require-cuda")
-    if C.cuda_compiled:
-        assert p.returncode == 0, p.stdout + p.stderr
-    else:
-        assert p.returncode == 1 and "--require-cuda" in p.stderr
+    out = tmp_path / "kr.json"
+    p = _run("--no-discover", "--no-triton", "--require-cuda", "--json", str(out))
+    if not C.cuda_compiled:
+        assert p.returncode == 1 and "--require-cuda" in p.stderr and "CUDA not built" in p.stdout
+        return
+    assert p.returncode == 0, p.stdout + p.stderr
+    data = json.loads(out.read_text())
+    assert data["cuda"]["archs"] == C.cuda_archs.split(",")
+    assert all(r["status"] == "no spec (info)" and not r["failed"] for r in data["rows"])
+    raw = subprocess.run(
+        [kr.find_cuobjdump(), "-res-usage", C.__file__], capture_output=True, text=True
+    ).stdout
+    names = {line.split()[1].rstrip(":") for line in raw.splitlines() if line.strip().startswith("Function ")}
+    assert {r["function"] for r in data["rows"]} == names
+
+
+def test_shared_kernels_path_with_a_missing_arch(demo_binary, monkeypatch, capsys):
+    """Archs come from shared_kernels._C.cuda_archs; a listed arch without cubins fails the specs."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setattr(
+        kr, "shared_kernels_binary", lambda: kr.CudaBinary(str(demo_binary), ["80", "89", "90a"])
+    )
+    args = ["--no-discover", "--no-triton", "-q", "--spec-module", str(HERE / "report_kernels.py")]
+    assert kr.main([*args, "--only", "demo_wmma", "--arch", "80", "90"]) == 0
+    out = capsys.readouterr().out
+    assert "sm_89" not in out and out.count("demo_wmma [demo::wmma_fp16_kernel]") == 2
+    assert kr.main([*args, "--only", "demo_wmma"]) == 1
+    assert "NOT FOUND (no sm_89 kernels in the binary)" in capsys.readouterr().out
+
+
+def test_misnamed_spec_list_is_rejected(tmp_path):
+    bad = tmp_path / "misnamed_specs.py"
+    bad.write_text("TRITON_SPECS = []\n")
+    with pytest.raises(kr.ToolError, match="exposes TRITON_KERNELS"):
+        kr.load_specs([str(bad)])
