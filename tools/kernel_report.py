@@ -613,6 +613,7 @@ def _short(name: str, width: int = 60) -> str:
                 name = name[:i]
                 break
     name = re.sub(r"^void\s+", "", name)
+    name = re.sub(r"(?:\b[A-Za-z_]\w*|\(anonymous namespace\))::", "", name)  # namespaces hide template args
     return name if len(name) <= width else name[: width - 3] + "..."
 
 
