@@ -1,0 +1,250 @@
+// CPU kernels (OpenMP, scalar) of the microscaling ops: MXFP4 / MXFP8 and NVFP4 quantization, plus
+// test hooks that expose the minifloat codecs and Philox of include/shared_kernels to Python.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <array>
+#include <cstdint>
+#include <stdexcept>
+#include <vector>
+
+#include "registry.h"
+#include "shared_kernels/microscaling.h"
+#include "shared_kernels/minifloat.h"
+#include "shared_kernels/philox.h"
+
+#if defined(SHARED_KERNELS_WITH_CUDA)
+#include "cuda/microscaling_launch.h"
+#endif
+
+namespace py = pybind11;
+
+namespace shared_kernels::cpu {
+namespace {
+
+using minifloat::Format;
+
+const Format& format_of(int fmt) { return mx::element_format(fmt); }
+
+// Geometry of x viewed as [B, M, K] with blocks along K (axis -1: B = 1) or along M (axis -2).
+struct Geometry {
+  int64_t B, M, K;
+  bool along_rows;  // axis -2: blocks run down the rows of each column
+  // Index into a tensor that has x's shape with the axis size divided by d, of element f.
+  int64_t index_div(int64_t f, int64_t d) const {
+    if (!along_rows) return f / d;
+    const int64_t b = f / (M * K), m = (f / K) % M, k = f % K;
+    return (b * (M / d) + m / d) * K + k;
+  }
+  int64_t elem_stride() const { return along_rows ? K : 1; }
+  int64_t axis_len() const { return along_rows ? M : K; }
+  // Lines of `len` consecutive elements along the axis: count and first element of line i.
+  int64_t line_count(int64_t len) const { return B * M * K / len; }
+  int64_t line_start(int64_t i, int64_t len) const {
+    if (!along_rows) return i * len;
+    const int64_t k = i % K, seg = (i / K) % (M / len), b = i / (K * (M / len));
+    return (b * M + seg * len) * K + k;
+  }
+};
+
+template <typename F>
+void parallel_for(int64_t n, F&& f) {
+#if defined(SHARED_KERNELS_WITH_OPENMP)
+#pragma omp parallel for schedule(static)
+#endif
+  for (int64_t i = 0; i < n; ++i) f(i);
+}
+
+void quantize_mx_cpu(std::uintptr_t x, int dtype, const Geometry& g, int elem, int scale_rule, int rounding,
+                     uint64_t seed, int64_t offset, std::uintptr_t data, std::uintptr_t scales) {
+  const void* xp = reinterpret_cast<const void*>(x);
+  uint8_t* dp = reinterpret_cast<uint8_t*>(data);
+  uint8_t* sp = reinterpret_cast<uint8_t*>(scales);
+  const int64_t es = g.elem_stride();
+  parallel_for(g.line_count(32), [&](int64_t line) {
+    const int64_t f0 = g.line_start(line, 32);
+    float v[32];
+    float amax = 0.0f;
+    for (int j = 0; j < 32; ++j) {
+      v[j] = minifloat::load_as_f32(xp, f0 + j * es, dtype);
+      amax = mx::amax_step(amax, v[j]);
+    }
+    const uint32_t sbyte = mx::shared_exponent_byte(amax, elem, scale_rule);
+    sp[g.index_div(f0, 32)] = static_cast<uint8_t>(sbyte);
+    const float scale = minifloat::decode_e8m0(sbyte);
+    philox::Stream rng(seed);
+    uint32_t codes[32];
+    for (int j = 0; j < 32; ++j) {
+      const uint32_t r = rounding ? rng.at(static_cast<uint64_t>(offset + f0 + j * es)) : 0u;
+      codes[j] = mx::encode_element(v[j] / scale, elem, rounding, r);
+    }
+    if (elem == 0) {
+      const int64_t b0 = g.index_div(f0, 2);
+      for (int p = 0; p < 16; ++p) dp[b0 + p * es] = static_cast<uint8_t>(codes[2 * p] | (codes[2 * p + 1] << 4));
+    } else {
+      for (int j = 0; j < 32; ++j) dp[f0 + j * es] = static_cast<uint8_t>(codes[j]);
+    }
+  });
+}
+
+float tensor_amax(const void* xp, int dtype, int64_t n) {
+  float result = 0.0f;
+#if defined(SHARED_KERNELS_WITH_OPENMP)
+#pragma omp parallel
+#endif
+  {
+    float local = 0.0f;
+#if defined(SHARED_KERNELS_WITH_OPENMP)
+#pragma omp for schedule(static) nowait
+#endif
+    for (int64_t i = 0; i < n; ++i) local = mx::amax_step(local, minifloat::load_as_f32(xp, i, dtype));
+#if defined(SHARED_KERNELS_WITH_OPENMP)
+#pragma omp critical
+#endif
+    result = mx::amax_step(result, local);
+  }
+  return result;
+}
+
+// outer_mode: 0 = tensor, 1 = block128, 2 = none.
+void quantize_nvfp4_cpu(std::uintptr_t x, int dtype, const Geometry& g, int outer_mode, int rounding, uint64_t seed,
+                        int64_t offset, std::uintptr_t data, std::uintptr_t scales, std::uintptr_t outer) {
+  const void* xp = reinterpret_cast<const void*>(x);
+  uint8_t* dp = reinterpret_cast<uint8_t*>(data);
+  uint8_t* sp = reinterpret_cast<uint8_t*>(scales);
+  float* op = reinterpret_cast<float*>(outer);
+  const int64_t es = g.elem_stride();
+  float tensor_outer = 1.0f;
+  if (outer_mode == 0) {
+    tensor_outer = mx::nvfp4_outer_scale(tensor_amax(xp, dtype, g.B * g.M * g.K));
+    op[0] = tensor_outer;
+  } else if (outer_mode == 2) {
+    op[0] = 1.0f;
+  }
+  const int64_t seg = outer_mode == 1 ? 128 : 16;
+  parallel_for(g.line_count(seg), [&](int64_t line) {
+    const int64_t f0 = g.line_start(line, seg);
+    float v[128];
+    float amax16[8];
+    float amax_seg = 0.0f;
+    for (int b = 0; b < seg / 16; ++b) {
+      float a = 0.0f;
+      for (int j = 0; j < 16; ++j) {
+        v[b * 16 + j] = minifloat::load_as_f32(xp, f0 + (b * 16 + j) * es, dtype);
+        a = mx::amax_step(a, v[b * 16 + j]);
+      }
+      amax16[b] = a;
+      amax_seg = mx::amax_step(amax_seg, a);
+    }
+    float outer_scale = tensor_outer;
+    if (outer_mode == 1) {
+      outer_scale = mx::nvfp4_outer_scale(amax_seg);
+      op[g.index_div(f0, 128)] = outer_scale;
+    }
+    philox::Stream rng(seed);
+    for (int b = 0; b < seg / 16; ++b) {
+      const int64_t fb = f0 + b * 16 * es;
+      const uint32_t sc = mx::nvfp4_block_scale_code(amax16[b], outer_scale);
+      sp[g.index_div(fb, 16)] = static_cast<uint8_t>(sc);
+      const float denom = mx::nvfp4_denominator(sc, outer_scale);
+      uint32_t codes[16];
+      for (int j = 0; j < 16; ++j) {
+        const uint32_t r = rounding ? rng.at(static_cast<uint64_t>(offset + fb + j * es)) : 0u;
+        codes[j] = denom == 0.0f ? 0u : mx::encode_element(v[b * 16 + j] / denom, 0, rounding, r);
+      }
+      const int64_t b0 = g.index_div(fb, 2);
+      for (int p = 0; p < 8; ++p) dp[b0 + p * es] = static_cast<uint8_t>(codes[2 * p] | (codes[2 * p + 1] << 4));
+    }
+  });
+}
+
+}  // namespace
+}  // namespace shared_kernels::cpu
+
+SK_REGISTER_BINDINGS(microscaling) {
+  using namespace shared_kernels;
+  // --- test hooks for the torch-free headers -------------------------------------------------
+  m.def(
+      "minifloat_encode_cpu",
+      [](std::uintptr_t x, int64_t n, int fmt, int rounding, std::uintptr_t bits, std::uintptr_t out) {
+        py::gil_scoped_release nogil;
+        const float* xp = reinterpret_cast<const float*>(x);
+        const int64_t* bp = reinterpret_cast<const int64_t*>(bits);
+        uint8_t* op = reinterpret_cast<uint8_t*>(out);
+        const auto& f = cpu::format_of(fmt);
+        cpu::parallel_for(n, [&](int64_t i) {
+          op[i] = static_cast<uint8_t>(rounding ? minifloat::encode_sr(xp[i], static_cast<uint32_t>(bp[i]), f)
+                                                : minifloat::encode_rne(xp[i], f));
+        });
+      },
+      "float32[n] -> codes uint8[n]; fmt 0=e2m1 1=e4m3 2=e5m2; rounding 0=rne 1=sr with int64 bits[n]");
+  m.def(
+      "minifloat_decode_cpu",
+      [](std::uintptr_t codes, int64_t n, int fmt, std::uintptr_t out) {
+        py::gil_scoped_release nogil;
+        const uint8_t* cp = reinterpret_cast<const uint8_t*>(codes);
+        float* op = reinterpret_cast<float*>(out);
+        if (fmt == 3) {
+          cpu::parallel_for(n, [&](int64_t i) { op[i] = minifloat::decode_e8m0(cp[i]); });
+          return;
+        }
+        const auto& f = cpu::format_of(fmt);
+        cpu::parallel_for(n, [&](int64_t i) { op[i] = minifloat::decode(cp[i], f); });
+      },
+      "codes uint8[n] -> float32[n]; fmt 0=e2m1 1=e4m3 2=e5m2 3=e8m0");
+  m.def(
+      "philox_bits_cpu",
+      [](int64_t seed, int64_t offset, int64_t n, std::uintptr_t out) {
+        py::gil_scoped_release nogil;
+        int64_t* op = reinterpret_cast<int64_t*>(out);
+        cpu::parallel_for(n, [&](int64_t i) {
+          op[i] = philox::element_bits(static_cast<uint64_t>(seed), static_cast<uint64_t>(offset + i));
+        });
+      },
+      "32 Philox bits (as int64) of elements offset .. offset + n - 1");
+  m.def(
+      "philox4x32_10",
+      [](std::array<uint32_t, 4> ctr, std::array<uint32_t, 2> key) {
+        const auto r = philox::philox4x32_10(philox::U32x4{{ctr[0], ctr[1], ctr[2], ctr[3]}}, key[0], key[1]);
+        return std::array<uint32_t, 4>{r.v[0], r.v[1], r.v[2], r.v[3]};
+      },
+      "one Philox4x32-10 block (counter words, key words) -> four words");
+  // --- ops -----------------------------------------------------------------------------------
+  m.def(
+      "quantize_mx_cpu",
+      [](std::uintptr_t x, int dtype, int64_t B, int64_t M, int64_t K, bool along_rows, int elem, int scale_rule,
+         int rounding, int64_t seed, int64_t offset, std::uintptr_t data, std::uintptr_t scales) {
+        py::gil_scoped_release nogil;
+        cpu::quantize_mx_cpu(x, dtype, cpu::Geometry{B, M, K, along_rows}, elem, scale_rule, rounding,
+                             static_cast<uint64_t>(seed), offset, data, scales);
+      },
+      "MX quantization of x viewed as [B, M, K], 32-blocks along K (along_rows=False) or M");
+  m.def(
+      "quantize_nvfp4_cpu",
+      [](std::uintptr_t x, int dtype, int64_t B, int64_t M, int64_t K, bool along_rows, int outer_mode, int rounding,
+         int64_t seed, int64_t offset, std::uintptr_t data, std::uintptr_t scales, std::uintptr_t outer) {
+        py::gil_scoped_release nogil;
+        cpu::quantize_nvfp4_cpu(x, dtype, cpu::Geometry{B, M, K, along_rows}, outer_mode, rounding,
+                                static_cast<uint64_t>(seed), offset, data, scales, outer);
+      },
+      "NVFP4 quantization of x viewed as [B, M, K]; outer_mode 0=tensor 1=block128 2=none");
+#if defined(SHARED_KERNELS_WITH_CUDA)
+  m.def(
+      "quantize_mx_cuda",
+      [](std::uintptr_t x, int dtype, int64_t B, int64_t M, int64_t K, bool along_rows, int elem, int scale_rule,
+         int rounding, int64_t seed, int64_t offset, std::uintptr_t data, std::uintptr_t scales, std::uintptr_t stream) {
+        py::gil_scoped_release nogil;
+        cuda::launch_quantize_mx(x, dtype, B, M, K, along_rows, elem, scale_rule, rounding, static_cast<uint64_t>(seed),
+                                 offset, data, scales, stream);
+      });
+  m.def(
+      "quantize_nvfp4_cuda",
+      [](std::uintptr_t x, int dtype, int64_t B, int64_t M, int64_t K, bool along_rows, int outer_mode, int rounding,
+         int64_t seed, int64_t offset, std::uintptr_t data, std::uintptr_t scales, std::uintptr_t outer,
+         std::uintptr_t stream) {
+        py::gil_scoped_release nogil;
+        cuda::launch_quantize_nvfp4(x, dtype, B, M, K, along_rows, outer_mode, rounding, static_cast<uint64_t>(seed),
+                                    offset, data, scales, outer, stream);
+      });
+#endif
+}
