@@ -24,7 +24,7 @@ namespace {
 
 using minifloat::Format;
 
-const Format& format_of(int fmt) { return mx::element_format(fmt); }
+Format format_of(int fmt) { return mx::element_format(fmt); }
 
 // Geometry of x viewed as [B, M, K] with blocks along K (axis -1: B = 1) or along M (axis -2).
 struct Geometry {
@@ -171,7 +171,7 @@ SK_REGISTER_BINDINGS(microscaling) {
         const float* xp = reinterpret_cast<const float*>(x);
         const int64_t* bp = reinterpret_cast<const int64_t*>(bits);
         uint8_t* op = reinterpret_cast<uint8_t*>(out);
-        const auto& f = cpu::format_of(fmt);
+        const auto f = cpu::format_of(fmt);
         cpu::parallel_for(n, [&](int64_t i) {
           op[i] = static_cast<uint8_t>(rounding ? minifloat::encode_sr(xp[i], static_cast<uint32_t>(bp[i]), f)
                                                 : minifloat::encode_rne(xp[i], f));
@@ -188,7 +188,7 @@ SK_REGISTER_BINDINGS(microscaling) {
           cpu::parallel_for(n, [&](int64_t i) { op[i] = minifloat::decode_e8m0(cp[i]); });
           return;
         }
-        const auto& f = cpu::format_of(fmt);
+        const auto f = cpu::format_of(fmt);
         cpu::parallel_for(n, [&](int64_t i) { op[i] = minifloat::decode(cp[i], f); });
       },
       "codes uint8[n] -> float32[n]; fmt 0=e2m1 1=e4m3 2=e5m2 3=e8m0");

@@ -26,7 +26,7 @@ void quantize_fp8_cpu(std::uintptr_t x, int dtype, int64_t B, int64_t N, int64_t
   const void* xp = reinterpret_cast<const void*>(x);
   uint8_t* qp = reinterpret_cast<uint8_t*>(q);
   float* sp = reinterpret_cast<float*>(scale);
-  const auto& f = mx::element_format(fmt);
+  const auto f = mx::element_format(fmt);
   const int64_t nblk = (N + block_size - 1) / block_size;
 
   // Pass 1: amax per group, stored into the scale buffer, then scale = amax / scale_max.

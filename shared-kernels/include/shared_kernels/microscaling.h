@@ -11,8 +11,8 @@ namespace shared_kernels::mx {
 using minifloat::Format;
 
 // Element formats: 0 = E2M1 (mxfp4 / nvfp4), 1 = E4M3, 2 = E5M2.
-SK_HD const Format& element_format(int elem) {
-  return elem == 0 ? minifloat::kE2M1 : (elem == 1 ? minifloat::kE4M3 : minifloat::kE5M2);
+SK_HD Format element_format(int elem) {
+  return elem == 0 ? minifloat::e2m1() : (elem == 1 ? minifloat::e4m3() : minifloat::e5m2());
 }
 SK_HD int element_emax(int elem) { return elem == 0 ? 2 : (elem == 1 ? 8 : 15); }
 SK_HD uint32_t element_max_mantissa(int elem) { return elem == 0 ? 0x400000u : 0x600000u; }  // 1.5, 1.75
@@ -38,7 +38,7 @@ SK_HD uint32_t shared_exponent_byte(float amax, int elem, int scale_rule) {
 
 // Element code of v = x / scale; rounding 0 = RNE, 1 = stochastic with bits r.
 SK_HD uint32_t encode_element(float v, int elem, int rounding, uint32_t r) {
-  const Format& f = element_format(elem);
+  const Format f = element_format(elem);
   return rounding == 0 ? minifloat::encode_rne(v, f) : minifloat::encode_sr(v, r, f);
 }
 
@@ -48,12 +48,12 @@ SK_HD float nvfp4_outer_scale(float amax) { return amax / 2688.0f; }
 // NVFP4 E4M3 block-scale code: E4M3_rne_sat(amax16 / (6 * outer)); a zero outer gives code 0.
 SK_HD uint32_t nvfp4_block_scale_code(float amax16, float outer) {
   if (outer == 0.0f) return 0u;
-  return minifloat::encode_rne(amax16 / (6.0f * outer), minifloat::kE4M3);
+  return minifloat::encode_rne(amax16 / (6.0f * outer), minifloat::e4m3());
 }
 
 // The divisor of the elements of an NVFP4 block: decode(block_scale) * outer (0 -> codes 0).
 SK_HD float nvfp4_denominator(uint32_t scale_code, float outer) {
-  return minifloat::decode(scale_code, minifloat::kE4M3) * outer;
+  return minifloat::decode(scale_code, minifloat::e4m3()) * outer;
 }
 
 }  // namespace shared_kernels::mx

@@ -28,12 +28,13 @@ struct Format {
   int sign_shift;     // bit position of the sign
 };
 
+// (Functions rather than constexpr globals: device code cannot reference host globals.)
 // E2M1: +-{0, .5, 1, 1.5, 2, 3, 4, 6}
-constexpr Format kE2M1{1, 0, 1, 0x7u, 0x40C00000u, 0x0u, 3};
+SK_HD Format e2m1() { return Format{1, 0, 1, 0x7u, 0x40C00000u, 0x0u, 3}; }
 // E4M3 "fn": bias 7, max 448, no inf, NaN 0x7F / 0xFF
-constexpr Format kE4M3{3, -6, 7, 0x7Eu, 0x43E00000u, 0x7Fu, 7};
+SK_HD Format e4m3() { return Format{3, -6, 7, 0x7Eu, 0x43E00000u, 0x7Fu, 7}; }
 // E5M2: bias 15, max 57344, inf 0x7C, NaN 0x7D..0x7F
-constexpr Format kE5M2{2, -14, 15, 0x7Bu, 0x47600000u, 0x7Fu, 7};
+SK_HD Format e5m2() { return Format{2, -14, 15, 0x7Bu, 0x47600000u, 0x7Fu, 7}; }
 
 SK_HD uint32_t f32_bits(float f) {
   union {
@@ -67,7 +68,7 @@ struct GridSplit {
   int e_grid;      // exponent of the target binade, >= emin
 };
 
-SK_HD GridSplit grid_split(uint32_t a, const Format& fmt) {
+SK_HD GridSplit grid_split(uint32_t a, Format fmt) {
   // a: float32 magnitude bits, finite, below the format max.
   int E = static_cast<int>(a >> 23) - 127;
   uint32_t m24 = (a & 0x7FFFFFu) | 0x800000u;
@@ -93,12 +94,12 @@ SK_HD GridSplit grid_split(uint32_t a, const Format& fmt) {
 
 // Integer multiple n of the grid step of binade e_grid -> magnitude code (carry-over to the next
 // binade and subnormal -> normal promotion come out of the addition).
-SK_HD uint32_t grid_to_code(uint32_t n, int e_grid, const Format& fmt) {
+SK_HD uint32_t grid_to_code(uint32_t n, int e_grid, Format fmt) {
   return (static_cast<uint32_t>(e_grid - fmt.emin) << fmt.mbits) + n;
 }
 
 // Round-to-nearest-even, satfinite.
-SK_HD uint32_t encode_rne(float v, const Format& fmt) {
+SK_HD uint32_t encode_rne(float v, Format fmt) {
   const uint32_t u = f32_bits(v);
   const uint32_t a = u & 0x7FFFFFFFu;
   if (a > 0x7F800000u) return fmt.nan_code;
@@ -117,7 +118,7 @@ SK_HD uint32_t encode_rne(float v, const Format& fmt) {
 }
 
 // Stochastic rounding with 32 random bits r: round up with probability frac (= r < frac * 2^32).
-SK_HD uint32_t encode_sr(float v, uint32_t r, const Format& fmt) {
+SK_HD uint32_t encode_sr(float v, uint32_t r, Format fmt) {
   const uint32_t u = f32_bits(v);
   const uint32_t a = u & 0x7FFFFFFFu;
   if (a > 0x7F800000u) return fmt.nan_code;
@@ -137,7 +138,7 @@ SK_HD uint32_t encode_sr(float v, uint32_t r, const Format& fmt) {
 }
 
 // Decode a code (sign at fmt.sign_shift) to float32.
-SK_HD float decode(uint32_t c, const Format& fmt) {
+SK_HD float decode(uint32_t c, Format fmt) {
   const uint32_t mag = c & ((1u << fmt.sign_shift) - 1u);
   const bool neg = (c >> fmt.sign_shift) & 1u;
   float r;
@@ -155,15 +156,15 @@ SK_HD float decode(uint32_t c, const Format& fmt) {
   return neg ? -r : r;
 }
 
-SK_HD uint32_t encode_e2m1_rne(float v) { return encode_rne(v, kE2M1); }
-SK_HD uint32_t encode_e4m3_rne(float v) { return encode_rne(v, kE4M3); }
-SK_HD uint32_t encode_e5m2_rne(float v) { return encode_rne(v, kE5M2); }
-SK_HD uint32_t encode_e2m1_sr(float v, uint32_t r) { return encode_sr(v, r, kE2M1); }
-SK_HD uint32_t encode_e4m3_sr(float v, uint32_t r) { return encode_sr(v, r, kE4M3); }
-SK_HD uint32_t encode_e5m2_sr(float v, uint32_t r) { return encode_sr(v, r, kE5M2); }
-SK_HD float decode_e2m1(uint32_t c) { return decode(c & 0xFu, kE2M1); }
-SK_HD float decode_e4m3(uint32_t c) { return decode(c & 0xFFu, kE4M3); }
-SK_HD float decode_e5m2(uint32_t c) { return decode(c & 0xFFu, kE5M2); }
+SK_HD uint32_t encode_e2m1_rne(float v) { return encode_rne(v, e2m1()); }
+SK_HD uint32_t encode_e4m3_rne(float v) { return encode_rne(v, e4m3()); }
+SK_HD uint32_t encode_e5m2_rne(float v) { return encode_rne(v, e5m2()); }
+SK_HD uint32_t encode_e2m1_sr(float v, uint32_t r) { return encode_sr(v, r, e2m1()); }
+SK_HD uint32_t encode_e4m3_sr(float v, uint32_t r) { return encode_sr(v, r, e4m3()); }
+SK_HD uint32_t encode_e5m2_sr(float v, uint32_t r) { return encode_sr(v, r, e5m2()); }
+SK_HD float decode_e2m1(uint32_t c) { return decode(c & 0xFu, e2m1()); }
+SK_HD float decode_e4m3(uint32_t c) { return decode(c & 0xFFu, e4m3()); }
+SK_HD float decode_e5m2(uint32_t c) { return decode(c & 0xFFu, e5m2()); }
 
 // E8M0: 2^(e - 127), 0xFF = NaN (no sign, no zero).
 SK_HD float decode_e8m0(uint32_t b) {
