@@ -2,6 +2,7 @@
 ops quantize_mx / quantize_nvfp4 against their references and torch / torchao."""
 
 import pytest
+import shared_kernels as sk
 import torch
 from shared_kernels import _lib
 from shared_kernels.reference import microscaling as ref
@@ -145,3 +146,198 @@ def test_sr_is_unbiased(fmt):
         sigma = (hi - lo) / 2 / draws**0.5  # Bernoulli sd bound: step * 0.5 / sqrt(n)
         assert abs(deq.mean().item() - float(torch.tensor(v, dtype=torch.float32))) <= 5 * sigma + 1e-30
         assert lo <= float(torch.tensor(v)) <= hi
+
+
+# --------------------------------------------------------------------------------- quantize_mx
+MX_FMTS = ["mxfp4", "mxfp8_e4m3", "mxfp8_e5m2"]
+MX_SHAPES = [(3, 7, 96), (33, 64), (2, 32, 32), (1, 2, 3, 64)]
+
+
+def assert_mx_equal(a, b, what=""):
+    assert a.fmt == b.fmt and a.axis == b.axis and a.shape == b.shape
+    assert_bit_exact(a.scales, b.scales, f"{what} scales")
+    assert_bit_exact(a.data, b.data, f"{what} data")
+
+
+def mx_both(x, backend="cpu", **kw):
+    a = sk.quantize_mx(x, backend=backend, **kw)
+    b = sk.quantize_mx(x, backend="torch", **kw)
+    assert_mx_equal(a, b, str(kw))
+    return a
+
+
+def mx_edge_input(shape=(4, 128)):
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(shape, generator=g) * 4
+    x[0, :32] = 0.0  # all-zero block
+    x[0, 40] = 3e4  # one huge outlier
+    x[1, :32] = torch.randn(32, generator=g) * 1e-40  # float32 subnormals: scale clamps to 2^-127
+    x[1, 32:64] = torch.randn(32, generator=g) * 1e-37  # scale near the bottom of E8M0
+    x[2, :32] = 31.0  # OCP overflow case: 31 -> 7.75 clipped to 6 (mxfp4)
+    x[2, 32:64] = torch.randn(32, generator=g) * 1e37
+    x[3, 5] = float("nan")  # NaN block -> scale 0xFF
+    x[3, 40] = float("inf")  # inf block: saturates
+    x[3, 70] = -float("inf")
+    return x
+
+
+@pytest.mark.parametrize("shape", MX_SHAPES)
+@pytest.mark.parametrize("fmt", MX_FMTS)
+@pytest.mark.parametrize("scale_rule", ["floor", "truncation_free"])
+def test_mx_rows_cpu_matches_reference(shape, fmt, scale_rule):
+    x = torch.randn(shape) * torch.logspace(-2, 2, shape[-1])
+    q = mx_both(x, fmt=fmt, scale_rule=scale_rule)
+    assert q.scales.shape == (*shape[:-1], shape[-1] // 32) and q.scales.dtype == torch.uint8
+    if fmt == "mxfp4":
+        assert q.data.dtype == torch.uint8 and q.data.shape == (*shape[:-1], shape[-1] // 2)
+    else:
+        assert q.data.dtype == TORCH_FP8[fmt[-4:]] and q.data.shape == shape
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("fmt", MX_FMTS)
+def test_mx_half_inputs(dtype, fmt):
+    x = (torch.randn(5, 96) * 10).to(dtype)
+    mx_both(x, fmt=fmt)
+    mx_both(x, fmt=fmt, scale_rule="truncation_free")
+
+
+@pytest.mark.parametrize("fmt", MX_FMTS)
+@pytest.mark.parametrize("scale_rule", ["floor", "truncation_free"])
+def test_mx_edge_cases(fmt, scale_rule):
+    x = mx_edge_input()
+    q = mx_both(x, fmt=fmt, scale_rule=scale_rule)
+    s = q.scales
+    assert s[0, 0] == 0  # all-zero block -> 2^-127
+    assert s[1, 0] == 0
+    assert s[3, 0] == 255  # NaN
+    assert s[3, 1] != 255 and s[3, 2] != 255  # inf is not NaN
+    y = sk.dequantize_mx(q)
+    elem = ref.MX_ELEMENT[fmt]
+    assert (y[0, :32] == 0).all()
+    assert torch.isnan(y[3, :32]).all()
+    assert y[3, 40] == elem.max_value * 2.0 ** (s[3, 1].item() - 127)
+    assert y[3, 70] == -elem.max_value * 2.0 ** (s[3, 2].item() - 127)
+    if fmt == "mxfp4":
+        if scale_rule == "floor":  # 2^(floor(log2 31) - 2) = 4: 31 / 4 = 7.75 clips to 6
+            assert (y[2, :32] == 24.0).all() and s[2, 0] == 127 + 2
+        else:
+            assert s[2, 0] == 127 + 3 and (y[2, :32] == 32.0).all()  # 31/8 = 3.875 -> RNE 4
+
+
+def _torchao_to_mx():
+    try:
+        from torchao.prototype.mx_formats.config import ScaleCalculationMode
+        from torchao.prototype.mx_formats.mx_tensor import to_mx
+    except Exception as exc:  # pragma: no cover - torchao missing
+        pytest.skip(f"torchao not importable: {exc!r}")
+    return to_mx, ScaleCalculationMode
+
+
+@pytest.mark.parametrize("fmt", MX_FMTS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_mx_matches_torchao_floor(fmt, dtype):
+    """torchao 0.18 to_mx(FLOOR) == ours, scales and data bits. torchao divides by
+    max(2^e, 2^-126), so blocks whose scale would be 2^-127 are kept out of the input."""
+    to_mx, mode = _torchao_to_mx()
+    elem_dtype = {
+        "mxfp4": torch.float4_e2m1fn_x2,
+        "mxfp8_e4m3": torch.float8_e4m3fn,
+        "mxfp8_e5m2": torch.float8_e5m2,
+    }
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(67, 256, generator=g) * torch.logspace(-6, 6, 256)
+    x[:, 3] = 31.0 * torch.sign(x[:, 3])  # overflowing blocks
+    x[0, :32] = 0.0
+    x = x.to(dtype)
+    scale_ao, data_ao = to_mx(x, elem_dtype[fmt], 32, mode.FLOOR)
+    ours = sk.quantize_mx(x, fmt)
+    mine_ref = sk.quantize_mx(x, fmt, backend="torch")
+    assert_mx_equal(ours, mine_ref)
+    nonzero = x.float().reshape(67, 8, 32).abs().amax(-1) > 0
+    assert_bit_exact(ours.scales[nonzero], scale_ao.view(torch.uint8)[nonzero], "scales vs torchao")
+    assert (ours.scales[~nonzero] == 0).all() and (scale_ao.view(torch.uint8)[~nonzero] == 0).all()
+    # torchao's fp4 packing: low nibble = even element, like ours
+    assert_bit_exact(ours.data.view(torch.uint8), data_ao.view(torch.uint8), "data vs torchao")
+
+
+def test_mx_caller_unchanged_and_opcheck():
+    x = torch.randn(4, 64)
+    x0 = x.clone()
+    for be in ("cpu", "torch"):
+        for fmt in MX_FMTS:
+            sk.quantize_mx(x, fmt, backend=be)
+            args = (x, fmt, -1, "floor", "rne", 0, 0, be)
+            torch.library.opcheck(torch.ops.shared_kernels.quantize_mx, args)
+    assert_bit_exact(x, x0, "x")
+
+
+def test_mx_torch_compile_smoke():
+    f = torch.compile(
+        lambda t: sk.quantize_mx(t, "mxfp4", backend="cpu").data, fullgraph=True, backend="eager"
+    )
+    x = torch.randn(8, 64)
+    assert_bit_exact(f(x), sk.quantize_mx(x, "mxfp4", backend="torch").data, "compiled")
+
+
+def test_mx_memory_footprint():
+    x = torch.randn(64, 256)
+    q4, q8 = sk.quantize_mx(x, "mxfp4"), sk.quantize_mx(x, "mxfp8_e4m3")
+    nbytes = x.numel() * 4
+    assert q4.data.untyped_storage().nbytes() == nbytes // 8
+    assert q8.data.untyped_storage().nbytes() == nbytes // 4
+    assert q4.scales.numel() == x.numel() // 32
+
+
+def test_mx_bad_inputs():
+    x = torch.randn(4, 64)
+    with pytest.raises(ValueError, match="divisible by 32"):
+        sk.quantize_mx(torch.randn(4, 48))
+    with pytest.raises(ValueError, match="divisible by 32"):
+        sk.quantize_mx(torch.randn(48, 64), axis=-2)
+    with pytest.raises(ValueError, match="x must have at least 2"):
+        sk.quantize_mx(torch.randn(64))
+    with pytest.raises(TypeError, match="x has dtype"):
+        sk.quantize_mx(x.double())
+    with pytest.raises(ValueError, match="contiguous"):
+        sk.quantize_mx(torch.randn(64, 64).t())
+    with pytest.raises(ValueError, match="fmt"):
+        sk.quantize_mx(x, "mxfp6")
+    with pytest.raises(ValueError, match="axis"):
+        sk.quantize_mx(torch.randn(2, 32, 64), axis=0)
+    with pytest.raises(ValueError, match="scale_rule"):
+        sk.quantize_mx(x, scale_rule="ceil")
+    with pytest.raises(ValueError, match="rounding"):
+        sk.quantize_mx(x, rounding="sr")
+    with pytest.raises(ValueError, match="seed"):
+        sk.quantize_mx(x, seed=-3)
+    with pytest.raises(TypeError, match="offset"):
+        sk.quantize_mx(x, offset=None)
+    with pytest.raises(ValueError, match="backend"):
+        sk.quantize_mx(x, backend="triton")
+    with pytest.raises(TypeError, match="mx"):
+        sk.dequantize_mx(x)
+
+
+def grid_half_step(v: torch.Tensor, elem) -> torch.Tensor:
+    """Half the grid step of |v|'s binade in ``elem`` (the subnormal step below the normal range)."""
+    binade = torch.floor(torch.log2(v.abs().clamp(min=2.0**elem.emin)))
+    return 0.5 * torch.exp2(binade - elem.mbits)
+
+
+@pytest.mark.parametrize("fmt", MX_FMTS)
+@pytest.mark.parametrize("scale_rule", ["floor", "truncation_free"])
+@pytest.mark.parametrize("axis", [-1, -2])
+def test_mx_round_trip_error_bound(fmt, scale_rule, axis):
+    x = torch.randn(64, 96) * torch.logspace(-4, 4, 96)
+    q = sk.quantize_mx(x, fmt, axis=axis, scale_rule=scale_rule)
+    y = sk.dequantize_mx(q)
+    elem = ref.MX_ELEMENT[fmt]
+    scale = ref.decode_e8m0(q.scales).repeat_interleave(32, dim=axis)
+    v = x / scale
+    inside = v.abs() <= elem.max_value  # floor may clip the top of a block (OCP overflow)
+    if scale_rule == "truncation_free":
+        assert inside.all()
+    bound = grid_half_step(v, elem) * scale
+    assert ((y - x).abs()[inside] <= bound[inside]).all()
+    assert ((y.abs() <= elem.max_value * scale) | ~inside).all()

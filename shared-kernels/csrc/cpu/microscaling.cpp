@@ -26,27 +26,6 @@ using minifloat::Format;
 
 Format format_of(int fmt) { return mx::element_format(fmt); }
 
-// Geometry of x viewed as [B, M, K] with blocks along K (axis -1: B = 1) or along M (axis -2).
-struct Geometry {
-  int64_t B, M, K;
-  bool along_rows;  // axis -2: blocks run down the rows of each column
-  // Index into a tensor that has x's shape with the axis size divided by d, of element f.
-  int64_t index_div(int64_t f, int64_t d) const {
-    if (!along_rows) return f / d;
-    const int64_t b = f / (M * K), m = (f / K) % M, k = f % K;
-    return (b * (M / d) + m / d) * K + k;
-  }
-  int64_t elem_stride() const { return along_rows ? K : 1; }
-  int64_t axis_len() const { return along_rows ? M : K; }
-  // Lines of `len` consecutive elements along the axis: count and first element of line i.
-  int64_t line_count(int64_t len) const { return B * M * K / len; }
-  int64_t line_start(int64_t i, int64_t len) const {
-    if (!along_rows) return i * len;
-    const int64_t k = i % K, seg = (i / K) % (M / len), b = i / (K * (M / len));
-    return (b * M + seg * len) * K + k;
-  }
-};
-
 template <typename F>
 void parallel_for(int64_t n, F&& f) {
 #if defined(SHARED_KERNELS_WITH_OPENMP)
@@ -55,7 +34,7 @@ void parallel_for(int64_t n, F&& f) {
   for (int64_t i = 0; i < n; ++i) f(i);
 }
 
-void quantize_mx_cpu(std::uintptr_t x, int dtype, const Geometry& g, int elem, int scale_rule, int rounding,
+void quantize_mx_cpu(std::uintptr_t x, int dtype, const mx::Geometry& g, int elem, int scale_rule, int rounding,
                      uint64_t seed, int64_t offset, std::uintptr_t data, std::uintptr_t scales) {
   const void* xp = reinterpret_cast<const void*>(x);
   uint8_t* dp = reinterpret_cast<uint8_t*>(data);
@@ -107,7 +86,7 @@ float tensor_amax(const void* xp, int dtype, int64_t n) {
 }
 
 // outer_mode: 0 = tensor, 1 = block128, 2 = none.
-void quantize_nvfp4_cpu(std::uintptr_t x, int dtype, const Geometry& g, int outer_mode, int rounding, uint64_t seed,
+void quantize_nvfp4_cpu(std::uintptr_t x, int dtype, const mx::Geometry& g, int outer_mode, int rounding, uint64_t seed,
                         int64_t offset, std::uintptr_t data, std::uintptr_t scales, std::uintptr_t outer) {
   const void* xp = reinterpret_cast<const void*>(x);
   uint8_t* dp = reinterpret_cast<uint8_t*>(data);
@@ -215,7 +194,7 @@ SK_REGISTER_BINDINGS(microscaling) {
       [](std::uintptr_t x, int dtype, int64_t B, int64_t M, int64_t K, bool along_rows, int elem, int scale_rule,
          int rounding, int64_t seed, int64_t offset, std::uintptr_t data, std::uintptr_t scales) {
         py::gil_scoped_release nogil;
-        cpu::quantize_mx_cpu(x, dtype, cpu::Geometry{B, M, K, along_rows}, elem, scale_rule, rounding,
+        cpu::quantize_mx_cpu(x, dtype, mx::Geometry{B, M, K, along_rows}, elem, scale_rule, rounding,
                              static_cast<uint64_t>(seed), offset, data, scales);
       },
       "MX quantization of x viewed as [B, M, K], 32-blocks along K (along_rows=False) or M");
@@ -224,7 +203,7 @@ SK_REGISTER_BINDINGS(microscaling) {
       [](std::uintptr_t x, int dtype, int64_t B, int64_t M, int64_t K, bool along_rows, int outer_mode, int rounding,
          int64_t seed, int64_t offset, std::uintptr_t data, std::uintptr_t scales, std::uintptr_t outer) {
         py::gil_scoped_release nogil;
-        cpu::quantize_nvfp4_cpu(x, dtype, cpu::Geometry{B, M, K, along_rows}, outer_mode, rounding,
+        cpu::quantize_nvfp4_cpu(x, dtype, mx::Geometry{B, M, K, along_rows}, outer_mode, rounding,
                                 static_cast<uint64_t>(seed), offset, data, scales, outer);
       },
       "NVFP4 quantization of x viewed as [B, M, K]; outer_mode 0=tensor 1=block128 2=none");

@@ -56,4 +56,25 @@ SK_HD float nvfp4_denominator(uint32_t scale_code, float outer) {
   return minifloat::decode(scale_code, minifloat::e4m3()) * outer;
 }
 
+// Geometry of x viewed as [B, M, K] with blocks along K (axis -1: B = 1) or along M (axis -2).
+struct Geometry {
+  int64_t B, M, K;
+  bool along_rows;  // axis -2: blocks run down the rows of each column
+  // Index into a tensor that has x's shape with the axis size divided by d, of element f.
+  SK_HD int64_t index_div(int64_t f, int64_t d) const {
+    if (!along_rows) return f / d;
+    const int64_t b = f / (M * K), m = (f / K) % M, k = f % K;
+    return (b * (M / d) + m / d) * K + k;
+  }
+  SK_HD int64_t elem_stride() const { return along_rows ? K : 1; }
+  SK_HD int64_t axis_len() const { return along_rows ? M : K; }
+  // Lines of `len` consecutive elements along the axis: count and first element of line i.
+  SK_HD int64_t line_count(int64_t len) const { return B * M * K / len; }
+  SK_HD int64_t line_start(int64_t i, int64_t len) const {
+    if (!along_rows) return i * len;
+    const int64_t k = i % K, seg = (i / K) % (M / len), b = i / (K * (M / len));
+    return (b * M + seg * len) * K + k;
+  }
+};
+
 }  // namespace shared_kernels::mx
