@@ -341,3 +341,43 @@ def test_mx_round_trip_error_bound(fmt, scale_rule, axis):
     bound = grid_half_step(v, elem) * scale
     assert ((y - x).abs()[inside] <= bound[inside]).all()
     assert ((y.abs() <= elem.max_value * scale) | ~inside).all()
+
+
+# ------------------------------------------------------------------------ stochastic rounding
+@pytest.mark.parametrize("fmt", MX_FMTS)
+@pytest.mark.parametrize("seed,offset", [(0, 0), (1234, 77), (2**64 - 5, 2**40 + 1)])
+def test_mx_sr_cpu_matches_reference(fmt, seed, offset):
+    x = torch.randn(3, 7, 96) * 5
+    mx_both(x, fmt=fmt, rounding="stochastic", seed=seed, offset=offset)
+    mx_both(mx_edge_input(), fmt=fmt, rounding="stochastic", seed=seed, offset=offset)
+
+
+def test_mx_sr_seed_offset_semantics():
+    x = torch.randn(8, 128)
+    a = sk.quantize_mx(x, rounding="stochastic", seed=3)
+    assert_mx_equal(a, sk.quantize_mx(x, rounding="stochastic", seed=3))  # same seed -> same bits
+    b = sk.quantize_mx(x, rounding="stochastic", seed=3, offset=x.numel())
+    c = sk.quantize_mx(x, rounding="stochastic", seed=4)
+    assert (a.data != b.data).float().mean() > 0.2 and (a.data != c.data).float().mean() > 0.2
+    assert_bit_exact(a.scales, b.scales, "scales do not depend on the rounding")
+    # element i uses the bits of offset + i: quantizing rows 5.. alone with offset 5*128 agrees
+    d = sk.quantize_mx(x[5:].contiguous(), rounding="stochastic", seed=3, offset=5 * 128)
+    assert_bit_exact(d.data, a.data[5:], "offset addresses the flat element index")
+
+
+@pytest.mark.parametrize("fmt", MX_FMTS)
+def test_mx_sr_unbiased(fmt):
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 64, generator=g) * torch.logspace(-3, 3, 64)
+    draws = 4000
+    q = sk.quantize_mx(x.repeat(draws, 1), fmt, scale_rule="truncation_free", rounding="stochastic", seed=99)
+    y = sk.dequantize_mx(q).double().reshape(draws, 2, 64)
+    elem = ref.MX_ELEMENT[fmt]
+    scale = ref.decode_e8m0(q.scales[:2]).repeat_interleave(32, dim=-1).double()
+    step = 2 * grid_half_step(x / scale.float(), elem).double() * scale  # grid step at x
+    # each draw is one of the two grid points around x: sd <= step / 2; 5 sigma on the mean
+    err = (y.mean(0) - x.double()).abs()
+    assert (err <= 5 * step / 2 / draws**0.5 + 1e-30).all(), err.max()
+    assert (y - x.double()).abs().max(0).values.le(step * (1 + 1e-9)).all()
+    rne = sk.dequantize_mx(sk.quantize_mx(x, fmt, scale_rule="truncation_free")).double()
+    assert ((y.mean(0) - x).abs() <= (rne - x).abs() + 5 * step / 2 / draws**0.5).all()
