@@ -381,3 +381,27 @@ def test_mx_sr_unbiased(fmt):
     assert (y - x.double()).abs().max(0).values.le(step * (1 + 1e-9)).all()
     rne = sk.dequantize_mx(sk.quantize_mx(x, fmt, scale_rule="truncation_free")).double()
     assert ((y.mean(0) - x).abs() <= (rne - x).abs() + 5 * step / 2 / draws**0.5).all()
+
+
+# ------------------------------------------------------------------------ 32x1 column blocks
+@pytest.mark.parametrize("shape", [(3, 64, 7), (64, 33), (2, 3, 32, 96), (32, 1)])
+@pytest.mark.parametrize("fmt", MX_FMTS)
+@pytest.mark.parametrize("rounding", ["rne", "stochastic"])
+def test_mx_columns_cpu_matches_reference(shape, fmt, rounding):
+    x = torch.randn(shape) * 3
+    q = mx_both(x, fmt=fmt, axis=-2, rounding=rounding, seed=5, offset=11)
+    assert q.scales.shape == (*shape[:-2], shape[-2] // 32, shape[-1])
+    if fmt == "mxfp4":
+        assert q.data.shape == (*shape[:-2], shape[-2] // 2, shape[-1])
+
+
+@pytest.mark.parametrize("fmt", MX_FMTS)
+def test_mx_columns_equal_rows_of_transpose(fmt):
+    """32x1 blocks of x are the 1x32 blocks of x^T (RNE); the fp4 layout packs rows pairwise."""
+    x = mx_edge_input((4, 128)).t().contiguous()  # [128, 4]
+    col = mx_both(x, fmt=fmt, axis=-2)
+    row = sk.quantize_mx(x.t().contiguous(), fmt)
+    assert_bit_exact(col.scales, row.scales.t().contiguous(), "scales")
+    assert_bit_exact(col.data, row.data.t().contiguous(), "data")
+    mx_both(x, fmt=fmt, axis=-2, scale_rule="truncation_free")
+    assert col.axis == -2 and sk.quantize_mx(x, fmt, axis=x.dim() - 2).axis == -2
