@@ -570,3 +570,41 @@ def test_nvfp4_opcheck_and_bad_inputs():
 
 
 OUTER_NAMES = ["tensor", "block128", "none"]
+
+
+# ---------------------------------------------------------------------------------------- CUDA
+@pytest.mark.cuda
+@pytest.mark.parametrize("fmt", MX_FMTS)
+@pytest.mark.parametrize("axis", [-1, -2])
+@pytest.mark.parametrize("rounding", ["rne", "stochastic"])
+def test_mx_cuda_matches_reference(fmt, axis, rounding):
+    for scale_rule in ("floor", "truncation_free"):
+        for shape in [(3, 64, 96), (64, 33) if axis == -2 else (33, 64), (2, 3, 32, 64)]:
+            x = (torch.randn(shape) * torch.logspace(-3, 3, shape[-1])).cuda()
+            mx_both(
+                x,
+                "cuda",
+                fmt=fmt,
+                axis=axis,
+                scale_rule=scale_rule,
+                rounding=rounding,
+                seed=2**63 + 5,
+                offset=9,
+            )
+        e = mx_edge_input((4, 128)).cuda()
+        mx_both(e if axis == -1 else e.t().contiguous(), "cuda", fmt=fmt, axis=axis, scale_rule=scale_rule)
+        xb = (torch.randn(64, 128, device="cuda") * 10).to(torch.bfloat16)
+        mx_both(xb, "cuda", fmt=fmt, axis=axis, scale_rule=scale_rule, rounding=rounding)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("outer", ["tensor", "block128", "none"])
+@pytest.mark.parametrize("axis", [-1, -2])
+@pytest.mark.parametrize("rounding", ["rne", "stochastic"])
+def test_nvfp4_cuda_matches_reference(outer, axis, rounding):
+    for shape in [(3, 128, 256), (256, 33) if axis == -2 else (33, 256)]:
+        x = (torch.randn(shape) * torch.logspace(-3, 3, shape[-1])).cuda()
+        nv_both(x, "cuda", outer=outer, axis=axis, rounding=rounding, seed=17, offset=4)
+    xn = torch.randn(256, 128, device="cuda").to(torch.float16)
+    xn[3, 5] = float("nan")
+    nv_both(xn, "cuda", outer=outer, axis=axis, rounding=rounding)

@@ -34,36 +34,68 @@ void parallel_for(int64_t n, F&& f) {
   for (int64_t i = 0; i < n; ++i) f(i);
 }
 
-void quantize_mx_cpu(std::uintptr_t x, int dtype, const mx::Geometry& g, int elem, int scale_rule, int rounding,
-                     uint64_t seed, int64_t offset, std::uintptr_t data, std::uintptr_t scales) {
-  const void* xp = reinterpret_cast<const void*>(x);
-  uint8_t* dp = reinterpret_cast<uint8_t*>(data);
-  uint8_t* sp = reinterpret_cast<uint8_t*>(scales);
+// Elem, Rounding and Dtype as template parameters: the per-element codec folds to straight-line
+// code for each combination.
+template <int Elem, int Rounding, int Dtype>
+void quantize_mx_lines(const void* xp, const mx::Geometry& g, int scale_rule, uint64_t seed, int64_t offset,
+                       uint8_t* dp, uint8_t* sp) {
   const int64_t es = g.elem_stride();
+  const Format fmt = mx::element_format(Elem);
   parallel_for(g.line_count(32), [&](int64_t line) {
     const int64_t f0 = g.line_start(line, 32);
     float v[32];
     float amax = 0.0f;
     for (int j = 0; j < 32; ++j) {
-      v[j] = minifloat::load_as_f32(xp, f0 + j * es, dtype);
+      v[j] = minifloat::load_as_f32(xp, f0 + j * es, Dtype);
       amax = mx::amax_step(amax, v[j]);
     }
-    const uint32_t sbyte = mx::shared_exponent_byte(amax, elem, scale_rule);
+    const uint32_t sbyte = mx::shared_exponent_byte(amax, Elem, scale_rule);
     sp[g.index_div(f0, 32)] = static_cast<uint8_t>(sbyte);
-    const float scale = minifloat::decode_e8m0(sbyte);
-    philox::Stream rng(seed);
+    // x / 2^e == x * 2^-e exactly (both are the correctly rounded x * 2^-e; NaN stays NaN)
+    const float inv_scale = 1.0f / minifloat::decode_e8m0(sbyte);
     uint32_t codes[32];
-    for (int j = 0; j < 32; ++j) {
-      const uint32_t r = rounding ? rng.at(static_cast<uint64_t>(offset + f0 + j * es)) : 0u;
-      codes[j] = mx::encode_element(v[j] / scale, elem, rounding, r);
+    if (Rounding) {
+      philox::Stream rng(seed);
+      for (int j = 0; j < 32; ++j)
+        codes[j] = minifloat::encode_sr(v[j] * inv_scale, rng.at(static_cast<uint64_t>(offset + f0 + j * es)), fmt);
+    } else {
+      for (int j = 0; j < 32; ++j) codes[j] = minifloat::encode_rne(v[j] * inv_scale, fmt);
     }
-    if (elem == 0) {
+    if (Elem == 0) {
       const int64_t b0 = g.index_div(f0, 2);
       for (int p = 0; p < 16; ++p) dp[b0 + p * es] = static_cast<uint8_t>(codes[2 * p] | (codes[2 * p + 1] << 4));
     } else {
       for (int j = 0; j < 32; ++j) dp[f0 + j * es] = static_cast<uint8_t>(codes[j]);
     }
   });
+}
+
+template <int Elem, int Rounding>
+void quantize_mx_dtype(int dtype, const void* xp, const mx::Geometry& g, int scale_rule, uint64_t seed,
+                       int64_t offset, uint8_t* dp, uint8_t* sp) {
+  if (dtype == 0) quantize_mx_lines<Elem, Rounding, 0>(xp, g, scale_rule, seed, offset, dp, sp);
+  if (dtype == 1) quantize_mx_lines<Elem, Rounding, 1>(xp, g, scale_rule, seed, offset, dp, sp);
+  if (dtype == 2) quantize_mx_lines<Elem, Rounding, 2>(xp, g, scale_rule, seed, offset, dp, sp);
+}
+
+template <int Elem>
+void quantize_mx_rounding(int rounding, int dtype, const void* xp, const mx::Geometry& g, int scale_rule,
+                          uint64_t seed, int64_t offset, uint8_t* dp, uint8_t* sp) {
+  if (rounding) {
+    quantize_mx_dtype<Elem, 1>(dtype, xp, g, scale_rule, seed, offset, dp, sp);
+  } else {
+    quantize_mx_dtype<Elem, 0>(dtype, xp, g, scale_rule, seed, offset, dp, sp);
+  }
+}
+
+void quantize_mx_cpu(std::uintptr_t x, int dtype, const mx::Geometry& g, int elem, int scale_rule, int rounding,
+                     uint64_t seed, int64_t offset, std::uintptr_t data, std::uintptr_t scales) {
+  const void* xp = reinterpret_cast<const void*>(x);
+  uint8_t* dp = reinterpret_cast<uint8_t*>(data);
+  uint8_t* sp = reinterpret_cast<uint8_t*>(scales);
+  if (elem == 0) quantize_mx_rounding<0>(rounding, dtype, xp, g, scale_rule, seed, offset, dp, sp);
+  if (elem == 1) quantize_mx_rounding<1>(rounding, dtype, xp, g, scale_rule, seed, offset, dp, sp);
+  if (elem == 2) quantize_mx_rounding<2>(rounding, dtype, xp, g, scale_rule, seed, offset, dp, sp);
 }
 
 float tensor_amax(const void* xp, int dtype, int64_t n) {

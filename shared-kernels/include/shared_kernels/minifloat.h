@@ -112,7 +112,8 @@ SK_HD uint32_t encode_rne(float v, Format fmt) {
   } else {
     n = g.n;
     const uint32_t half = 1u << (g.shift - 1);
-    if (g.rem > half || (g.rem == half && (n & 1u))) ++n;
+    // branch-free: the comparison outcomes are data dependent (random for real data)
+    n += static_cast<uint32_t>(g.rem > half) | (static_cast<uint32_t>(g.rem == half) & n & 1u);
   }
   return sign | grid_to_code(n, g.e_grid, fmt);
 }
@@ -133,7 +134,7 @@ SK_HD uint32_t encode_sr(float v, uint32_t r, Format fmt) {
   } else {
     threshold = g.shift - 32 >= 24 ? 0 : (g.m24 >> (g.shift - 32));
   }
-  if (static_cast<uint64_t>(r) < threshold) ++n;
+  n += static_cast<uint32_t>(static_cast<uint64_t>(r) < threshold);
   return sign | grid_to_code(n, g.e_grid, fmt);
 }
 

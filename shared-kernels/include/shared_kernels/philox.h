@@ -40,6 +40,11 @@ SK_HD U32x4 philox4x32_10(U32x4 c, uint32_t k0, uint32_t k1) {
   return c;
 }
 
+// Word k (0..3) of a block without dynamic array indexing (keeps GPU code out of local memory).
+SK_HD uint32_t word(const U32x4& w, uint32_t k) {
+  return k == 0 ? w.v[0] : (k == 1 ? w.v[1] : (k == 2 ? w.v[2] : w.v[3]));
+}
+
 // The four words for counter block g >> 2 (see the file comment).
 SK_HD U32x4 block_bits(uint64_t seed, uint64_t g) {
   const uint64_t ctr = g >> 2;
@@ -48,7 +53,7 @@ SK_HD U32x4 block_bits(uint64_t seed, uint64_t g) {
 }
 
 // 32 random bits of element g.
-SK_HD uint32_t element_bits(uint64_t seed, uint64_t g) { return block_bits(seed, g).v[g & 3u]; }
+SK_HD uint32_t element_bits(uint64_t seed, uint64_t g) { return word(block_bits(seed, g), static_cast<uint32_t>(g & 3u)); }
 
 // Sequential reader that reuses one Philox call for four consecutive element indices.
 struct Stream {
@@ -61,7 +66,7 @@ struct Stream {
       cached = g >> 2;
       words = block_bits(seed, g);
     }
-    return words.v[g & 3u];
+    return word(words, static_cast<uint32_t>(g & 3u));
   }
 };
 
