@@ -34,7 +34,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size", type=int, default=4096)
     p.add_argument("--reps", type=int, default=5)
+    p.add_argument(
+        "--ref-reps", type=int, default=None, help="repetitions of the reference (default: --reps)"
+    )
+    p.add_argument("--cases", default="", help="comma-separated substrings selecting cases (default: all)")
     args = p.parse_args()
+    ref_reps = args.reps if args.ref_reps is None else args.ref_reps
     n = args.size
     x = torch.randn(n, n, generator=torch.Generator().manual_seed(0))
     numel = x.numel()
@@ -50,14 +55,18 @@ def main() -> None:
         ("nvfp4 tensor RNE", lambda be: sk.quantize_nvfp4(x, backend=be), 8 + 0.5 + 1 / 16),
         ("fp8 e4m3 per_channel", lambda be: sk.quantize_fp8(x, backend=be), 8 + 1),
     ]
+    if args.cases:
+        cases = [c for c in cases if any(k in c[0] for k in args.cases.split(","))]
     threads = sk._lib.native().num_threads()
-    print(f"CPU, {threads} OpenMP threads, input {n}x{n} float32, best of {args.reps}")
+    print(
+        f"CPU, {threads} OpenMP threads, input {n}x{n} float32, best of {args.reps} (reference: {ref_reps})"
+    )
     print(
         f"{'op':24s} {'cpu ms':>9s} {'cpu GB/s':>9s} {'torch ms':>9s} {'torch GB/s':>10s} {'speed-up':>8s} bit-exact"
     )
     for name, fn, bytes_per_elem in cases:
         t_cpu = best_of(lambda fn=fn: fn("cpu"), args.reps)
-        t_ref = best_of(lambda fn=fn: fn("torch"), args.reps)
+        t_ref = best_of(lambda fn=fn: fn("torch"), ref_reps)
         same = all(torch.equal(a, b) for a, b in zip(flat(fn("cpu")), flat(fn("torch")), strict=True))
         gb = numel * bytes_per_elem / 1e9
         print(

@@ -57,6 +57,9 @@ CUDA_SPECS = [
         "quantize_nvfp4 tensor amax", "nvfp4_tensor_amax_kernel", {a: ("none",) for a in _ALL_ARCHS}
     ),
     CudaKernelSpec(
+        "quantize_nvfp4 outer finalize", "nvfp4_outer_finalize_kernel", {a: ("none",) for a in _ALL_ARCHS}
+    ),
+    CudaKernelSpec(
         "quantize_nvfp4 128-block outer scales", "nvfp4_outer128_kernel", {a: ("none",) for a in _ALL_ARCHS}
     ),
     CudaKernelSpec(
