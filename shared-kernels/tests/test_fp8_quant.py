@@ -134,3 +134,12 @@ def test_cuda_matches_reference(gran, fmt):
         run_both(x, "cuda", fmt=fmt, granularity=gran, block_size=5)
     x = torch.randn(3, 333, 64, device="cuda", dtype=torch.bfloat16)
     run_both(x, "cuda", fmt=fmt, granularity=gran, block_size=128, scale_max=2.25)
+
+
+def test_empty_inputs():
+    x = torch.randn(3, 0, 8)
+    for gran in GRANS:
+        for be in ("cpu", "torch"):
+            q, s = sk.quantize_fp8(x, granularity=gran, block_size=4, backend=be)
+            assert q.shape == x.shape and q.dtype == torch.float8_e4m3fn
+            assert s.shape == ref.group_amax(x, gran, 4).shape and (s == 0).all()

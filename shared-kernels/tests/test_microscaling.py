@@ -608,3 +608,15 @@ def test_nvfp4_cuda_matches_reference(outer, axis, rounding):
     xn = torch.randn(256, 128, device="cuda").to(torch.float16)
     xn[3, 5] = float("nan")
     nv_both(xn, "cuda", outer=outer, axis=axis, rounding=rounding)
+
+
+def test_empty_inputs():
+    for be in ("cpu", "torch"):
+        q = sk.quantize_mx(torch.randn(0, 128), backend=be)
+        assert q.data.shape == (0, 64) and q.scales.shape == (0, 4)
+        q = sk.quantize_mx(torch.randn(2, 0, 64), axis=-2, backend=be)
+        assert q.data.shape == (2, 0, 64) and q.scales.shape == (2, 0, 64)
+        n = sk.quantize_nvfp4(torch.randn(0, 128), backend=be)
+        assert n.data.shape == (0, 64) and n.outer_scale.item() == 0.0
+        n = sk.quantize_nvfp4(torch.randn(0, 128), outer="block128", backend=be)
+        assert n.outer_scale.shape == (0, 1)

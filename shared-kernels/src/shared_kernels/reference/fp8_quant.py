@@ -20,6 +20,9 @@ FP8 = {"e4m3": (E4M3, torch.float8_e4m3fn), "e5m2": (E5M2, torch.float8_e5m2)}
 
 def group_amax(xf: torch.Tensor, granularity: str, block_size: int) -> torch.Tensor:
     a = xf.abs()
+    if a.numel() == 0:  # empty groups have amax 0
+        shape = {"per_channel": (*a.shape[:-2], a.shape[-1]), "per_tensor": ()}
+        return a.new_zeros(shape.get(granularity, (*a.shape[:-2], -(-a.shape[-2] // block_size))))
     if granularity == "per_channel":
         return a.amax(dim=-2)
     if granularity == "per_tensor":

@@ -226,7 +226,8 @@ def quantize_nvfp4(
     blocks = xm.reshape(*xm.shape[:-1], n // NVFP4_BLOCK, NVFP4_BLOCK)
     amax16 = blocks.abs().amax(-1)
     if outer == "tensor":
-        outer_scale = xf.abs().amax() / NVFP4_OUTER_DIVISOR
+        amax = xf.abs().amax() if xf.numel() else xf.new_zeros(())
+        outer_scale = amax / NVFP4_OUTER_DIVISOR
         outer16 = outer_scale.expand(amax16.shape)
     elif outer == "block128":
         outer_scale = xm.reshape(*xm.shape[:-1], n // NVFP4_OUTER_BLOCK, NVFP4_OUTER_BLOCK).abs().amax(-1)
