@@ -47,7 +47,7 @@ def test_edge_cases_and_nonfinite_policy():
     x[0, :, 0] = 0.0  # all-zero channel
     x[0, 3, 1] = 1e6  # outlier
     x[1, :, 2] = 1e-44  # subnormal channel: scale underflows to 0 -> q 0
-    x[1, 2, 3] = float("nan")
+    x.view(torch.int32)[1, 2, 3] = -4194013  # a negative NaN with a payload (0xFFC00123)
     x[1, 5, 4] = float("inf")
     q, s = run_both(x, "cpu", granularity="per_channel")
     qb = q.view(torch.uint8)
@@ -55,6 +55,7 @@ def test_edge_cases_and_nonfinite_policy():
     assert s[1, 2] == 0 and (qb[1, :, 2] == 0).all()
     assert qb[0, 3, 1] == 0x7E  # the outlier maps to 448
     assert torch.isnan(s[1, 3]) and (qb[1, :, 3] == 0x7F).all()  # NaN poisons its channel
+    assert s.view(torch.int32)[1, 3] == 0x7FC00000  # canonical NaN scale on every backend
     assert torch.isinf(s[1, 4]) and qb[1, 5, 4] == 0x7F
     others = torch.cat([qb[1, :5, 4], qb[1, 6:, 4]])
     assert ((others & 0x7F) == 0).all()  # finite / inf -> +-0

@@ -416,10 +416,8 @@ def assert_nvfp4_equal(a, b, what=""):
         assert b.outer_scale is None
     else:
         assert a.outer_scale.shape == b.outer_scale.shape
-        oa, ob = a.outer_scale.reshape(-1), b.outer_scale.reshape(-1)
-        assert torch.equal(torch.isnan(oa), torch.isnan(ob))
-        if not torch.isnan(oa).all():
-            assert_bit_exact(oa[~torch.isnan(oa)], ob[~torch.isnan(ob)], f"{what} outer scales")
+        if a.outer_scale.numel():  # NaN outer scales are canonical (0x7FC00000) on every backend
+            assert_bit_exact(a.outer_scale.reshape(-1), b.outer_scale.reshape(-1), f"{what} outer scales")
 
 
 def nv_both(x, backend="cpu", **kw):

@@ -42,7 +42,7 @@ void quantize_fp8_cpu(std::uintptr_t x, int dtype, int64_t B, int64_t N, int64_t
         const int64_t row = (b * N + n) * D;
         for (int64_t d = d0; d < d1; ++d) acc[d - d0] = mx::amax_step(acc[d - d0], minifloat::load_as_f32(xp, row + d, dtype));
       }
-      for (int64_t d = d0; d < d1; ++d) sp[b * D + d] = acc[d - d0] / scale_max;
+      for (int64_t d = d0; d < d1; ++d) sp[b * D + d] = mx::amax_scale(acc[d - d0], scale_max);
     }
   } else if (granularity == 1) {
 #if defined(SHARED_KERNELS_WITH_OPENMP)
@@ -52,7 +52,7 @@ void quantize_fp8_cpu(std::uintptr_t x, int dtype, int64_t B, int64_t N, int64_t
       const int64_t b = t / nblk, n0 = (t % nblk) * block_size, n1 = std::min(N, n0 + block_size);
       float a = 0.0f;
       for (int64_t i = (b * N + n0) * D; i < (b * N + n1) * D; ++i) a = mx::amax_step(a, minifloat::load_as_f32(xp, i, dtype));
-      sp[t] = a / scale_max;
+      sp[t] = mx::amax_scale(a, scale_max);
     }
   } else {
     float result = 0.0f;
@@ -70,7 +70,7 @@ void quantize_fp8_cpu(std::uintptr_t x, int dtype, int64_t B, int64_t N, int64_t
 #endif
       result = mx::amax_step(result, local);
     }
-    sp[0] = result / scale_max;
+    sp[0] = mx::amax_scale(result, scale_max);
   }
 
   // Pass 2: q = encode_rne_sat(x / scale); a zero scale (all-zero group) gives q = 0.

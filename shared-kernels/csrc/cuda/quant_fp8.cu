@@ -53,7 +53,7 @@ __global__ void fp8_amax_kernel(const void* __restrict__ x, int dtype, Fp8Geomet
 
 __global__ void fp8_scale_kernel(float* __restrict__ scale, int64_t n, float scale_max) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i < n) scale[i] = scale[i] / scale_max;  // the buffer holds the amax bits as a float
+  if (i < n) scale[i] = mx::amax_scale(scale[i], scale_max);  // the buffer holds the amax bits
 }
 
 __global__ void fp8_encode_kernel(const void* __restrict__ x, int dtype, Fp8Geometry g, int fmt,

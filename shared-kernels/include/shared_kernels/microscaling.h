@@ -42,8 +42,15 @@ SK_HD uint32_t encode_element(float v, int elem, int rounding, uint32_t r) {
   return rounding == 0 ? minifloat::encode_rne(v, f) : minifloat::encode_sr(v, r, f);
 }
 
+// A NaN as the canonical quiet NaN 0x7FC00000: NaN payloads out of arithmetic differ between CPU
+// (propagates the input NaN) and GPU (0x7FFFFFFF); scales stay bit-identical across backends.
+SK_HD float canonical_nan(float v) { return v != v ? minifloat::bits_f32(0x7FC00000u) : v; }
+
+// Float32 group scale amax / divisor (FP8 scales, NVFP4 outer scales), NaN canonical.
+SK_HD float amax_scale(float amax, float divisor) { return canonical_nan(amax / divisor); }
+
 // NVFP4 outer scale from an amax (tensor or 128-block): amax / (448 * 6).
-SK_HD float nvfp4_outer_scale(float amax) { return amax / 2688.0f; }
+SK_HD float nvfp4_outer_scale(float amax) { return amax_scale(amax, 2688.0f); }
 
 // NVFP4 E4M3 block-scale code: E4M3_rne_sat(amax16 / (6 * outer)); a zero outer gives code 0.
 SK_HD uint32_t nvfp4_block_scale_code(float amax16, float outer) {

@@ -54,6 +54,7 @@ def quantize_fp8(
     smax = torch.tensor(elem.max_value if scale_max is None else scale_max, dtype=torch.float32)
     xf = x.to(torch.float32)
     scale = group_amax(xf, granularity, block_size) / smax.to(x.device)
+    scale = torch.where(torch.isnan(scale), float("nan"), scale)  # canonical NaN bits on every device
     s = expand_scale(scale, xf.shape, granularity, block_size)
     codes = encode(xf / s, elem)
     codes = torch.where(s == 0, torch.zeros_like(codes), codes)

@@ -238,6 +238,8 @@ def quantize_nvfp4(
         outer16 = outer_scale.expand(amax16.shape)
     else:
         raise ValueError(outer)
+    outer_scale = torch.where(torch.isnan(outer_scale), float("nan"), outer_scale)  # canonical NaN bits
+    outer16 = torch.where(torch.isnan(outer16), float("nan"), outer16)
     scale_code = encode(amax16 / (outer16 * 6.0), E4M3)
     scale_code = torch.where(outer16 == 0, torch.zeros_like(scale_code), scale_code)
     denom = decode(scale_code, E4M3) * outer16
