@@ -34,39 +34,13 @@ void parallel_for(int64_t n, F&& f) {
   for (int64_t i = 0; i < n; ++i) f(i);
 }
 
-// Elem, Rounding and Dtype as template parameters: the per-element codec folds to straight-line
-// code for each combination.
+// The per-line bodies live in microscaling.h (the CUDA kernels run the same functions, one thread
+// per line). Elem, Rounding and Dtype are compile-time here so the codec folds per combination.
 template <int Elem, int Rounding, int Dtype>
 void quantize_mx_lines(const void* xp, const mx::Geometry& g, int scale_rule, uint64_t seed, int64_t offset,
                        uint8_t* dp, uint8_t* sp) {
-  const int64_t es = g.elem_stride();
-  const Format fmt = mx::element_format(Elem);
   parallel_for(g.line_count(32), [&](int64_t line) {
-    const int64_t f0 = g.line_start(line, 32);
-    float v[32];
-    float amax = 0.0f;
-    for (int j = 0; j < 32; ++j) {
-      v[j] = minifloat::load_as_f32(xp, f0 + j * es, Dtype);
-      amax = mx::amax_step(amax, v[j]);
-    }
-    const uint32_t sbyte = mx::shared_exponent_byte(amax, Elem, scale_rule);
-    sp[g.index_div(f0, 32)] = static_cast<uint8_t>(sbyte);
-    // x / 2^e == x * 2^-e exactly (both are the correctly rounded x * 2^-e; NaN stays NaN)
-    const float inv_scale = 1.0f / minifloat::decode_e8m0(sbyte);
-    uint32_t codes[32];
-    if (Rounding) {
-      philox::Stream rng(seed);
-      for (int j = 0; j < 32; ++j)
-        codes[j] = minifloat::encode_sr(v[j] * inv_scale, rng.at(static_cast<uint64_t>(offset + f0 + j * es)), fmt);
-    } else {
-      for (int j = 0; j < 32; ++j) codes[j] = minifloat::encode_rne(v[j] * inv_scale, fmt);
-    }
-    if (Elem == 0) {
-      const int64_t b0 = g.index_div(f0, 2);
-      for (int p = 0; p < 16; ++p) dp[b0 + p * es] = static_cast<uint8_t>(codes[2 * p] | (codes[2 * p + 1] << 4));
-    } else {
-      for (int j = 0; j < 32; ++j) dp[f0 + j * es] = static_cast<uint8_t>(codes[j]);
-    }
+    mx::mx_quantize_line(xp, Dtype, g, line, Elem, scale_rule, Rounding, seed, offset, dp, sp);
   });
 }
 
@@ -117,55 +91,24 @@ float tensor_amax(const void* xp, int dtype, int64_t n) {
   return result;
 }
 
-// outer_mode: 0 = tensor, 1 = block128, 2 = none.
-void quantize_nvfp4_cpu(std::uintptr_t x, int dtype, const mx::Geometry& g, int outer_mode, int rounding, uint64_t seed,
-                        int64_t offset, std::uintptr_t data, std::uintptr_t scales, std::uintptr_t outer) {
+// outer_mode: 0 = tensor, 1 = block128, 2 = none. Same passes as the CUDA launcher: outer scales
+// first, then one 16-element line at a time.
+void quantize_nvfp4_cpu(std::uintptr_t x, int dtype, const mx::Geometry& g, int outer_mode, int rounding,
+                        uint64_t seed, int64_t offset, std::uintptr_t data, std::uintptr_t scales,
+                        std::uintptr_t outer) {
   const void* xp = reinterpret_cast<const void*>(x);
   uint8_t* dp = reinterpret_cast<uint8_t*>(data);
   uint8_t* sp = reinterpret_cast<uint8_t*>(scales);
   float* op = reinterpret_cast<float*>(outer);
-  const int64_t es = g.elem_stride();
-  float tensor_outer = 1.0f;
   if (outer_mode == 0) {
-    tensor_outer = mx::nvfp4_outer_scale(tensor_amax(xp, dtype, g.B * g.M * g.K));
-    op[0] = tensor_outer;
-  } else if (outer_mode == 2) {
+    op[0] = mx::nvfp4_outer_scale(tensor_amax(xp, dtype, g.B * g.M * g.K));
+  } else if (outer_mode == 1) {
+    parallel_for(g.line_count(128), [&](int64_t line) { mx::nvfp4_outer128_line(xp, dtype, g, line, op); });
+  } else {
     op[0] = 1.0f;
   }
-  const int64_t seg = outer_mode == 1 ? 128 : 16;
-  parallel_for(g.line_count(seg), [&](int64_t line) {
-    const int64_t f0 = g.line_start(line, seg);
-    float v[128];
-    float amax16[8];
-    float amax_seg = 0.0f;
-    for (int b = 0; b < seg / 16; ++b) {
-      float a = 0.0f;
-      for (int j = 0; j < 16; ++j) {
-        v[b * 16 + j] = minifloat::load_as_f32(xp, f0 + (b * 16 + j) * es, dtype);
-        a = mx::amax_step(a, v[b * 16 + j]);
-      }
-      amax16[b] = a;
-      amax_seg = mx::amax_step(amax_seg, a);
-    }
-    float outer_scale = tensor_outer;
-    if (outer_mode == 1) {
-      outer_scale = mx::nvfp4_outer_scale(amax_seg);
-      op[g.index_div(f0, 128)] = outer_scale;
-    }
-    philox::Stream rng(seed);
-    for (int b = 0; b < seg / 16; ++b) {
-      const int64_t fb = f0 + b * 16 * es;
-      const uint32_t sc = mx::nvfp4_block_scale_code(amax16[b], outer_scale);
-      sp[g.index_div(fb, 16)] = static_cast<uint8_t>(sc);
-      const float denom = mx::nvfp4_denominator(sc, outer_scale);
-      uint32_t codes[16];
-      for (int j = 0; j < 16; ++j) {
-        const uint32_t r = rounding ? rng.at(static_cast<uint64_t>(offset + fb + j * es)) : 0u;
-        codes[j] = denom == 0.0f ? 0u : mx::encode_element(v[b * 16 + j] / denom, 0, rounding, r);
-      }
-      const int64_t b0 = g.index_div(fb, 2);
-      for (int p = 0; p < 8; ++p) dp[b0 + p * es] = static_cast<uint8_t>(codes[2 * p] | (codes[2 * p + 1] << 4));
-    }
+  parallel_for(g.line_count(16), [&](int64_t line) {
+    mx::nvfp4_quantize_line(xp, dtype, g, line, outer_mode, op, rounding, seed, offset, dp, sp);
   });
 }
 

@@ -18,37 +18,7 @@ __global__ void __launch_bounds__(kThreads) mx_quantize_kernel(const void* __res
                                                                uint8_t* __restrict__ scales) {
   const int64_t line = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (line >= g.line_count(32)) return;
-  const int64_t f0 = g.line_start(line, 32);
-  const int64_t es = g.elem_stride();
-  float v[32];
-  float amax = 0.0f;
-#pragma unroll
-  for (int j = 0; j < 32; ++j) {
-    v[j] = minifloat::load_as_f32(x, f0 + j * es, dtype);
-    amax = mx::amax_step(amax, v[j]);
-  }
-  const uint32_t sbyte = mx::shared_exponent_byte(amax, elem, scale_rule);
-  scales[g.index_div(f0, 32)] = static_cast<uint8_t>(sbyte);
-  // x / 2^e == x * 2^-e exactly (both are the correctly rounded x * 2^-e; NaN stays NaN)
-  const float inv_scale = 1.0f / minifloat::decode_e8m0(sbyte);
-  philox::Stream rng(seed);
-  if (elem == 0) {
-    const int64_t b0 = g.index_div(f0, 2);
-#pragma unroll
-    for (int p = 0; p < 16; ++p) {
-      const uint32_t r0 = rounding ? rng.at(static_cast<uint64_t>(offset + f0 + (2 * p) * es)) : 0u;
-      const uint32_t r1 = rounding ? rng.at(static_cast<uint64_t>(offset + f0 + (2 * p + 1) * es)) : 0u;
-      const uint32_t lo = mx::encode_element(v[2 * p] * inv_scale, 0, rounding, r0);
-      const uint32_t hi = mx::encode_element(v[2 * p + 1] * inv_scale, 0, rounding, r1);
-      data[b0 + p * es] = static_cast<uint8_t>(lo | (hi << 4));
-    }
-  } else {
-#pragma unroll
-    for (int j = 0; j < 32; ++j) {
-      const uint32_t r = rounding ? rng.at(static_cast<uint64_t>(offset + f0 + j * es)) : 0u;
-      data[f0 + j * es] = static_cast<uint8_t>(mx::encode_element(v[j] * inv_scale, elem, rounding, r));
-    }
-  }
+  mx::mx_quantize_line(x, dtype, g, line, elem, scale_rule, rounding, seed, offset, data, scales);
 }
 
 // Tensor amax of |x| as float bits (atomicMax on uint32 is the float order for |x|; NaN wins).
@@ -77,11 +47,7 @@ __global__ void __launch_bounds__(kThreads) nvfp4_outer128_kernel(const void* __
                                                                   mx::Geometry g, float* __restrict__ outer) {
   const int64_t line = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (line >= g.line_count(128)) return;
-  const int64_t f0 = g.line_start(line, 128);
-  const int64_t es = g.elem_stride();
-  float a = 0.0f;
-  for (int j = 0; j < 128; ++j) a = mx::amax_step(a, minifloat::load_as_f32(x, f0 + j * es, dtype));
-  outer[g.index_div(f0, 128)] = mx::nvfp4_outer_scale(a);
+  mx::nvfp4_outer128_line(x, dtype, g, line, outer);
 }
 
 __global__ void __launch_bounds__(kThreads) nvfp4_quantize_kernel(const void* __restrict__ x, int dtype,
@@ -92,32 +58,7 @@ __global__ void __launch_bounds__(kThreads) nvfp4_quantize_kernel(const void* __
                                                                   const float* __restrict__ outer) {
   const int64_t line = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (line >= g.line_count(16)) return;
-  const int64_t f0 = g.line_start(line, 16);
-  const int64_t es = g.elem_stride();
-  float v[16];
-  float amax = 0.0f;
-#pragma unroll
-  for (int j = 0; j < 16; ++j) {
-    v[j] = minifloat::load_as_f32(x, f0 + j * es, dtype);
-    amax = mx::amax_step(amax, v[j]);
-  }
-  const float outer_scale = outer_mode == 2 ? 1.0f : outer[outer_mode == 1 ? g.index_div(f0, 128) : 0];
-  const uint32_t sc = mx::nvfp4_block_scale_code(amax, outer_scale);
-  scales[g.index_div(f0, 16)] = static_cast<uint8_t>(sc);
-  const float denom = mx::nvfp4_denominator(sc, outer_scale);
-  philox::Stream rng(seed);
-  const int64_t b0 = g.index_div(f0, 2);
-#pragma unroll
-  for (int p = 0; p < 8; ++p) {
-    uint32_t lo = 0u, hi = 0u;
-    if (denom != 0.0f) {
-      const uint32_t r0 = rounding ? rng.at(static_cast<uint64_t>(offset + f0 + (2 * p) * es)) : 0u;
-      const uint32_t r1 = rounding ? rng.at(static_cast<uint64_t>(offset + f0 + (2 * p + 1) * es)) : 0u;
-      lo = mx::encode_element(v[2 * p] / denom, 0, rounding, r0);
-      hi = mx::encode_element(v[2 * p + 1] / denom, 0, rounding, r1);
-    }
-    data[b0 + p * es] = static_cast<uint8_t>(lo | (hi << 4));
-  }
+  mx::nvfp4_quantize_line(x, dtype, g, line, outer_mode, outer, rounding, seed, offset, data, scales);
 }
 
 }  // namespace

@@ -6,6 +6,12 @@
 #include "shared_kernels/minifloat.h"
 #include "shared_kernels/philox.h"
 
+#if defined(__CUDACC__)
+#define SK_UNROLL _Pragma("unroll")
+#else
+#define SK_UNROLL
+#endif
+
 namespace shared_kernels::mx {
 
 using minifloat::Format;
@@ -83,5 +89,92 @@ struct Geometry {
     return (b * M + seg * len) * K + k;
   }
 };
+
+
+// ---- per-line bodies: the CPU loops and the CUDA kernels (one thread per line) both call these --
+
+// MX: quantize line `line` of 32 elements (scale byte + 32 codes). The CPU build calls it with
+// compile-time elem / rounding / dtype, so the codec folds to straight-line code.
+SK_HD void mx_quantize_line(const void* x, int dtype, const Geometry& g, int64_t line, int elem, int scale_rule,
+                            int rounding, uint64_t seed, int64_t offset, uint8_t* data, uint8_t* scales) {
+  const int64_t f0 = g.line_start(line, 32);
+  const int64_t es = g.elem_stride();
+  float v[32];
+  float amax = 0.0f;
+  SK_UNROLL
+  for (int j = 0; j < 32; ++j) {
+    v[j] = minifloat::load_as_f32(x, f0 + j * es, dtype);
+    amax = amax_step(amax, v[j]);
+  }
+  const uint32_t sbyte = shared_exponent_byte(amax, elem, scale_rule);
+  scales[g.index_div(f0, 32)] = static_cast<uint8_t>(sbyte);
+  // x / 2^e == x * 2^-e exactly (both are the correctly rounded x * 2^-e; NaN stays NaN)
+  const float inv_scale = 1.0f / minifloat::decode_e8m0(sbyte);
+  philox::Stream rng(seed);
+  if (elem == 0) {
+    const int64_t b0 = g.index_div(f0, 2);
+    SK_UNROLL
+    for (int p = 0; p < 16; ++p) {
+      const uint32_t r0 = rounding ? rng.at(static_cast<uint64_t>(offset + f0 + (2 * p) * es)) : 0u;
+      const uint32_t r1 = rounding ? rng.at(static_cast<uint64_t>(offset + f0 + (2 * p + 1) * es)) : 0u;
+      const uint32_t lo = encode_element(v[2 * p] * inv_scale, 0, rounding, r0);
+      const uint32_t hi = encode_element(v[2 * p + 1] * inv_scale, 0, rounding, r1);
+      data[b0 + p * es] = static_cast<uint8_t>(lo | (hi << 4));
+    }
+  } else {
+    SK_UNROLL
+    for (int j = 0; j < 32; ++j) {
+      const uint32_t r = rounding ? rng.at(static_cast<uint64_t>(offset + f0 + j * es)) : 0u;
+      data[f0 + j * es] = static_cast<uint8_t>(encode_element(v[j] * inv_scale, elem, rounding, r));
+    }
+  }
+}
+
+// amax of |x| over line `line` of `len` elements along the axis.
+SK_HD float line_amax(const void* x, int dtype, const Geometry& g, int64_t line, int64_t len) {
+  const int64_t f0 = g.line_start(line, len);
+  const int64_t es = g.elem_stride();
+  float a = 0.0f;
+  for (int64_t j = 0; j < len; ++j) a = amax_step(a, minifloat::load_as_f32(x, f0 + j * es, dtype));
+  return a;
+}
+
+// NVFP4 outer scale of 128-line `line` into its slot of the outer tensor.
+SK_HD void nvfp4_outer128_line(const void* x, int dtype, const Geometry& g, int64_t line, float* outer) {
+  outer[g.index_div(g.line_start(line, 128), 128)] = nvfp4_outer_scale(line_amax(x, dtype, g, line, 128));
+}
+
+// NVFP4: quantize 16-line `line` (E4M3 block-scale code + 8 packed bytes). outer_mode 0 = tensor
+// (outer[0]), 1 = block128 (outer per 128-line), 2 = none (1).
+SK_HD void nvfp4_quantize_line(const void* x, int dtype, const Geometry& g, int64_t line, int outer_mode,
+                               const float* outer, int rounding, uint64_t seed, int64_t offset, uint8_t* data,
+                               uint8_t* scales) {
+  const int64_t f0 = g.line_start(line, 16);
+  const int64_t es = g.elem_stride();
+  float v[16];
+  float amax = 0.0f;
+  SK_UNROLL
+  for (int j = 0; j < 16; ++j) {
+    v[j] = minifloat::load_as_f32(x, f0 + j * es, dtype);
+    amax = amax_step(amax, v[j]);
+  }
+  const float outer_scale = outer_mode == 2 ? 1.0f : outer[outer_mode == 1 ? g.index_div(f0, 128) : 0];
+  const uint32_t sc = nvfp4_block_scale_code(amax, outer_scale);
+  scales[g.index_div(f0, 16)] = static_cast<uint8_t>(sc);
+  const float denom = nvfp4_denominator(sc, outer_scale);
+  philox::Stream rng(seed);
+  const int64_t b0 = g.index_div(f0, 2);
+  SK_UNROLL
+  for (int p = 0; p < 8; ++p) {
+    uint32_t lo = 0u, hi = 0u;
+    if (denom != 0.0f) {
+      const uint32_t r0 = rounding ? rng.at(static_cast<uint64_t>(offset + f0 + (2 * p) * es)) : 0u;
+      const uint32_t r1 = rounding ? rng.at(static_cast<uint64_t>(offset + f0 + (2 * p + 1) * es)) : 0u;
+      lo = encode_element(v[2 * p] / denom, 0, rounding, r0);
+      hi = encode_element(v[2 * p + 1] / denom, 0, rounding, r1);
+    }
+    data[b0 + p * es] = static_cast<uint8_t>(lo | (hi << 4));
+  }
+}
 
 }  // namespace shared_kernels::mx
