@@ -58,84 +58,62 @@ SK_HD float exp2i(int k) {
   return bits_f32(1u << (k + 149));
 }
 
-// Shared by RNE and SR: the magnitude as n_floor * q + rem / 2^s * q, where q is the grid step of
-// the binade of |v| in the target format. Returns false for zero-like input handled by caller.
+// Shared by RNE and SR: |v| (float32 magnitude bits a) on the grid of its binade in the target
+// format: |v| / q = m24 / 2^shift with q = 2^(e_grid - mbits). Everything below is branch-free
+// (selects only), so the GPU does not diverge and the CPU compiler can vectorize it.
 struct GridSplit {
-  uint32_t n;      // floor(|v| / q)
-  uint32_t rem;    // remainder bits (valid when shift <= 31)
-  int shift;       // number of dropped bits s (|v| / q = (m24 >> s) + rem / 2^s)
-  uint32_t m24;    // float32 significand with the implicit bit
-  int e_grid;      // exponent of the target binade, >= emin
+  uint32_t m24;  // float32 significand (implicit bit included for normals)
+  int shift;     // dropped bits: |v| / q = m24 / 2^shift, shift >= 23 - mbits
+  int e_grid;    // exponent of the target binade, >= emin
 };
 
 SK_HD GridSplit grid_split(uint32_t a, Format fmt) {
-  // a: float32 magnitude bits, finite, below the format max.
-  int E = static_cast<int>(a >> 23) - 127;
-  uint32_t m24 = (a & 0x7FFFFFu) | 0x800000u;
-  if ((a >> 23) == 0) {  // float32 subnormal: value = mantissa * 2^-149
-    E = -126;
-    m24 = a & 0x7FFFFFu;
-  }
-  const int eg = E > fmt.emin ? E : fmt.emin;
-  const int s = 23 - fmt.mbits + (eg - E);  // >= 23 - mbits > 0
+  const uint32_t ef = a >> 23;
+  const bool normal = ef != 0u;  // float32 subnormals: value = mantissa * 2^-149
+  const int E = static_cast<int>(normal ? ef : 1u) - 127;
   GridSplit g;
-  g.m24 = m24;
-  g.shift = s;
-  g.e_grid = eg;
-  if (s >= 32) {
-    g.n = 0;
-    g.rem = 0;  // unused: callers handle s >= 32 from m24
-  } else {
-    g.n = m24 >> s;
-    g.rem = m24 & ((1u << s) - 1u);
-  }
+  g.m24 = (a & 0x7FFFFFu) | (normal ? 0x800000u : 0u);
+  g.e_grid = E > fmt.emin ? E : fmt.emin;
+  g.shift = 23 - fmt.mbits + (g.e_grid - E);
   return g;
 }
 
 // Integer multiple n of the grid step of binade e_grid -> magnitude code (carry-over to the next
-// binade and subnormal -> normal promotion come out of the addition).
-SK_HD uint32_t grid_to_code(uint32_t n, int e_grid, Format fmt) {
-  return (static_cast<uint32_t>(e_grid - fmt.emin) << fmt.mbits) + n;
+// binade and subnormal -> normal promotion come out of the addition); then satfinite, sign, NaN.
+SK_HD uint32_t finish_code(uint32_t n, const GridSplit& g, uint32_t a, uint32_t u, Format fmt) {
+  uint32_t code = (static_cast<uint32_t>(g.e_grid - fmt.emin) << fmt.mbits) + n;
+  code = a >= fmt.max_bits ? fmt.max_code : code;  // |v| >= max, +-inf: saturate
+  code |= (u >> 31) << fmt.sign_shift;
+  return a > 0x7F800000u ? fmt.nan_code : code;
 }
 
 // Round-to-nearest-even, satfinite.
 SK_HD uint32_t encode_rne(float v, Format fmt) {
   const uint32_t u = f32_bits(v);
   const uint32_t a = u & 0x7FFFFFFFu;
-  if (a > 0x7F800000u) return fmt.nan_code;
-  const uint32_t sign = (u >> 31) << fmt.sign_shift;
-  if (a >= fmt.max_bits) return sign | fmt.max_code;
   const GridSplit g = grid_split(a, fmt);
-  uint32_t n;
-  if (g.shift >= 32) {
-    n = 0;  // far below half the smallest subnormal
-  } else {
-    n = g.n;
-    const uint32_t half = 1u << (g.shift - 1);
-    // branch-free: the comparison outcomes are data dependent (random for real data)
-    n += static_cast<uint32_t>(g.rem > half) | (static_cast<uint32_t>(g.rem == half) & n & 1u);
-  }
-  return sign | grid_to_code(n, g.e_grid, fmt);
+  // shift >= 32 means |v| < 2^-8 of the smallest subnormal step: 31 gives the same result (0)
+  const int s = g.shift < 31 ? g.shift : 31;
+  uint32_t n = g.m24 >> s;
+  const uint32_t rem = g.m24 & ((1u << s) - 1u);
+  const uint32_t half = 1u << (s - 1);
+  n += static_cast<uint32_t>(rem > half) | (static_cast<uint32_t>(rem == half) & n & 1u);
+  return finish_code(n, g, a, u, fmt);
 }
 
-// Stochastic rounding with 32 random bits r: round up with probability frac (= r < frac * 2^32).
+// Stochastic rounding with 32 random bits r: round the magnitude down to the grid, then up iff
+// r < floor(frac * 2^32) (probability frac; for shift > 32 the truncation biases by < 2^-32 step).
 SK_HD uint32_t encode_sr(float v, uint32_t r, Format fmt) {
   const uint32_t u = f32_bits(v);
   const uint32_t a = u & 0x7FFFFFFFu;
-  if (a > 0x7F800000u) return fmt.nan_code;
-  const uint32_t sign = (u >> 31) << fmt.sign_shift;
-  if (a >= fmt.max_bits) return sign | fmt.max_code;
   const GridSplit g = grid_split(a, fmt);
-  uint32_t n = g.n;
-  uint64_t threshold;  // floor(frac * 2^32)
-  if (g.shift <= 32) {
-    const uint64_t rem = g.shift == 32 ? g.m24 : g.rem;
-    threshold = rem << (32 - g.shift);
-  } else {
-    threshold = g.shift - 32 >= 24 ? 0 : (g.m24 >> (g.shift - 32));
-  }
+  const int s = g.shift < 63 ? g.shift : 63;
+  const uint64_t m = g.m24;
+  uint32_t n = static_cast<uint32_t>(m >> s);
+  const uint64_t rem = m & ((1ull << s) - 1ull);
+  const uint64_t threshold = (rem << 32) >> s;  // floor(frac * 2^32); rem < 2^24
   n += static_cast<uint32_t>(static_cast<uint64_t>(r) < threshold);
-  return sign | grid_to_code(n, g.e_grid, fmt);
+  return finish_code(n, g, a, u, fmt);
 }
 
 // Decode a code (sign at fmt.sign_shift) to float32.
