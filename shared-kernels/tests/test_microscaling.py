@@ -618,3 +618,13 @@ def test_empty_inputs():
         assert n.data.shape == (0, 64) and n.outer_scale.item() == 0.0
         n = sk.quantize_nvfp4(torch.randn(0, 128), outer="block128", backend=be)
         assert n.outer_scale.shape == (0, 1)
+
+
+def test_nvfp4_torch_compile_smoke_and_backend_errors():
+    f = torch.compile(lambda t: sk.quantize_nvfp4(t, backend="cpu").scales, fullgraph=True, backend="eager")
+    x = torch.randn(8, 128)
+    assert_bit_exact(f(x), sk.quantize_nvfp4(x, backend="torch").scales, "compiled")
+    with pytest.raises(RuntimeError, match="cuda"):
+        sk.quantize_nvfp4(x, backend="cuda")
+    with pytest.raises(RuntimeError, match="cuda"):
+        sk.quantize_mx(x, backend="cuda")
