@@ -23,10 +23,13 @@ SK_HD Format element_format(int elem) {
 SK_HD int element_emax(int elem) { return elem == 0 ? 2 : (elem == 1 ? 8 : 15); }
 SK_HD uint32_t element_max_mantissa(int elem) { return elem == 0 ? 0x400000u : 0x600000u; }  // 1.5, 1.75
 
-// NaN-propagating |v| max step (a NaN amax stays NaN).
+// NaN-propagating |v| max step on the float bits: for non-negative floats the uint32 order is the
+// float order and every NaN sorts above +inf, so an integer max is a branch-free amax that keeps
+// NaN (m must come from a previous step or be +0).
 SK_HD float amax_step(float m, float v) {
-  const float a = minifloat::bits_f32(minifloat::f32_bits(v) & 0x7FFFFFFFu);  // |v|, as torch.abs
-  return (a > m || a != a) ? a : m;
+  const uint32_t a = minifloat::f32_bits(v) & 0x7FFFFFFFu;  // |v|, as torch.abs
+  const uint32_t mb = minifloat::f32_bits(m);
+  return minifloat::bits_f32(a > mb ? a : mb);
 }
 
 // E8M0 byte of a block. scale_rule 0 = floor (OCP: floor(log2 amax) - emax), 1 = truncation-free
