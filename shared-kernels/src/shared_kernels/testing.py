@@ -35,8 +35,8 @@ def assert_bit_exact(actual: torch.Tensor, expected: torch.Tensor, what: str = "
     assert actual.dtype == expected.dtype, f"{what}: dtype {actual.dtype} != {expected.dtype}"
     if actual.numel() == 0:
         return
-    a = actual.detach().cpu().contiguous().view(torch.uint8).reshape(actual.numel(), -1)
-    e = expected.detach().cpu().contiguous().view(torch.uint8).reshape(expected.numel(), -1)
+    a = actual.detach().cpu().contiguous().reshape(-1).view(torch.uint8).reshape(actual.numel(), -1)
+    e = expected.detach().cpu().contiguous().reshape(-1).view(torch.uint8).reshape(expected.numel(), -1)
     bad = (a != e).any(dim=-1).nonzero().flatten()
     if bad.numel():
         idx = bad[:5].tolist()
