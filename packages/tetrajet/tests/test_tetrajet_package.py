@@ -1,23 +1,13 @@
 """The package imports, reports a PEP 440 version equal to its metadata, and its declared
 shared-kernels range admits the shared-kernels that is installed."""
 
-import importlib.metadata as md
-
 import tetrajet
-from packaging.requirements import Requirement
-from packaging.version import Version
+from shared_kernels.testing import assert_shared_kernels_dependency_satisfied, assert_version_matches_metadata
 
 
 def test_version_matches_metadata():
-    assert Version(tetrajet.__version__) == Version(md.version("tetrajet"))
+    assert_version_matches_metadata("tetrajet", tetrajet)
 
 
 def test_shared_kernels_dependency_is_satisfied():
-    reqs = [Requirement(r) for r in md.requires("tetrajet") or []]
-    sk = [r for r in reqs if r.name == "shared-kernels"]
-    assert len(sk) == 1, f"tetrajet must depend on shared-kernels exactly once, got {sk}"
-    installed = Version(md.version("shared-kernels"))
-    assert sk[0].specifier.contains(installed), f"shared-kernels {installed} not in {sk[0].specifier}"
-    import shared_kernels
-
-    assert Version(shared_kernels.__version__) == installed
+    assert_shared_kernels_dependency_satisfied("tetrajet")

@@ -43,3 +43,30 @@ def assert_bit_exact(actual: torch.Tensor, expected: torch.Tensor, what: str = "
         flat_a, flat_e = actual.detach().cpu().flatten(), expected.detach().cpu().flatten()
         pairs = ", ".join(f"[{i}] {flat_a[i].item()} vs {flat_e[i].item()}" for i in idx)
         raise AssertionError(f"{what}: {bad.numel()} of {actual.numel()} elements differ: {pairs}")
+
+
+def assert_version_matches_metadata(distribution: str, module) -> None:
+    """``module.__version__`` is PEP 440 and equals the installed metadata of ``distribution``."""
+    import importlib.metadata as md
+
+    from packaging.version import Version
+
+    assert Version(module.__version__) == Version(md.version(distribution))
+
+
+def assert_shared_kernels_dependency_satisfied(distribution: str) -> None:
+    """``distribution`` depends on shared-kernels exactly once, and the installed shared-kernels (whose
+    ``__version__`` equals its metadata) lies in the declared range."""
+    import importlib.metadata as md
+
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    import shared_kernels
+
+    reqs = [Requirement(r) for r in md.requires(distribution) or []]
+    sk = [r for r in reqs if r.name == "shared-kernels"]
+    assert len(sk) == 1, f"{distribution} must depend on shared-kernels exactly once, got {sk}"
+    installed = Version(md.version("shared-kernels"))
+    assert sk[0].specifier.contains(installed), f"shared-kernels {installed} not in {sk[0].specifier}"
+    assert Version(shared_kernels.__version__) == installed
