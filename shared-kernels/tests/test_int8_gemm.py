@@ -81,6 +81,17 @@ def test_cpu_vnni_and_scalar_paths_identical(out_dtype, k):
     assert_matches(sca, ref.int8_gemm(a, b, sa, sb, 16, 64, out_dtype), "scalar vs reference")
 
 
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16])
+def test_cpu_multithreaded_size(out_dtype):
+    # >= 2^24 multiply-adds: the VNNI path runs its OpenMP region (smaller problems run on one thread)
+    a, b, sa, sb = _operands((2,), 301, 255, 131, 128, 64, seed=21)
+    assert a.shape[0] * 301 * 255 * 131 >= 2**24
+    vec = ops_mod._run_cpu(a, b, sa, sb, 128, 64, out_dtype, force_scalar=False)
+    sca = ops_mod._run_cpu(a, b, sa, sb, 128, 64, out_dtype, force_scalar=True)
+    assert_bit_exact(vec, sca, "vnni vs scalar")
+    assert_matches(vec, ref.int8_gemm(a, b, sa, sb, 128, 64, out_dtype), "vnni vs reference")
+
+
 def test_vnni_path_reported():
     # informational: the VNNI test above compares two scalar runs on machines without VNNI
     assert isinstance(_lib.native().int8_gemm_cpu_vnni(), bool)

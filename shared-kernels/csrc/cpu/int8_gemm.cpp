@@ -72,9 +72,9 @@ constexpr int64_t kNR = 16 * kNV;  // columns per packed panel
 constexpr int64_t kPanelQuad = kNR * 4;  // bytes of one panel per 4 values of k
 
 // b [N, K] -> panels [ceil(N / 64)][ceil(K / 4)][64 columns][4 k] of u8 = b ^ 0x80, zero padded
-// (a zero u8 contributes nothing, so padded columns and k are harmless).
+// (a zero u8 contributes nothing, so padded columns and k are harmless). Called inside a parallel region.
 void pack_b(const GemmArgs& g, uint8_t* packed, int64_t panels, int64_t kq) {
-#pragma omp parallel for schedule(static)
+#pragma omp for schedule(static)
   for (int64_t t = 0; t < g.B * panels; ++t) {
     const int64_t bi = t / panels, p = t % panels;
     uint8_t* dst = packed + t * kq * kPanelQuad;
@@ -143,30 +143,35 @@ template <int DT>
 SK_TARGET_AVX512VNNI void gemm_vnni(const GemmArgs& g) {
   const int64_t panels = (g.N + kNR - 1) / kNR, kq = (g.K + 3) / 4;
   std::vector<uint8_t> packed(static_cast<size_t>(g.B * panels * kq * kPanelQuad));
-  pack_b(g, packed.data(), panels, kq);
   // corr[i] = 128 * sum_k a[i, k]; sbcol[j] = b_scale[j / bn]
   std::vector<int32_t> corr(static_cast<size_t>(g.B * g.M));
   std::vector<float> sbcol(static_cast<size_t>(g.B * g.N));
-#pragma omp parallel for schedule(static)
-  for (int64_t r = 0; r < g.B * g.M; ++r) {
-    int32_t s = 0;
-    for (int64_t k = 0; k < g.K; ++k) s += g.a[r * g.K + k];
-    corr[r] = 128 * s;
-  }
-  for (int64_t bi = 0; bi < g.B; ++bi)
-    for (int64_t j = 0; j < g.N; ++j) sbcol[bi * g.N + j] = g.sb[bi * g.nbn() + j / g.bn];
-
   const int64_t chunks = (g.M + kRowChunk - 1) / kRowChunk;
-#pragma omp parallel for schedule(static)
-  for (int64_t t = 0; t < g.B * chunks * panels; ++t) {
-    const int64_t bi = t / (chunks * panels), c = (t / panels) % chunks, p = t % panels;
-    const uint8_t* panel = packed.data() + (bi * panels + p) * kq * kPanelQuad;
-    const int64_t i1 = std::min((c + 1) * kRowChunk, g.M);
-    const int32_t* cr = corr.data() + bi * g.M;
-    const float* sbc = sbcol.data() + bi * g.N;
-    int64_t i = c * kRowChunk;
-    for (; i + kMR <= i1; i += kMR) micro_tile<DT, kMR>(g, panel, kq, bi, i, p * kNR, cr, sbc);
-    for (; i < i1; ++i) micro_tile<DT, 1>(g, panel, kq, bi, i, p * kNR, cr, sbc);
+  // One parallel region (each start costs a thread wake-up, milliseconds on a loaded machine), and
+  // none for small problems (below ~2^24 multiply-adds one core takes well under 0.1 ms).
+  const bool parallel = g.B * g.M * g.N * g.K >= (int64_t{1} << 24);
+#pragma omp parallel if (parallel)
+  {
+    pack_b(g, packed.data(), panels, kq);
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < g.B * g.M; ++r) {
+      int32_t s = 0;
+      for (int64_t k = 0; k < g.K; ++k) s += g.a[r * g.K + k];
+      corr[r] = 128 * s;
+    }
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < g.B * g.N; ++r) sbcol[r] = g.sb[(r / g.N) * g.nbn() + (r % g.N) / g.bn];
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < g.B * chunks * panels; ++t) {
+      const int64_t bi = t / (chunks * panels), c = (t / panels) % chunks, p = t % panels;
+      const uint8_t* panel = packed.data() + (bi * panels + p) * kq * kPanelQuad;
+      const int64_t i1 = std::min((c + 1) * kRowChunk, g.M);
+      const int32_t* cr = corr.data() + bi * g.M;
+      const float* sbc = sbcol.data() + bi * g.N;
+      int64_t i = c * kRowChunk;
+      for (; i + kMR <= i1; i += kMR) micro_tile<DT, kMR>(g, panel, kq, bi, i, p * kNR, cr, sbc);
+      for (; i < i1; ++i) micro_tile<DT, 1>(g, panel, kq, bi, i, p * kNR, cr, sbc);
+    }
   }
 }
 #endif
