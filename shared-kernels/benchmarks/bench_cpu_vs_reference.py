@@ -27,15 +27,17 @@ def main() -> None:
     cpu = platform.processor() or platform.machine()
     when = datetime.date.today().isoformat()
     print(f"CPU only ({cpu}, {torch.get_num_threads()} threads, {when}); no GPU timings in this table.")
-    print(f"{'op':30s} {'bit-exact':>9s} {'CPU GB/s':>9s} {'vs torch':>9s}")
-    for name, same, gbs, ratio in rows:
-        print(f"{name:30s} {'yes' if same else 'NO':>9s} {gbs:9.2f} {ratio:8.1f}x")
+    print(f"{'op':30s} {'bit-exact':>9s} {'CPU kernel':>16s} {'vs torch':>9s}")
+    for name, same, rate, unit, ratio in rows:
+        print(f"{name:30s} {'yes' if same else 'NO':>9s} {rate:11.2f} {unit:4s} {ratio:8.1f}x")
 
     with open(args.out / "cpu_vs_reference.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["op", "bit_exact", "cpu_gb_per_s", "speedup_vs_torch_reference", "threads", "date"])
-        for name, same, gbs, ratio in rows:
-            w.writerow([name, same, f"{gbs:.3f}", f"{ratio:.2f}", torch.get_num_threads(), when])
+        w.writerow(
+            ["op", "bit_exact", "cpu_throughput", "unit", "speedup_vs_torch_reference", "threads", "date"]
+        )
+        for name, same, rate, unit, ratio in rows:
+            w.writerow([name, same, f"{rate:.3f}", unit, f"{ratio:.2f}", torch.get_num_threads(), when])
 
     try:
         import matplotlib
@@ -47,7 +49,7 @@ def main() -> None:
         return
     fig, ax = plt.subplots(figsize=(7, 0.5 + 0.45 * len(rows)))
     names = [r[0] for r in rows]
-    ax.barh(names, [r[3] for r in rows], color="tab:blue")
+    ax.barh(names, [r[4] for r in rows], color="tab:blue")
     ax.axvline(1.0, color="gray", lw=1)
     ax.set_xlabel("speed-up of the compiled CPU kernel over the PyTorch reference (x)")
     ax.set_title(f"shared-kernels on CPU ({torch.get_num_threads()} threads, {when})")

@@ -57,14 +57,17 @@ def _case(
     run_cpu: Callable[[], object],
     run_ref: Callable[[], object],
     same: Callable[[object, object], bool],
-    nbytes: int,
-) -> tuple[str, bool, float, float]:
+    work: int,
+    unit: str = "GB/s",
+) -> tuple[str, bool, float, str, float]:
+    """(name, bit-exact, throughput of the CPU kernel in ``unit`` (``work`` bytes or ops per call),
+    unit, speed-up over the reference)."""
     out_cpu, out_ref = run_cpu(), run_ref()
     t_cpu, t_ref = _best_of(run_cpu), _best_of(run_ref)
-    return name, same(out_cpu, out_ref), nbytes / t_cpu / 1e9, t_ref / t_cpu
+    return name, same(out_cpu, out_ref), work / t_cpu / 1e9, unit, t_ref / t_cpu
 
 
-def run_ops_on_cpu() -> list[tuple[str, bool, float, float]]:
+def run_ops_on_cpu() -> list[tuple[str, bool, float, str, float]]:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(4, 8, 1000, 128, generator=g)
     x[0, 0, 3, 5] = 80.0  # an outlier
@@ -130,17 +133,33 @@ def run_ops_on_cpu() -> list[tuple[str, bool, float, float]]:
                 m.numel() * 4 + m.numel() // 2,
             )
         )
+    if hasattr(sk, "int8_gemm"):
+        qa, sa, _ = sk.quantize_int8_per_block(x, 128, backend="cpu")
+        kb, sb, _ = sk.quantize_int8_per_block(x.flip(2), 64, subtract_mean=True, backend="cpu")
+        qa, kb = qa.reshape(-1, *qa.shape[-2:]), kb.reshape(-1, *kb.shape[-2:])
+        sa, sb = sa.reshape(qa.shape[0], -1), sb.reshape(kb.shape[0], -1)
+        ops = 2 * qa.shape[0] * qa.shape[1] * kb.shape[1] * qa.shape[2]
+        rows.append(
+            _case(
+                "int8 gemm Q.K^T (VNNI)",
+                lambda: sk.int8_gemm(qa, kb, sa, sb, backend="cpu"),
+                lambda: sk.int8_gemm(qa, kb, sa, sb, backend="torch"),
+                _bits_equal,
+                ops,
+                "GOPS",
+            )
+        )
     return rows
 
 
 def main() -> None:
     print_capabilities()
     print("\nCPU kernels vs the PyTorch reference on this machine (input 4x8x1000x128 fp32, best of 5):")
-    print(f"  {'op':28s} {'bit-exact':>9s} {'CPU GB/s':>9s} {'vs torch':>9s}")
+    print(f"  {'op':28s} {'bit-exact':>9s} {'CPU kernel':>16s} {'vs torch':>9s}")
     ok = True
-    for name, same, gbs, ratio in run_ops_on_cpu():
+    for name, same, rate, unit, ratio in run_ops_on_cpu():
         ok &= same
-        print(f"  {name:28s} {'yes' if same else 'NO':>9s} {gbs:9.2f} {ratio:8.1f}x")
+        print(f"  {name:28s} {'yes' if same else 'NO':>9s} {rate:11.2f} {unit:4s} {ratio:8.1f}x")
     if not ok:
         raise SystemExit("a CPU kernel disagrees with its reference")
 
