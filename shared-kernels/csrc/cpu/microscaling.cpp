@@ -317,6 +317,7 @@ void quantize_mx(std::uintptr_t x, int dtype, const mx::Geometry& g, int elem, i
     return;
   }
 #endif
+  (void)force_scalar;
   quantize_mx_cpu(x, dtype, g, elem, scale_rule, rounding, seed, offset, data, scales);
 }
 
@@ -335,6 +336,7 @@ void quantize_nvfp4(std::uintptr_t x, int dtype, const mx::Geometry& g, int oute
     return;
   }
 #endif
+  (void)force_scalar;
   quantize_nvfp4_cpu(x, dtype, g, outer_mode, rounding, seed, offset, data, scales, outer);
 }
 
@@ -358,6 +360,7 @@ SK_REGISTER_BINDINGS(microscaling) {
           return;
         }
 #endif
+        (void)force_scalar;
         const auto f = cpu::format_of(fmt);
         cpu::parallel_for(n, [&](int64_t i) {
           op[i] = static_cast<uint8_t>(rounding ? minifloat::encode_sr(xp[i], static_cast<uint32_t>(bp[i]), f)
