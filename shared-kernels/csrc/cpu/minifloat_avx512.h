@@ -1,6 +1,6 @@
 // AVX-512 versions of the minifloat codec steps of include/shared_kernels/minifloat.h and
 // microscaling.h, 16 float32 lanes at a time, bit-identical to the scalar SK_HD functions:
-//   * encode_rne16: minifloat::encode_rne (RNE on the integer bits, subnormals, satfinite, NaN code);
+//   * encode_rne16: minifloat::encode_rne (RNE, subnormals, satfinite, NaN code);
 //   * abs_bits16 / amax_bits_range: mx::amax_step as an unsigned max on |x| bits (NaN sorts on top);
 //   * pack_e2m1_16: 16 E2M1 codes -> 8 bytes, even lane in the low nibble.
 // CPU-only (x86-64 with the SK_TARGET_AVX512 function attribute); the callers pick this path at run
@@ -18,51 +18,53 @@
 
 namespace shared_kernels::cpu::mf16 {
 
-// A minifloat::Format broadcast to 16 lanes (exponents kept biased by 127 like float32's field).
+// A minifloat::Format broadcast to 16 lanes, in the form encode_rne16 uses.
 struct Fmt16 {
-  __m512i emin_b;      // emin + 127
-  __m512i mbits;       // mantissa bits
-  __m512i base_shift;  // 23 - mbits
-  __m512i max_bits;    // float32 bits of the largest finite value
+  __m128i shift;          // s0 = 23 - mbits: dropped float32 mantissa bits in the normal range
+  __m512i half_m1;        // 2^(s0 - 1) - 1
+  __m512i code_offset;    // (126 + emin) << mbits: float32 bits >> s0 minus this = code (normal range)
+  __m512i min_normal;     // float32 bits of 2^emin
+  __m512 sub_scale;       // 2^(mbits - emin): |v| below 2^emin in units of the subnormal grid step
+  __m512i max_bits;       // float32 bits of the largest finite value
   __m512i max_code;
   __m512i nan_code;
-  __m512i sign_shift;
+  __m512i sign_rshift;    // 31 - sign_shift
+  __m512i sign_bit;       // 1 << sign_shift
 };
 
 SK_TARGET_AVX512 inline Fmt16 make_fmt16(const minifloat::Format& f) {
   Fmt16 r;
-  r.emin_b = _mm512_set1_epi32(f.emin + 127);
-  r.mbits = _mm512_set1_epi32(f.mbits);
-  r.base_shift = _mm512_set1_epi32(23 - f.mbits);
+  r.shift = _mm_cvtsi32_si128(23 - f.mbits);
+  r.half_m1 = _mm512_set1_epi32((1 << (22 - f.mbits)) - 1);
+  r.code_offset = _mm512_set1_epi32((126 + f.emin) << f.mbits);
+  r.min_normal = _mm512_set1_epi32((f.emin + 127) << 23);
+  r.sub_scale = _mm512_set1_ps(minifloat::exp2i(f.mbits - f.emin));
   r.max_bits = _mm512_set1_epi32(static_cast<int>(f.max_bits));
   r.max_code = _mm512_set1_epi32(static_cast<int>(f.max_code));
   r.nan_code = _mm512_set1_epi32(static_cast<int>(f.nan_code));
-  r.sign_shift = _mm512_set1_epi32(f.sign_shift);
+  r.sign_rshift = _mm512_set1_epi32(31 - f.sign_shift);
+  r.sign_bit = _mm512_set1_epi32(1 << f.sign_shift);
   return r;
 }
 
-// minifloat::encode_rne of 16 lanes; codes in the low byte of each 32-bit lane.
+// minifloat::encode_rne of 16 lanes; codes in the low byte of each 32-bit lane. Same result as the
+// scalar grid_split / shift form, computed in two ranges (both exact, no MXCSR dependence):
+//   * |v| >= 2^emin (normal in the target): RNE on the float32 bits with the fixed shift s0, the
+//     carry into the exponent field gives the next binade; code = (rounded bits >> s0) - offset;
+//   * |v| <  2^emin: n = RNE(|v| * 2^(mbits - emin)) (exact power-of-two scaling, then the
+//     convert with embedded round-to-nearest-even); n = 2^mbits is the smallest normal's code.
+//     Float32 subnormals give 0 here with or without DAZ / FTZ, as in the scalar code.
 SK_TARGET_AVX512 inline __m512i encode_rne16(__m512 v, const Fmt16& f) {
-  const __m512i one = _mm512_set1_epi32(1);
   const __m512i u = _mm512_castps_si512(v);
   const __m512i a = _mm512_and_si512(u, _mm512_set1_epi32(0x7FFFFFFF));
-  const __m512i ef = _mm512_srli_epi32(a, 23);
-  const __mmask16 normal = _mm512_test_epi32_mask(ef, ef);
-  const __m512i eb = _mm512_mask_mov_epi32(one, normal, ef);  // E + 127 (float32 subnormals: E = -126)
-  __m512i m24 = _mm512_and_si512(a, _mm512_set1_epi32(0x7FFFFF));
-  m24 = _mm512_mask_or_epi32(m24, normal, m24, _mm512_set1_epi32(0x800000));
-  const __m512i egb = _mm512_max_epi32(eb, f.emin_b);  // e_grid + 127
-  const __m512i shift = _mm512_add_epi32(f.base_shift, _mm512_sub_epi32(egb, eb));
-  const __m512i s = _mm512_min_epu32(shift, _mm512_set1_epi32(31));
-  __m512i n = _mm512_srlv_epi32(m24, s);
-  const __m512i rem = _mm512_and_si512(m24, _mm512_sub_epi32(_mm512_sllv_epi32(one, s), one));
-  const __m512i half = _mm512_sllv_epi32(one, _mm512_sub_epi32(s, one));
-  const __mmask16 up = _mm512_cmpgt_epu32_mask(rem, half) |
-                       (_mm512_cmpeq_epi32_mask(rem, half) & _mm512_test_epi32_mask(n, one));
-  n = _mm512_mask_add_epi32(n, up, n, one);
-  __m512i code = _mm512_add_epi32(_mm512_sllv_epi32(_mm512_sub_epi32(egb, f.emin_b), f.mbits), n);
+  const __m512i lsb = _mm512_and_si512(_mm512_srl_epi32(a, f.shift), _mm512_set1_epi32(1));
+  const __m512i rounded = _mm512_add_epi32(_mm512_add_epi32(a, f.half_m1), lsb);
+  const __m512i code_n = _mm512_sub_epi32(_mm512_srl_epi32(rounded, f.shift), f.code_offset);
+  const __m512 scaled = _mm512_mul_ps(_mm512_castsi512_ps(a), f.sub_scale);
+  const __m512i code_s = _mm512_cvt_roundps_epi32(scaled, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512i code = _mm512_mask_blend_epi32(_mm512_cmplt_epu32_mask(a, f.min_normal), code_n, code_s);
   code = _mm512_mask_mov_epi32(code, _mm512_cmpge_epu32_mask(a, f.max_bits), f.max_code);
-  code = _mm512_or_si512(code, _mm512_sllv_epi32(_mm512_srli_epi32(u, 31), f.sign_shift));
+  code = _mm512_or_si512(code, _mm512_and_si512(_mm512_srlv_epi32(u, f.sign_rshift), f.sign_bit));
   return _mm512_mask_mov_epi32(code, _mm512_cmpgt_epu32_mask(a, _mm512_set1_epi32(0x7F800000)), f.nan_code);
 }
 
