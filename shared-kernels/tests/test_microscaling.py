@@ -754,6 +754,13 @@ def test_nvfp4_avx512_equals_scalar(outer, dtype, scalar_path):
     sweep = nvfp4_sweep(dtype)
     finite = torch.nan_to_num(sweep.float(), nan=0.0, posinf=0.0, neginf=0.0).to(dtype)
     inputs = [(sweep, -1), (sweep.t().contiguous(), -2), (finite, -1), (finite.t().contiguous(), -2)]
+    z = torch.randn(256, 21, generator=g)
+    z[:, 3] = 0.0  # zero outer 128-blocks and zero 16-blocks
+    z[:128, 5] = 0.0
+    z[16:32, 6] = 0.0
+    z[:, 7] = 1e-41  # float32 subnormals: outer scale and block scales underflow
+    z[40, 8] = 1e30
+    inputs += [(z.to(dtype), -2), (z.t().contiguous().to(dtype), -1)]
     for shape, axis in [
         ((3, 5, 256), -1),
         ((2, 384), -1),

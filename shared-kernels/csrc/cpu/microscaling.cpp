@@ -161,16 +161,9 @@ SK_TARGET_AVX512 void mx_cols_avx512(const void* xp, const mx::Geometry& g, int 
     const int64_t base = bs * 32 * K + k0;
     __m512i acc = _mm512_setzero_si512();
     for (int64_t j = 0; j < 32; ++j) acc = _mm512_max_epu32(acc, mf16::abs_bits16(conv::load16<DT>(xp, base + j * K, m)));
-    alignas(64) uint32_t amax[16];
-    alignas(64) float inv[16];
-    alignas(64) uint32_t sbyte[16];
-    _mm512_store_si512(amax, acc);
-    for (int l = 0; l < 16; ++l) {
-      sbyte[l] = mx::shared_exponent_byte(minifloat::bits_f32(amax[l]), elem, scale_rule);
-      inv[l] = 1.0f / minifloat::decode_e8m0(sbyte[l]);
-    }
-    mf16::store_bytes16(sp + bs * K + k0, m, _mm512_load_si512(sbyte));
-    const __m512 vinv = _mm512_load_ps(inv);
+    const __m512i sbyte = mf16::shared_exponent_byte16(acc, elem, scale_rule);
+    mf16::store_bytes16(sp + bs * K + k0, m, sbyte);
+    const __m512 vinv = _mm512_div_ps(_mm512_set1_ps(1.0f), mf16::decode_e8m0_16(sbyte));
     if (elem == 0) {
       for (int64_t p = 0; p < 16; ++p) {
         const __m512i lo = mf16::encode_rne16(_mm512_mul_ps(conv::load16<DT>(xp, base + 2 * p * K, m), vinv), f);
@@ -200,6 +193,7 @@ template <int DT>
 SK_TARGET_AVX512 void nvfp4_avx512(const void* xp, const mx::Geometry& g, int outer_mode, uint8_t* dp, uint8_t* sp,
                                    float* op) {
   const mf16::Fmt16 f = mf16::make_fmt16(minifloat::e2m1());
+  const mf16::Fmt16 fe4m3 = mf16::make_fmt16(minifloat::e4m3());
   const int64_t K = g.K;
   // outer scales
   if (outer_mode == 0) {
@@ -254,19 +248,16 @@ SK_TARGET_AVX512 void nvfp4_avx512(const void* xp, const mx::Geometry& g, int ou
     const int64_t base = bs * 16 * K + k0;
     __m512i acc = _mm512_setzero_si512();
     for (int64_t j = 0; j < 16; ++j) acc = _mm512_max_epu32(acc, mf16::abs_bits16(conv::load16<DT>(xp, base + j * K, m)));
-    alignas(64) uint32_t amax[16];
-    alignas(64) uint32_t sc[16];
-    alignas(64) float denom[16];
-    _mm512_store_si512(amax, acc);
     const int64_t b = bs / segs, m16 = (bs % segs) * 16;
-    const float* orow = outer_mode == 1 ? op + (b * (g.M / 128) + m16 / 128) * K + k0 : nullptr;
-    for (int64_t l = 0; l < 16; ++l) {
-      const float outer = outer_mode == 2 ? 1.0f : (orow ? (l < K - k0 ? orow[l] : 0.0f) : op[0]);
-      sc[l] = mx::nvfp4_block_scale_code(minifloat::bits_f32(amax[l]), outer);
-      denom[l] = mx::nvfp4_denominator(sc[l], outer);
-    }
-    mf16::store_bytes16(sp + bs * K + k0, m, _mm512_load_si512(sc));
-    const __m512 vd = _mm512_load_ps(denom);
+    __m512 outer;
+    if (outer_mode == 1) outer = _mm512_maskz_loadu_ps(m, op + (b * (g.M / 128) + m16 / 128) * K + k0);
+    else outer = _mm512_set1_ps(outer_mode == 2 ? 1.0f : op[0]);
+    // nvfp4_block_scale_code and nvfp4_denominator, 16 lanes
+    const __m512 q = _mm512_div_ps(_mm512_castsi512_ps(acc), _mm512_mul_ps(_mm512_set1_ps(6.0f), outer));
+    const __mmask16 outer_nonzero = _mm512_cmp_ps_mask(outer, _mm512_setzero_ps(), _CMP_NEQ_UQ);
+    const __m512i sc = _mm512_maskz_mov_epi32(outer_nonzero, mf16::encode_rne16(q, fe4m3));
+    mf16::store_bytes16(sp + bs * K + k0, m, sc);
+    const __m512 vd = _mm512_mul_ps(mf16::decode_e4m3_pos16(sc), outer);
     const __mmask16 nonzero = _mm512_cmp_ps_mask(vd, _mm512_setzero_ps(), _CMP_NEQ_UQ);
     for (int64_t p = 0; p < 8; ++p) {
       const __m512i lo = mf16::encode_rne16(_mm512_div_ps(conv::load16<DT>(xp, base + 2 * p * K, m), vd), f);

@@ -11,6 +11,7 @@
 
 #include "cpu/cpu_features.h"
 #include "cpu/int8_hadamard_convert.h"
+#include "shared_kernels/microscaling.h"
 #include "shared_kernels/minifloat.h"
 
 #if SK_HAVE_AVX512_TARGET
@@ -84,6 +85,40 @@ SK_TARGET_AVX512 inline uint32_t amax_bits_range(const void* x, int64_t i0, int6
   }
   for (; i < i1; i += 16) acc0 = _mm512_max_epu32(acc0, abs_bits16(conv::load16<DT>(x, i, conv::tail_mask(i1 - i))));
   return _mm512_reduce_max_epu32(_mm512_max_epu32(acc0, acc1));
+}
+
+// mx::shared_exponent_byte of 16 amax lanes given as float32 bits (sign clear).
+SK_TARGET_AVX512 inline __m512i shared_exponent_byte16(__m512i a, int elem, int scale_rule) {
+  const __m512i one = _mm512_set1_epi32(1);
+  __m512i e = _mm512_sub_epi32(_mm512_srli_epi32(a, 23), _mm512_set1_epi32(127 + mx::element_emax(elem)));
+  if (scale_rule == 1) {
+    const __m512i mant = _mm512_and_si512(a, _mm512_set1_epi32(0x7FFFFF));
+    const __mmask16 up = _mm512_cmpgt_epu32_mask(mant, _mm512_set1_epi32(static_cast<int>(mx::element_max_mantissa(elem))));
+    e = _mm512_mask_add_epi32(e, up, e, one);
+  }
+  e = _mm512_min_epi32(_mm512_max_epi32(e, _mm512_set1_epi32(-127)), _mm512_set1_epi32(127));
+  __m512i b = _mm512_maskz_mov_epi32(_mm512_test_epi32_mask(a, a), _mm512_add_epi32(e, _mm512_set1_epi32(127)));
+  return _mm512_mask_mov_epi32(b, _mm512_cmpgt_epu32_mask(a, _mm512_set1_epi32(0x7F800000)), _mm512_set1_epi32(0xFF));
+}
+
+// minifloat::decode_e8m0 of 16 bytes (one per lane).
+SK_TARGET_AVX512 inline __m512 decode_e8m0_16(__m512i b) {
+  __m512i bits = _mm512_slli_epi32(b, 23);
+  bits = _mm512_mask_mov_epi32(bits, _mm512_cmpeq_epi32_mask(b, _mm512_setzero_si512()), _mm512_set1_epi32(0x00400000));
+  bits = _mm512_mask_mov_epi32(bits, _mm512_cmpeq_epi32_mask(b, _mm512_set1_epi32(0xFF)), _mm512_set1_epi32(0x7FC00000));
+  return _mm512_castsi512_ps(bits);
+}
+
+// minifloat::decode of 16 non-negative E4M3 codes (0 .. 0x7F), one per lane.
+SK_TARGET_AVX512 inline __m512 decode_e4m3_pos16(__m512i c) {
+  const __m512i ef = _mm512_srli_epi32(c, 3);
+  const __m512i mant = _mm512_and_si512(c, _mm512_set1_epi32(7));
+  const __m512i normal = _mm512_or_si512(_mm512_slli_epi32(_mm512_add_epi32(ef, _mm512_set1_epi32(120)), 23),
+                                         _mm512_slli_epi32(mant, 20));
+  const __m512 sub = _mm512_mul_ps(_mm512_cvtepi32_ps(mant), _mm512_set1_ps(minifloat::exp2i(-9)));  // exact
+  __m512 r = _mm512_mask_blend_ps(_mm512_test_epi32_mask(ef, ef), sub, _mm512_castsi512_ps(normal));
+  return _mm512_mask_mov_ps(r, _mm512_cmpeq_epi32_mask(c, _mm512_set1_epi32(0x7F)),
+                            _mm512_castsi512_ps(_mm512_set1_epi32(0x7FC00000)));
 }
 
 // Store 16 E2M1 codes (< 16 each) as 8 bytes: byte p = code[2p] | code[2p + 1] << 4.
