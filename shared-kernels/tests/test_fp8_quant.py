@@ -144,3 +144,76 @@ def test_empty_inputs():
             q, s = sk.quantize_fp8(x, granularity=gran, block_size=4, backend=be)
             assert q.shape == x.shape and q.dtype == torch.float8_e4m3fn
             assert s.shape == ref.group_amax(x, gran, 4).shape and (s == 0).all()
+
+
+# ------------------------------------------------- AVX-512 path == scalar path (force_scalar)
+class _ForceScalar:
+    """The compiled module with force_scalar=True passed to quantize_fp8_cpu."""
+
+    def __init__(self, mod):
+        self._mod = mod
+
+    def __getattr__(self, name):
+        fn = getattr(self._mod, name)
+        return (lambda *a, **k: fn(*a, **k, force_scalar=True)) if name == "quantize_fp8_cpu" else fn
+
+
+def fp8_scalar(monkeypatch, x, **kw):
+    from shared_kernels import _lib
+
+    proxy = _ForceScalar(_lib.native())
+    with monkeypatch.context() as m:
+        m.setattr(_lib, "native", lambda: proxy)
+        return sk.quantize_fp8(x, backend="cpu", **kw)
+
+
+def fp8_sweep(fmt: str) -> torch.Tensor:
+    """Every midpoint of the FP8 grid and its +-1 ulp neighbours, the grid itself, a dense stride
+    over [0, 2 * max], float32 subnormals, huge values, with both signs (all finite)."""
+    max_value = {"e4m3": 448.0, "e5m2": 57344.0}[fmt]
+    tf = {"e4m3": torch.float8_e4m3fn, "e5m2": torch.float8_e5m2}[fmt]
+    codes = torch.arange(0, 256, dtype=torch.int64).to(torch.uint8).view(tf).float()
+    grid = codes[torch.isfinite(codes) & (codes >= 0)].unique().double()
+    mids = ((grid[:-1] + grid[1:]) / 2).float()
+    ib = mids.view(torch.int32)
+    top = torch.tensor(2 * max_value).view(torch.int32).item()
+    dense = torch.arange(0, top, 997, dtype=torch.int64).to(torch.int32).view(torch.float32)
+    pos = torch.cat([mids, (ib + 1).view(torch.float32), (ib - 1).view(torch.float32), grid.float(), dense])
+    pos = torch.cat([pos, torch.tensor([1e-45, 1e-40, 1.1754942e-38, 1e30, 3.4028235e38])])
+    return torch.cat([pos, -pos])
+
+
+@pytest.mark.parametrize("fmt", ["e4m3", "e5m2"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_avx512_equals_scalar(fmt, dtype, monkeypatch):
+    g = torch.Generator().manual_seed(3)
+    max_value = {"e4m3": 448.0, "e5m2": 57344.0}[fmt]
+    sweep = fp8_sweep(fmt)
+    n = sweep.numel() // 48 * 48
+    finite = sweep.to(dtype).float()
+    finite = finite[torch.isfinite(finite)]  # exact in dtype
+    cases = [
+        # per_tensor with scale 1: the sweep itself goes through the codec (values above max saturate)
+        (finite.reshape(1, -1), dict(granularity="per_tensor", scale_max=float(finite.abs().max()))),
+        (sweep[:n].reshape(48, -1), dict(granularity="per_block", block_size=7)),
+        (sweep[:n].reshape(-1, 48), dict(granularity="per_channel")),
+    ]
+    special = torch.randn(6, 37, generator=g) * 10
+    special[0, 3] = float("inf")
+    special[1, :] = 0.0
+    special[2, 5] = -float("nan")
+    special[3, 7] = 3e38
+    special[4, :] = 1e-41
+    for gran in GRANS:
+        cases.append((special, dict(granularity=gran, block_size=2)))
+    for shape in [(3, 7, 1), (2, 5, 17), (33, 129), (2, 3, 9, 65)]:
+        x = torch.randn(shape, generator=g) * torch.logspace(-3, 3, shape[-1])
+        for gran in GRANS:
+            cases.append((x, dict(granularity=gran, block_size=3, scale_max=max_value / 2)))
+    for x, kw in cases:
+        x = x.to(dtype)
+        vec = run_both(x, "cpu", fmt=fmt, **kw)  # avx512 path vs reference
+        sca = fp8_scalar(monkeypatch, x, fmt=fmt, **kw)
+        what = f"avx512 vs scalar {kw} {tuple(x.shape)} {dtype}"
+        assert_bit_exact(vec[0].view(torch.uint8), sca[0].view(torch.uint8), what)
+        assert_bit_exact(vec[1].reshape(-1), sca[1].reshape(-1), what)

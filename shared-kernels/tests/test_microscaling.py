@@ -628,3 +628,153 @@ def test_nvfp4_torch_compile_smoke_and_backend_errors():
         sk.quantize_nvfp4(x, backend="cuda")
     with pytest.raises(RuntimeError, match="cuda"):
         sk.quantize_mx(x, backend="cuda")
+
+
+# ------------------------------------------------- AVX-512 path == scalar path (force_scalar)
+HALF_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+_FORCEABLE = ("quantize_fp8_cpu", "quantize_mx_cpu", "quantize_nvfp4_cpu", "minifloat_encode_cpu")
+
+
+class _ForceScalar:
+    """The compiled module with force_scalar=True passed to the kernels that have an AVX-512 path."""
+
+    def __init__(self, mod):
+        self._mod = mod
+
+    def __getattr__(self, name):
+        fn = getattr(self._mod, name)
+        return (lambda *a, **k: fn(*a, **k, force_scalar=True)) if name in _FORCEABLE else fn
+
+
+@pytest.fixture
+def scalar_path(monkeypatch):
+    """A context manager: inside it the ops' "cpu" backend runs the scalar path of the kernels."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def ctx():
+        proxy = _ForceScalar(_lib.native())
+        with monkeypatch.context() as m:
+            m.setattr(_lib, "native", lambda: proxy)
+            yield
+
+    return ctx
+
+
+def special_floats() -> torch.Tensor:
+    """inf, NaNs with payloads and both signs, huge values, float32 subnormals, signed zeros."""
+    bits = [0x7F800000, 0x7FC00000, 0x7F800001, 0x7FFFFFFF, 0x7FC00123, 0x7F7FFFFF, 0x7F000000, 0x00000001]
+    bits += [0x00000002, 0x007FFFFF, 0x00400000, 0x00800000, 0x00000000, 0x5F800000, 0x4F800000, 0x3F800000]
+    t = torch.tensor(bits, dtype=torch.int64).to(torch.int32).view(torch.float32)
+    return torch.cat([t, -t])
+
+
+def codec_sweep(fmt: str) -> torch.Tensor:
+    f = ref.FORMATS[fmt]
+    every = torch.arange(0, 2**32, 65521, dtype=torch.int64).to(torch.int32).view(torch.float32)  # all ranges
+    return torch.cat(
+        [float32_sweep(2 * f.max_value, 1009), ties_and_neighbours(fmt), special_floats(), every]
+    )
+
+
+@pytest.mark.parametrize("fmt", ["e2m1", "e4m3", "e5m2"])
+def test_avx512_rne_codec_equals_scalar_dense_sweep(fmt):
+    x = codec_sweep(fmt)[:-3]  # odd length: masked tail
+    vec = native_encode(x, fmt)
+    out = torch.empty(x.shape, dtype=torch.uint8)
+    _lib.native().minifloat_encode_cpu(
+        _lib.ptr(x), x.numel(), FMT_ID[fmt], 0, 0, _lib.ptr(out), force_scalar=True
+    )
+    assert_bit_exact(vec, out, f"{fmt} avx512 vs scalar")
+    assert_bit_exact(vec, ref.encode(x, ref.FORMATS[fmt]).to(torch.uint8), f"{fmt} avx512 vs reference")
+
+
+def mx_anchored_sweep(fmt: str, dtype: torch.dtype) -> torch.Tensor:
+    """Blocks of 32 whose element values sit on every midpoint (and +-1 ulp) of the element grid
+    after scaling: each block holds the format's max * 2^k (so the scale is 2^k) and 31 test values
+    times 2^k, for several k (float32 subnormal and huge ranges included)."""
+    elem = {"mxfp4": "e2m1", "mxfp8_e4m3": "e4m3", "mxfp8_e5m2": "e5m2"}[fmt]
+    f = ref.FORMATS[elem]
+    vals = ties_and_neighbours(elem)
+    vals = vals[vals.abs() <= f.max_value]
+    vals = torch.cat([vals, vals[: (-vals.numel()) % 31]])
+    rows = []
+    for k in (-140, -126, -20, 0, 3, 60, 110):
+        body = (vals * 2.0**k).reshape(-1, 31)
+        anchor = torch.full((body.shape[0], 1), f.max_value * 2.0**k)
+        rows.append(torch.cat([anchor, body], dim=1).reshape(-1))
+    x = torch.cat(rows)
+    x = torch.cat([x, special_floats()[:32], torch.zeros(32)])  # inf/NaN block, zero block(s)
+    x = torch.cat([x, torch.zeros((-x.numel()) % 64)])
+    return x.reshape(-1, 64).to(dtype)
+
+
+@pytest.mark.parametrize("fmt", MX_FMTS)
+@pytest.mark.parametrize("dtype", HALF_DTYPES)
+@pytest.mark.parametrize("scale_rule", ["floor", "truncation_free"])
+def test_mx_avx512_equals_scalar(fmt, dtype, scale_rule, scalar_path):
+    g = torch.Generator().manual_seed(11)
+    inputs = [
+        (mx_anchored_sweep(fmt, dtype), -1),
+        (mx_anchored_sweep(fmt, dtype).t().contiguous(), -2),
+        (mx_edge_input().to(dtype), -1),
+        (mx_edge_input().t().contiguous().to(dtype), -2),
+    ]
+    for shape, axis in [
+        ((3, 5, 96), -1),
+        ((1, 2, 3, 64), -1),
+        ((2, 64, 7), -2),
+        ((32, 33), -2),
+        ((3, 32, 1), -2),
+    ]:
+        inputs.append(
+            ((torch.randn(shape, generator=g) * torch.logspace(-30, 30, shape[-1])).to(dtype), axis)
+        )
+    for x, axis in inputs:
+        kw = dict(fmt=fmt, axis=axis, scale_rule=scale_rule)
+        vec = mx_both(x, **kw)  # avx512 path vs reference
+        with scalar_path():
+            sca = sk.quantize_mx(x, backend="cpu", **kw)
+        assert_mx_equal(vec, sca, f"avx512 vs scalar {kw} {tuple(x.shape)} {dtype}")
+
+
+def nvfp4_sweep(dtype: torch.dtype) -> torch.Tensor:
+    f = ref.FORMATS["e2m1"]
+    vals = torch.cat([ties_and_neighbours("e2m1"), special_floats(), float32_sweep(f.max_value, 40009)])
+    parts = [vals * 2.0**k for k in (-130, -10, 0, 7, 90)]
+    x = torch.cat(parts)
+    x = torch.cat([x, torch.zeros((-x.numel()) % 256)])
+    return x.reshape(-1, 256).to(dtype)
+
+
+@pytest.mark.parametrize("outer", ["tensor", "block128", "none"])
+@pytest.mark.parametrize("dtype", HALF_DTYPES)
+def test_nvfp4_avx512_equals_scalar(outer, dtype, scalar_path):
+    g = torch.Generator().manual_seed(12)
+    sweep = nvfp4_sweep(dtype)
+    finite = torch.nan_to_num(sweep.float(), nan=0.0, posinf=0.0, neginf=0.0).to(dtype)
+    inputs = [(sweep, -1), (sweep.t().contiguous(), -2), (finite, -1), (finite.t().contiguous(), -2)]
+    z = torch.randn(256, 21, generator=g)
+    z[:, 3] = 0.0  # zero outer 128-blocks and zero 16-blocks
+    z[:128, 5] = 0.0
+    z[16:32, 6] = 0.0
+    z[:, 7] = 1e-41  # float32 subnormals: outer scale and block scales underflow
+    z[40, 8] = 1e30
+    inputs += [(z.to(dtype), -2), (z.t().contiguous().to(dtype), -1)]
+    for shape, axis in [
+        ((3, 5, 256), -1),
+        ((2, 384), -1),
+        ((2, 128, 7), -2),
+        ((256, 33), -2),
+        ((128, 1), -2),
+    ]:
+        inputs.append(
+            ((torch.randn(shape, generator=g) * torch.logspace(-20, 20, shape[-1])).to(dtype), axis)
+        )
+    for x, axis in inputs:
+        if x.shape[axis] % (128 if outer == "block128" else 16):
+            continue
+        vec = nv_both(x, outer=outer, axis=axis)
+        with scalar_path():
+            sca = sk.quantize_nvfp4(x, outer=outer, axis=axis, backend="cpu")
+        assert_nvfp4_equal(vec, sca, f"avx512 vs scalar {outer} axis={axis} {tuple(x.shape)} {dtype}")
