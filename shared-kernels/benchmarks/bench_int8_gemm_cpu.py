@@ -14,21 +14,11 @@ from __future__ import annotations
 import argparse
 import csv
 import platform
-import time
 
 import shared_kernels as sk
 import torch
 from shared_kernels import _lib
-
-
-def best_of(fn, repeats: int = 5) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+from shared_kernels.benchmarking import best_of
 
 
 def shapes(quick: bool):

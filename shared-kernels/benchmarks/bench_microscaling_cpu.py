@@ -13,21 +13,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import time
 
 import shared_kernels as sk
 import torch
-
-
-def best_of(fn, reps: int) -> float:
-    fn()  # warm-up
-    best = float("inf")
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
-
+from shared_kernels.benchmarking import best_of
 
 _FORCEABLE = ("quantize_fp8_cpu", "quantize_mx_cpu", "quantize_nvfp4_cpu")
 

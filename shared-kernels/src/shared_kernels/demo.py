@@ -3,23 +3,13 @@ its PyTorch reference (bit-exactness and speed, measured now on this machine).""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 import torch
 
 import shared_kernels as sk
+from shared_kernels.benchmarking import best_of
 from shared_kernels.reference import int8_quant as ref_int8
-
-
-def _best_of(fn: Callable[[], object], repeats: int = 5) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 def _bits_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -63,7 +53,7 @@ def _case(
     """(name, bit-exact, throughput of the CPU kernel in ``unit`` (``work`` bytes or ops per call),
     unit, speed-up over the reference)."""
     out_cpu, out_ref = run_cpu(), run_ref()
-    t_cpu, t_ref = _best_of(run_cpu), _best_of(run_ref)
+    t_cpu, t_ref = best_of(run_cpu), best_of(run_ref)
     return name, same(out_cpu, out_ref), work / t_cpu / 1e9, unit, t_ref / t_cpu
 
 
