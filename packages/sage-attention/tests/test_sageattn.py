@@ -241,3 +241,16 @@ def test_torch_compile_fullgraph():
     torch._dynamo.reset()
     compiled = torch.compile(M(), fullgraph=True, backend="aot_eager")(q, k, v)
     assert torch.equal(compiled, eager)
+
+
+@pytest.mark.parametrize("where", ["q", "k", "v"])
+def test_nan_inputs_propagate(where):
+    """Policy: NaN propagates, never finite garbage. A NaN in q gives NaN in that row (its whole
+    128-query block shares the NaN scale); in k, every row of that head; in v, that channel."""
+    q, k, v = _qkv(hkv=8)
+    x = {"q": q, "k": k, "v": v}[where]
+    x[1, 2, 3, 4] = float("nan")
+    for backend in ("cpu", "torch"):
+        o = sageattn(q, k, v, backend=backend)
+        assert torch.isnan(o[1, 2, :, 4] if where == "v" else o[1, 2, 3]).all()
+        assert torch.isfinite(o[0]).all() and torch.isfinite(o[1, 3]).all()
