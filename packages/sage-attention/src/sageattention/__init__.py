@@ -3,6 +3,8 @@
 Part of the ML-efficiency kernels monorepo; built on ``shared-kernels``.
 """
 
-__version__ = "0.0.1"
+__version__ = "0.1.0.dev0"
 
-__all__ = ["__version__"]
+from .core import sageattn
+
+__all__ = ["__version__", "sageattn"]

@@ -1,0 +1,212 @@
+"""``sageattn``: SageAttention2 (INT8 per-block QK, fp16 PV) with upstream's and SDPA's keywords."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from shared_kernels import int8_gemm, quantize_int8_per_block
+
+from . import reference as ref
+
+__all__ = ["sageattn"]
+
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_BACKENDS = ("auto", "torch", "cpu")
+
+
+def _check_qkv(name: str, x: object) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in _DTYPES:
+        raise TypeError(f"{name} must be float16, bfloat16 or float32, got {x.dtype}")
+    if x.dim() != 4:
+        raise ValueError(
+            f"{name} must be 4-D ([B, H, N, D] for HND, [B, N, H, D] for NHD), got {tuple(x.shape)}"
+        )
+    return x
+
+
+def _check_bool(name: str, x: object) -> bool:
+    if not isinstance(x, bool):
+        raise TypeError(f"{name} must be a bool, got {type(x).__name__}")
+    return x
+
+
+def _resolve_scale(sm_scale: object, scale: object, d: int) -> float:
+    for name, val in (("sm_scale", sm_scale), ("scale", scale)):
+        if val is not None and (isinstance(val, bool) or not isinstance(val, (int, float))):
+            raise TypeError(f"{name} must be a float or None, got {type(val).__name__}")
+        if val is not None and not math.isfinite(val):
+            raise ValueError(f"{name} must be finite, got {val}")
+    if sm_scale is not None and scale is not None and float(sm_scale) != float(scale):
+        raise ValueError(
+            f"sm_scale={sm_scale} and scale={scale} differ; scale is an alias of sm_scale, pass one"
+        )
+    val = sm_scale if sm_scale is not None else scale
+    return float(val) if val is not None else d**-0.5
+
+
+def _additive_mask(attn_mask: object, shape: tuple[int, int, int, int], device: torch.device):
+    """The user's mask as a float32 additive mask (natural log units) broadcastable to ``shape``."""
+    if attn_mask is None:
+        return None
+    if not isinstance(attn_mask, torch.Tensor):
+        raise TypeError(f"attn_mask must be a torch.Tensor or None, got {type(attn_mask).__name__}")
+    if attn_mask.dtype != torch.bool and not attn_mask.is_floating_point():
+        raise TypeError(
+            f"attn_mask must be bool (True = attend) or a floating additive mask, got {attn_mask.dtype}"
+        )
+    if attn_mask.device != device:
+        raise ValueError(f"attn_mask is on {attn_mask.device}, q on {device}: put them on the same device")
+    if attn_mask.dim() > 4:
+        raise ValueError(
+            f"attn_mask must be broadcastable to [B, Hq, Nq, Nk] = {list(shape)}, got {tuple(attn_mask.shape)}"
+        )
+    try:
+        ok = torch.broadcast_shapes(attn_mask.shape, shape) == torch.Size(shape)
+    except RuntimeError:
+        ok = False
+    if not ok:
+        raise ValueError(
+            f"attn_mask must be broadcastable to [B, Hq, Nq, Nk] = {list(shape)}, got {tuple(attn_mask.shape)}"
+        )
+    if attn_mask.dtype == torch.bool:
+        zero = torch.zeros((), dtype=torch.float32, device=device)
+        return torch.where(attn_mask, zero, torch.full((), float("-inf"), device=device))
+    return attn_mask.float()
+
+
+def _attention_cpu(q, k, v, sm_scale, is_causal, mask, smooth_k):
+    """Same maths as ``reference.sage_attention`` with the quantizer and ``Q8·K8ᵀ`` from shared-kernels."""
+    b, hq, nq, _ = q.shape
+    hkv, nk, dv = k.shape[1], k.shape[2], v.shape[-1]
+    g = hq // hkv
+    q8, qs, _ = quantize_int8_per_block(q.contiguous(), ref.BLKQ, multiplier=sm_scale * ref.LOG2E)
+    k8, ks, km = quantize_int8_per_block(k.contiguous(), ref.BLKK, subtract_mean=smooth_k)
+    if g > 1:  # GQA: repeat the int8 K (1 byte per element) so int8_gemm sees equal leading dims
+        k8 = k8[:, :, None].expand(b, hkv, g, nk, k8.shape[-1]).reshape(b, hq, nk, k8.shape[-1]).contiguous()
+        ks = ks[:, :, None].expand(b, hkv, g, ks.shape[-1]).reshape(b, hq, ks.shape[-1]).contiguous()
+        v = v[:, :, None].expand(b, hkv, g, nk, dv).reshape(b, hq, nk, dv)
+    vs = ref.v_channel_scale(v)
+    v16 = (v.float() / vs).half()
+    if mask is not None:
+        mask = mask.expand(b, hq, nq, nk)
+    o = torch.empty((b, hq, nq, dv), dtype=torch.float32, device=q.device)
+    lse2 = torch.empty((b, hq, nq), dtype=torch.float32, device=q.device)
+    for i0 in range(0, nq, ref.BLKQ):
+        i1 = min(i0 + ref.BLKQ, nq)
+        blk = i0 // ref.BLKQ
+        s = int8_gemm(
+            q8[..., i0:i1, :].contiguous(), k8, qs[..., blk : blk + 1].contiguous(), ks,
+            block_m=ref.BLKQ, block_n=ref.BLKK,
+        )  # fmt: skip
+        if mask is not None:
+            s = s + mask[..., i0:i1, :] * ref.LOG2E
+        if is_causal:
+            s = s.masked_fill(~ref.causal_keep(i0, i1, nk, q.device), float("-inf"))
+        o[..., i0:i1, :], lse2[..., i0:i1] = ref.blocked_softmax_pv(s, v16)
+    return o * vs, ref.lse_natural(lse2, q, km, sm_scale)
+
+
+def sageattn(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    tensor_layout: str = "HND",
+    is_causal: bool = False,
+    sm_scale: float | None = None,
+    return_lse: bool = False,
+    attn_mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+    scale: float | None = None,
+    enable_gqa: bool = False,
+    smooth_k: bool = True,
+    backend: str = "auto",
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """SageAttention2 forward: ``softmax(Q·Kᵀ·sm_scale + mask)·V`` with INT8 Q/K and fp16 P/V.
+
+    Upstream ``sageattention.sageattn`` signature plus SDPA's ``attn_mask``, ``dropout_p`` (must be
+    0), ``scale`` (alias of ``sm_scale``) and ``enable_gqa`` (accepted; GQA/MQA always works when
+    ``Hq % Hkv == 0``, as upstream). ``tensor_layout`` ``"HND"`` = ``[B, H, N, D]``, ``"NHD"`` =
+    ``[B, N, H, D]``. q, k, v: same dtype (fp16, bf16, fp32) and device; k and v share B, H, N; q and
+    k share D; v may have its own Dv. ``attn_mask``: bool (True = attend) or additive float,
+    broadcastable to ``[B, Hq, Nq, Nk]``, not with ``is_causal``. Causal masking is top-left
+    aligned like SDPA. Rows whose keys are all masked give 0 (and lse ``-inf``). Returns the
+    output in q's dtype and layout, and with ``return_lse`` also the natural-log LSE
+    ``[B, Hq, Nq]`` (float32) of the un-smoothed scores. Inputs are never modified.
+
+    ``backend``: ``"torch"`` runs ``reference.sage_attention`` (plain PyTorch, any device);
+    ``"cpu"`` quantizes and computes ``Q8·K8ᵀ`` with the shared-kernels CPU ops, softmax and P·V in
+    torch, bit-identical to ``"torch"``; ``"auto"`` picks ``"cpu"`` on the CPU and ``"torch"``
+    elsewhere (no GPU kernels yet). Cost: ``2·B·Hq·Nq·Nk·(D + Dv)`` FLOPs.
+    """
+    if not isinstance(tensor_layout, str) or tensor_layout not in ("HND", "NHD"):
+        hint = (
+            " (SDPA's 4th positional argument is attn_mask: pass it by keyword)"
+            if isinstance(tensor_layout, torch.Tensor)
+            else ""
+        )
+        raise TypeError(
+            f"tensor_layout must be 'HND' or 'NHD', got {type(tensor_layout).__name__} {tensor_layout!r:.40}{hint}"
+        )
+    q, k, v = _check_qkv("q", q), _check_qkv("k", k), _check_qkv("v", v)
+    is_causal = _check_bool("is_causal", is_causal)
+    return_lse = _check_bool("return_lse", return_lse)
+    smooth_k = _check_bool("smooth_k", smooth_k)
+    _check_bool("enable_gqa", enable_gqa)
+    if isinstance(dropout_p, bool) or not isinstance(dropout_p, (int, float)):
+        raise TypeError(f"dropout_p must be a float, got {type(dropout_p).__name__}")
+    if dropout_p != 0:
+        raise ValueError(
+            f"dropout_p must be 0 (sageattn is inference attention without dropout), got {dropout_p}"
+        )
+    if not isinstance(backend, str) or backend not in _BACKENDS:
+        raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
+    for name, x in (("k", k), ("v", v)):
+        if x.dtype != q.dtype:
+            raise TypeError(f"{name} has dtype {x.dtype} but q has {q.dtype}: q, k, v must share one dtype")
+        if x.device != q.device:
+            raise ValueError(f"{name} is on {x.device} but q on {q.device}: q, k, v must share one device")
+    if tensor_layout == "NHD":
+        q, k, v = (x.transpose(1, 2) for x in (q, k, v))
+    b, hq, nq, d = q.shape
+    hkv, nk = k.shape[1], k.shape[2]
+    if k.shape[0] != b or v.shape[0] != b:
+        raise ValueError(f"q, k, v must share the batch size, got {b}, {k.shape[0]}, {v.shape[0]}")
+    if v.shape[1] != hkv or v.shape[2] != nk:
+        raise ValueError(
+            f"k and v must share heads and length, got k {tuple(k.shape)} and v {tuple(v.shape)} (HND)"
+        )
+    if k.shape[3] != d:
+        raise ValueError(f"q and k must share the head dim, got {d} and {k.shape[3]}")
+    if hkv < 1 or hq % hkv:
+        raise ValueError(
+            f"the number of q heads ({hq}) must be a multiple of the number of k/v heads ({hkv})"
+        )
+    if d < 1 or v.shape[3] < 1:
+        raise ValueError(f"head dims must be >= 1, got q/k {d} and v {v.shape[3]}")
+    if is_causal and attn_mask is not None:
+        raise ValueError(
+            "attn_mask and is_causal cannot both be set (as in SDPA): fold the causal mask into attn_mask"
+        )
+    sm_scale = _resolve_scale(sm_scale, scale, d)
+    mask = _additive_mask(attn_mask, (b, hq, nq, nk), q.device)
+    if backend == "auto":
+        backend = "cpu" if q.device.type == "cpu" else "torch"
+    if backend == "cpu" and q.device.type != "cpu":
+        raise ValueError(f"backend='cpu' needs CPU tensors, got {q.device}; use backend='torch' or 'auto'")
+
+    if nq == 0 or nk == 0:
+        o = q.new_zeros((b, hq, nq, v.shape[3]), dtype=torch.float32)
+        lse = q.new_full((b, hq, nq), float("-inf"), dtype=torch.float32)
+    elif backend == "cpu":
+        o, lse = _attention_cpu(q, k, v, sm_scale, is_causal, mask, smooth_k)
+    else:
+        o, lse = ref.sage_attention(
+            q, k, v, sm_scale=sm_scale, is_causal=is_causal, mask=mask, smooth_k=smooth_k
+        )
+    o = o.to(q.dtype)
+    if tensor_layout == "NHD":
+        o = o.transpose(1, 2).contiguous()
+    return (o, lse) if return_lse else o
