@@ -183,3 +183,36 @@ def test_float32_run_matches_float64(order):
     diff = (runs[0] - runs[1].double()).abs()
     # float32 rounding (~1e-7) is amplified by the flow only for samples near mode boundaries
     assert float(diff.median()) < 2e-6 and float(diff.max()) < 5e-4, (diff.median(), diff.max())
+
+
+def test_thresholding_functions():
+    ns = NoiseScheduleVP("linear")
+    x0 = torch.randn(5, 3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 3
+    x0[0] *= 0.1  # a sample whose quantile is below thresholding_max_val: s = 1, plain clamp
+    dyn = DPM_Solver(
+        lambda x, t: x, ns, correcting_x0_fn="dynamic_thresholding", dynamic_thresholding_ratio=0.9
+    )
+    got = dyn.correcting_x0_fn(x0, None)
+    for i in range(5):
+        flat = sorted(x0[i].abs().reshape(-1).tolist())
+        pos = 0.9 * (len(flat) - 1)  # linear-interpolated quantile
+        q = flat[int(pos)] + (pos - int(pos)) * (flat[int(pos) + 1] - flat[int(pos)])
+        s = max(q, 1.0)
+        torch.testing.assert_close(got[i], x0[i].clamp(-s, s) / s)
+    st = DPM_Solver(lambda x, t: x, ns, correcting_x0_fn="static_thresholding", thresholding_max_val=2.0)
+    torch.testing.assert_close(st.correcting_x0_fn(x0, None), x0.clamp(-2.0, 2.0))
+    with pytest.raises(ValueError, match="correcting_x0_fn"):
+        DPM_Solver(lambda x, t: x, ns, correcting_x0_fn="clip")
+    with pytest.raises(ValueError, match="thresholding_max_val"):
+        DPM_Solver(lambda x, t: x, ns, thresholding_max_val=0.0)
+
+
+@pytest.mark.parametrize("alg", ["dpmsolver++", "dpmsolver"])
+def test_taylor_2m_is_second_order(gmm_problem, alg):
+    ns, gmm, x_T, ref = gmm_problem
+    steps = [40, 80, 160]
+    errs = [
+        _median_err(_run(ns, gmm, x_T, alg, steps=n, order=2, skip_type="logSNR", solver_type="taylor"), ref)
+        for n in steps
+    ]
+    assert _slope(steps, errs) >= 1.5, errs

@@ -30,7 +30,8 @@ class DPM_Solver:
             ``"dpmsolver"`` the noise prediction.
         correcting_x0_fn: ``None``, ``"dynamic_thresholding"`` (Imagen: per sample
             ``s = max(quantile(|x0|, dynamic_thresholding_ratio), thresholding_max_val)``,
-            ``x0 <- clamp(x0, -s, s) / s``) or a callable ``f(x0, t) -> x0``; dpmsolver++ only.
+            ``x0 <- clamp(x0, -s, s) / s``), ``"static_thresholding"`` (new: ``x0 <- clamp(x0, -m, m)``
+            with ``m = thresholding_max_val``) or a callable ``f(x0, t) -> x0``; dpmsolver++ only.
         correcting_xt_fn: optional ``f(x, t, step) -> x`` applied after every step.
     """
 
@@ -52,12 +53,18 @@ class DPM_Solver:
             raise ValueError(f"algorithm_type must be one of {ALGORITHM_TYPES}, got {algorithm_type!r}")
         if correcting_x0_fn == "dynamic_thresholding":
             correcting_x0_fn = self.dynamic_thresholding_fn
+        elif correcting_x0_fn == "static_thresholding":
+            correcting_x0_fn = self.static_thresholding_fn
         elif correcting_x0_fn is not None and not callable(correcting_x0_fn):
-            raise ValueError("correcting_x0_fn must be None, 'dynamic_thresholding' or a callable")
+            raise ValueError(
+                "correcting_x0_fn must be None, 'dynamic_thresholding', 'static_thresholding' or a callable"
+            )
         if correcting_x0_fn is not None and algorithm_type != "dpmsolver++":
             raise ValueError("correcting_x0_fn needs algorithm_type='dpmsolver++'")
         if correcting_xt_fn is not None and not callable(correcting_xt_fn):
             raise ValueError("correcting_xt_fn must be None or a callable")
+        if not thresholding_max_val > 0:
+            raise ValueError("thresholding_max_val must be > 0")
         if not 0.0 < dynamic_thresholding_ratio <= 1.0:
             raise ValueError("dynamic_thresholding_ratio must lie in (0, 1]")
         self.model = lambda x, t: model_fn(x, t.expand(x.shape[0]))
@@ -75,6 +82,10 @@ class DPM_Solver:
         s = torch.quantile(flat, self.dynamic_thresholding_ratio, dim=1)
         s = torch.clamp(s, min=self.thresholding_max_val).reshape((-1,) + (1,) * (x0.dim() - 1))
         return torch.clamp(x0, -s, s) / s
+
+    def static_thresholding_fn(self, x0: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
+        """Clamp a data prediction to ``[-thresholding_max_val, thresholding_max_val]``."""
+        return torch.clamp(x0, -self.thresholding_max_val, self.thresholding_max_val)
 
     def noise_prediction_fn(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return self.model(x, t)
