@@ -80,8 +80,8 @@ def test_cpu_scalar_and_avx512_paths_identical(dtype, n):
     x[3, 0] = float("-inf")
     signs = sk.random_hadamard_signs(n, seed=1)
     for s in (None, signs):
-        vec = ops_mod._run_cpu(x, n, s, True, force_scalar=False)
-        sca = ops_mod._run_cpu(x, n, s, True, force_scalar=True)
+        vec = ops_mod._run_native(x, n, s, True, force_scalar=False)
+        sca = ops_mod._run_native(x, n, s, True, force_scalar=True)
         assert_bit_exact(vec, sca, f"n={n}")
 
 

@@ -75,8 +75,8 @@ def test_cpu_vnni_and_scalar_paths_identical(out_dtype, k):
     a, b, sa, sb = _operands((2,), 67, 131, k, 16, 64, seed=k)
     sa[0, 1] = float("nan")
     sb[1, 0] = float("inf")
-    vec = ops_mod._run_cpu(a, b, sa, sb, 16, 64, out_dtype, force_scalar=False)
-    sca = ops_mod._run_cpu(a, b, sa, sb, 16, 64, out_dtype, force_scalar=True)
+    vec = ops_mod._run_native(a, b, sa, sb, 16, 64, out_dtype, force_scalar=False)
+    sca = ops_mod._run_native(a, b, sa, sb, 16, 64, out_dtype, force_scalar=True)
     assert_bit_exact(vec, sca, "vnni vs scalar")
     assert_matches(sca, ref.int8_gemm(a, b, sa, sb, 16, 64, out_dtype), "scalar vs reference")
 
@@ -86,8 +86,8 @@ def test_cpu_multithreaded_size(out_dtype):
     # >= 2^24 multiply-adds: the VNNI path runs its OpenMP region (smaller problems run on one thread)
     a, b, sa, sb = _operands((2,), 301, 255, 131, 128, 64, seed=21)
     assert a.shape[0] * 301 * 255 * 131 >= 2**24
-    vec = ops_mod._run_cpu(a, b, sa, sb, 128, 64, out_dtype, force_scalar=False)
-    sca = ops_mod._run_cpu(a, b, sa, sb, 128, 64, out_dtype, force_scalar=True)
+    vec = ops_mod._run_native(a, b, sa, sb, 128, 64, out_dtype, force_scalar=False)
+    sca = ops_mod._run_native(a, b, sa, sb, 128, 64, out_dtype, force_scalar=True)
     assert_bit_exact(vec, sca, "vnni vs scalar")
     assert_matches(vec, ref.int8_gemm(a, b, sa, sb, 128, 64, out_dtype), "vnni vs reference")
 
@@ -110,7 +110,7 @@ def test_extreme_values_and_largest_k():
     exact = _exact_int(a, b)
     assert exact.abs().max().item() == 16384 * k
     for force_scalar in (False, True):
-        got = ops_mod._run_cpu(a, b, sa, sb, 128, 64, torch.float32, force_scalar=force_scalar)
+        got = ops_mod._run_native(a, b, sa, sb, 128, 64, torch.float32, force_scalar=force_scalar)
         assert_bit_exact(got, exact.float(), f"force_scalar={force_scalar}")
     assert_bit_exact(sk.int8_gemm(a, b, sa, sb, backend="torch"), exact.float(), "reference")
 

@@ -15,6 +15,7 @@
 
 #include "cpu/cpu_features.h"
 #include "cpu/minifloat_avx512.h"
+#include "cpu/tensor_amax.h"
 #include "registry.h"
 #include "shared_kernels/microscaling.h"
 #include "shared_kernels/minifloat.h"
@@ -77,25 +78,6 @@ void quantize_mx_cpu(std::uintptr_t x, int dtype, const mx::Geometry& g, int ele
   if (elem == 0) quantize_mx_rounding<0>(rounding, dtype, xp, g, scale_rule, seed, offset, dp, sp);
   if (elem == 1) quantize_mx_rounding<1>(rounding, dtype, xp, g, scale_rule, seed, offset, dp, sp);
   if (elem == 2) quantize_mx_rounding<2>(rounding, dtype, xp, g, scale_rule, seed, offset, dp, sp);
-}
-
-float tensor_amax_scalar(const void* xp, int dtype, int64_t n) {
-  float result = 0.0f;
-#if defined(SHARED_KERNELS_WITH_OPENMP)
-#pragma omp parallel
-#endif
-  {
-    float local = 0.0f;
-#if defined(SHARED_KERNELS_WITH_OPENMP)
-#pragma omp for schedule(static) nowait
-#endif
-    for (int64_t i = 0; i < n; ++i) local = mx::amax_step(local, minifloat::load_as_f32(xp, i, dtype));
-#if defined(SHARED_KERNELS_WITH_OPENMP)
-#pragma omp critical
-#endif
-    result = mx::amax_step(result, local);
-  }
-  return result;
 }
 
 // outer_mode: 0 = tensor, 1 = block128, 2 = none. Same passes as the CUDA launcher: outer scales
@@ -177,16 +159,6 @@ SK_TARGET_AVX512 void mx_cols_avx512(const void* xp, const mx::Geometry& g, int 
       }
     }
   }
-}
-
-template <int DT>
-SK_TARGET_AVX512 float tensor_amax_avx512(const void* xp, int64_t n) {
-  constexpr int64_t piece = 1 << 14;
-  const int64_t npieces = (n + piece - 1) / piece;
-  uint32_t a = 0;
-#pragma omp parallel for schedule(static) reduction(max : a)
-  for (int64_t t = 0; t < npieces; ++t) a = std::max(a, mf16::amax_bits_range<DT>(xp, t * piece, std::min(n, (t + 1) * piece)));
-  return minifloat::bits_f32(a);
 }
 
 template <int DT>

@@ -9,6 +9,7 @@
 
 #include "cpu/cpu_features.h"
 #include "cpu/minifloat_avx512.h"
+#include "cpu/tensor_amax.h"
 #include "registry.h"
 #include "shared_kernels/microscaling.h"
 #include "shared_kernels/minifloat.h"
@@ -58,22 +59,7 @@ void quantize_fp8_scalar(std::uintptr_t x, int dtype, int64_t B, int64_t N, int6
       sp[t] = mx::amax_scale(a, scale_max);
     }
   } else {
-    float result = 0.0f;
-#if defined(SHARED_KERNELS_WITH_OPENMP)
-#pragma omp parallel
-#endif
-    {
-      float local = 0.0f;
-#if defined(SHARED_KERNELS_WITH_OPENMP)
-#pragma omp for schedule(static) nowait
-#endif
-      for (int64_t i = 0; i < B * N * D; ++i) local = mx::amax_step(local, minifloat::load_as_f32(xp, i, dtype));
-#if defined(SHARED_KERNELS_WITH_OPENMP)
-#pragma omp critical
-#endif
-      result = mx::amax_step(result, local);
-    }
-    sp[0] = mx::amax_scale(result, scale_max);
+    sp[0] = mx::amax_scale(tensor_amax_scalar(xp, dtype, B * N * D), scale_max);
   }
 
   // Pass 2: q = encode_rne_sat(x / scale); a zero scale (all-zero group) gives q = 0.
@@ -127,14 +113,7 @@ SK_TARGET_AVX512 void quantize_fp8_avx512(const void* xp, int64_t B, int64_t N, 
       sp[t] = mx::amax_scale(minifloat::bits_f32(a), scale_max);
     }
   } else {
-    constexpr int64_t piece = 1 << 14;
-    const int64_t total = B * N * D, npieces = (total + piece - 1) / piece;
-    uint32_t a = 0;
-#pragma omp parallel for schedule(static) reduction(max : a)
-    for (int64_t t = 0; t < npieces; ++t) {
-      a = std::max(a, mf16::amax_bits_range<DT>(xp, t * piece, std::min(total, (t + 1) * piece)));
-    }
-    sp[0] = mx::amax_scale(minifloat::bits_f32(a), scale_max);
+    sp[0] = mx::amax_scale(tensor_amax_avx512<DT>(xp, B * N * D), scale_max);
   }
 
   const mf16::Fmt16 f = mf16::make_fmt16(mx::element_format(fmt));

@@ -45,3 +45,16 @@ def stream_of(t: torch.Tensor) -> int:
 
 def ptr(t: torch.Tensor | None) -> int:
     return 0 if t is None else int(t.data_ptr())
+
+
+def launch(kernel: str, like: torch.Tensor, *args, force_scalar: bool = False) -> None:
+    """Call the compiled entry point ``<kernel>_cpu`` or ``<kernel>_cuda`` for ``like``'s device with
+    ``args``: the CUDA one also gets the current stream; the CPU one gets ``force_scalar=True`` only
+    when asked (it then skips its AVX-512 path; tests compare both paths)."""
+    mod = native()
+    if like.device.type == "cuda":
+        getattr(mod, f"{kernel}_cuda")(*args, stream_of(like))
+    elif force_scalar:
+        getattr(mod, f"{kernel}_cpu")(*args, force_scalar=True)
+    else:
+        getattr(mod, f"{kernel}_cpu")(*args)

@@ -59,10 +59,7 @@ def _quantize_fp8_op(
     b = x.numel() // (n * d)
     args = (_lib.ptr(x), _DTYPE_CODE[x.dtype], b, n, d, _GRAN_CODE[granularity], block_size, scale_max)
     args += (_FMT_CODE[fmt], _lib.ptr(q), _lib.ptr(scale))
-    if backend == "cpu":
-        _lib.native().quantize_fp8_cpu(*args)
-    else:
-        _lib.native().quantize_fp8_cuda(*args, _lib.stream_of(x))
+    _lib.launch("quantize_fp8", x, *args)
     return q, scale
 
 

@@ -30,40 +30,20 @@ def _signs_f32(signs: torch.Tensor | None, device: torch.device) -> torch.Tensor
     return None if signs is None else signs.to(device=device, dtype=torch.float32).contiguous()
 
 
-def _run_cpu(
+def _run_native(
     x: torch.Tensor, block_size: int, signs: torch.Tensor | None, normalize: bool, force_scalar: bool = False
 ) -> torch.Tensor:
-    """The compiled CPU kernel; ``force_scalar`` skips the AVX-512 path (tests compare both)."""
+    """The compiled CPU or CUDA kernel for ``x``'s device; ``force_scalar`` skips the CPU's AVX-512
+    path (tests compare both)."""
     y = _alloc.new_empty(x.shape, x.dtype, x.device)
     s = _signs_f32(signs, x.device)
     if x.numel():
-        _lib.native().hadamard_transform_cpu(
-            _lib.ptr(x),
-            _lib.ptr(y),
-            _lib.ptr(s),
-            x.numel() // block_size,
-            block_size,
-            _DTYPE_CODE[x.dtype],
-            normalize,
-            force_scalar,
-        )
-    return y
-
-
-def _run_cuda(x, block_size, signs, normalize):
-    y = _alloc.new_empty(x.shape, x.dtype, x.device)
-    s = _signs_f32(signs, x.device)
-    if x.numel():
-        _lib.native().hadamard_transform_cuda(
-            _lib.ptr(x),
-            _lib.ptr(y),
-            _lib.ptr(s),
-            x.numel() // block_size,
-            block_size,
-            _DTYPE_CODE[x.dtype],
-            normalize,
-            _lib.stream_of(x),
-        )
+        _lib.launch(
+            "hadamard_transform", x,
+            _lib.ptr(x), _lib.ptr(y), _lib.ptr(s), x.numel() // block_size, block_size,
+            _DTYPE_CODE[x.dtype], normalize,
+            force_scalar=force_scalar,
+        )  # fmt: skip
     return y
 
 
@@ -89,10 +69,8 @@ def _run_triton(x, block_size, signs, normalize):
 def _hadamard_transform_op(
     x: torch.Tensor, block_size: int, signs: torch.Tensor | None, normalize: bool, backend: str
 ) -> torch.Tensor:
-    if backend == "cpu":
-        return _run_cpu(x, block_size, signs, normalize)
-    if backend == "cuda":
-        return _run_cuda(x, block_size, signs, normalize)
+    if backend in ("cpu", "cuda"):
+        return _run_native(x, block_size, signs, normalize)
     if backend == "triton":
         return _run_triton(x, block_size, signs, normalize)
     return _ref.hadamard_transform(x, block_size, signs=signs, normalize=normalize)

@@ -32,25 +32,19 @@ def _new_out(a, b, out_dtype):
     return _alloc.new_empty((*a.shape[:-1], b.shape[-2]), out_dtype, a.device)
 
 
-def _run_cpu(a, b, a_scale, b_scale, block_m, block_n, out_dtype, force_scalar: bool = False) -> torch.Tensor:
-    """The compiled CPU kernel; ``force_scalar`` skips the AVX-512 VNNI path (tests compare both)."""
+def _run_native(
+    a, b, a_scale, b_scale, block_m, block_n, out_dtype, force_scalar: bool = False
+) -> torch.Tensor:
+    """The compiled CPU or CUDA kernel for the operands' device; ``force_scalar`` skips the CPU's AVX-512
+    VNNI path (tests compare both)."""
     out = _new_out(a, b, out_dtype)
     bsz, m, n, k = _sizes(a, b)
     if out.numel():
-        _lib.native().int8_gemm_cpu(
+        _lib.launch(
+            "int8_gemm", a,
             _lib.ptr(a), _lib.ptr(b), _lib.ptr(a_scale), _lib.ptr(b_scale), _lib.ptr(out),
-            bsz, m, n, k, block_m, block_n, _DTYPE_CODE[out_dtype], force_scalar,
-        )  # fmt: skip
-    return out
-
-
-def _run_cuda(a, b, a_scale, b_scale, block_m, block_n, out_dtype) -> torch.Tensor:
-    out = _new_out(a, b, out_dtype)
-    bsz, m, n, k = _sizes(a, b)
-    if out.numel():
-        _lib.native().int8_gemm_cuda(
-            _lib.ptr(a), _lib.ptr(b), _lib.ptr(a_scale), _lib.ptr(b_scale), _lib.ptr(out),
-            bsz, m, n, k, block_m, block_n, _DTYPE_CODE[out_dtype], _lib.stream_of(a),
+            bsz, m, n, k, block_m, block_n, _DTYPE_CODE[out_dtype],
+            force_scalar=force_scalar,
         )  # fmt: skip
     return out
 
@@ -76,10 +70,8 @@ def _int8_gemm_op(
     out_dtype: torch.dtype,
     backend: str,
 ) -> torch.Tensor:
-    if backend == "cpu":
-        return _run_cpu(a, b, a_scale, b_scale, block_m, block_n, out_dtype)
-    if backend == "cuda":
-        return _run_cuda(a, b, a_scale, b_scale, block_m, block_n, out_dtype)
+    if backend in ("cpu", "cuda"):
+        return _run_native(a, b, a_scale, b_scale, block_m, block_n, out_dtype)
     if backend == "triton":
         return _run_triton(a, b, a_scale, b_scale, block_m, block_n, out_dtype)
     return _ref.int8_gemm(a, b, a_scale, b_scale, block_m, block_n, out_dtype)

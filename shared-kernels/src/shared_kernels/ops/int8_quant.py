@@ -38,46 +38,20 @@ def _alloc_outputs(x: torch.Tensor, block_size: int, subtract_mean: bool):
     return q, scale, mean
 
 
-def _run_cpu(
+def _run_native(
     x: torch.Tensor, block_size: int, subtract_mean: bool, multiplier: float, force_scalar: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The compiled CPU kernel; ``force_scalar`` skips the AVX-512 path (tests compare both)."""
+    """The compiled CPU or CUDA kernel for ``x``'s device; ``force_scalar`` skips the CPU's AVX-512
+    path (tests compare both)."""
     q, scale, mean = _alloc_outputs(x, block_size, subtract_mean)
     b, n, d, _ = _shapes(x, block_size)
     if x.numel():
-        _lib.native().quantize_int8_per_block_cpu(
-            _lib.ptr(x),
-            _lib.ptr(q),
-            _lib.ptr(scale),
-            _lib.ptr(mean) if subtract_mean else 0,
-            b,
-            n,
-            d,
-            block_size,
-            _DTYPE_CODE[x.dtype],
-            multiplier,
-            force_scalar,
-        )
-    return q, scale, mean
-
-
-def _run_cuda(x, block_size, subtract_mean, multiplier):
-    q, scale, mean = _alloc_outputs(x, block_size, subtract_mean)
-    b, n, d, _ = _shapes(x, block_size)
-    if x.numel():
-        _lib.native().quantize_int8_per_block_cuda(
-            _lib.ptr(x),
-            _lib.ptr(q),
-            _lib.ptr(scale),
-            _lib.ptr(mean) if subtract_mean else 0,
-            b,
-            n,
-            d,
-            block_size,
-            _DTYPE_CODE[x.dtype],
-            multiplier,
-            _lib.stream_of(x),
-        )
+        _lib.launch(
+            "quantize_int8_per_block", x,
+            _lib.ptr(x), _lib.ptr(q), _lib.ptr(scale), _lib.ptr(mean) if subtract_mean else 0,
+            b, n, d, block_size, _DTYPE_CODE[x.dtype], multiplier,
+            force_scalar=force_scalar,
+        )  # fmt: skip
     return q, scale, mean
 
 
@@ -97,10 +71,8 @@ def _run_triton(x, block_size, subtract_mean, multiplier):
 def _quantize_int8_per_block_op(
     x: torch.Tensor, block_size: int, subtract_mean: bool, multiplier: float, backend: str
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    if backend == "cpu":
-        return _run_cpu(x, block_size, subtract_mean, multiplier)
-    if backend == "cuda":
-        return _run_cuda(x, block_size, subtract_mean, multiplier)
+    if backend in ("cpu", "cuda"):
+        return _run_native(x, block_size, subtract_mean, multiplier)
     if backend == "triton":
         return _run_triton(x, block_size, subtract_mean, multiplier)
     q, scale, mean = _ref.quantize_int8_per_block(

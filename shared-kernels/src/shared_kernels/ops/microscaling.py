@@ -145,10 +145,7 @@ def _quantize_mx_op(
         SCALE_RULES.index(scale_rule),
     )
     args += (_rounding_code(rounding), seed, offset, _lib.ptr(data), _lib.ptr(scales))
-    if backend == "cpu":
-        _lib.native().quantize_mx_cpu(*args)
-    else:
-        _lib.native().quantize_mx_cuda(*args, _lib.stream_of(x))
+    _lib.launch("quantize_mx", x, *args)
     return data, scales
 
 
@@ -247,10 +244,7 @@ def _quantize_nvfp4_op(
         _rounding_code(rounding),
     )
     args += (seed, offset, _lib.ptr(data), _lib.ptr(scales), _lib.ptr(outer_scale))
-    if backend == "cpu":
-        _lib.native().quantize_nvfp4_cpu(*args)
-    else:
-        _lib.native().quantize_nvfp4_cuda(*args, _lib.stream_of(x))
+    _lib.launch("quantize_nvfp4", x, *args)
     return data, scales, outer_scale
 
 
