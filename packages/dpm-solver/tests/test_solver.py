@@ -145,14 +145,14 @@ def test_bad_input():
     fn = lambda x, t: x  # noqa: E731
     x = torch.randn(2, 3)
     s = DPM_Solver(fn, ns)
-    with pytest.raises(NotImplementedError, match="singlestep"):
-        s.sample(x, steps=10, method="singlestep")
+    with pytest.raises(ValueError, match="method"):
+        s.sample(x, steps=10, method="singlestep_adaptive")
     with pytest.raises(ValueError, match="steps"):
         s.sample(x, steps=2, order=3)
     with pytest.raises(ValueError, match="order"):
         s.sample(x, steps=10, order=4)
     with pytest.raises(ValueError, match="skip_type"):
-        s.sample(x, steps=10, skip_type="karras")
+        s.sample(x, steps=10, skip_type="karras7")
     with pytest.raises(ValueError, match="t_start"):
         s.sample(x, steps=10, t_start=2.0)
     with pytest.raises(ValueError, match="t_end < t_start"):

@@ -11,12 +11,54 @@ import math
 
 import torch
 
-__all__ = ["NoiseScheduleVP"]
+__all__ = ["NoiseSchedule", "NoiseScheduleVP"]
 
 _SCHEDULES = ("discrete", "linear", "cosine")
 
 
-class NoiseScheduleVP:
+class NoiseSchedule:
+    """Base of every noise schedule the solvers accept (VP coordinates, ``alpha^2 + sigma^2 = 1``).
+
+    Subclasses define ``schedule``, ``T``, ``total_N``, :meth:`marginal_log_mean_coeff`,
+    :meth:`marginal_log_std`, :meth:`inverse_lambda`, ``t_min`` (smallest allowed time) and
+    ``default_t_end`` (the solvers' default ``t_end``).
+    """
+
+    schedule: str
+    T: float
+    total_N: int
+
+    @property
+    def t_min(self) -> float:
+        return 0.0
+
+    @property
+    def default_t_end(self) -> float:
+        return 1.0 / self.total_N
+
+    def marginal_log_mean_coeff(self, t):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def marginal_log_std(self, t):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def inverse_lambda(self, lamb):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def marginal_alpha(self, t: torch.Tensor | float) -> torch.Tensor:
+        """``alpha_t``."""
+        return torch.exp(self.marginal_log_mean_coeff(t))
+
+    def marginal_std(self, t: torch.Tensor | float) -> torch.Tensor:
+        """``sigma_t``."""
+        return torch.exp(self.marginal_log_std(t))
+
+    def marginal_lambda(self, t: torch.Tensor | float) -> torch.Tensor:
+        """Half-logSNR ``lambda_t = log alpha_t - log sigma_t``."""
+        return self.marginal_log_mean_coeff(t) - self.marginal_log_std(t)
+
+
+class NoiseScheduleVP(NoiseSchedule):
     """A variance-preserving noise schedule (upstream ``dpm_solver_pytorch.NoiseScheduleVP`` API).
 
     Args:
@@ -90,6 +132,11 @@ class NoiseScheduleVP:
             self.T = 0.9946
             self._phi0 = self.cosine_s / (1.0 + self.cosine_s) * math.pi / 2.0
             self._log_cos_phi0 = math.log(math.cos(self._phi0))
+
+    @property
+    def t_min(self) -> float:
+        """Discrete schedules: ``1/N`` (the first knot, model label 0); continuous: 0 (exclusive)."""
+        return 1.0 / self.total_N if self.schedule == "discrete" else 0.0
 
     # -- helpers ------------------------------------------------------------------------------
     def _tables(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

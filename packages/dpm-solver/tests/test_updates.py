@@ -1,0 +1,221 @@
+"""dpm_solver.updates: each pure update rule against the formulas of the reference (section 3) written
+out independently here, broadcast coefficients, aliases, and the documented intermediate-state identity."""
+
+import math
+
+import pytest
+import torch
+from dpm_solver.updates import (
+    first_order_update,
+    multistep_order,
+    multistep_update,
+    normalize_solver_type,
+    sde_first_order_update,
+    sde_multistep_update,
+    singlestep_update,
+)
+
+D = torch.float64
+
+
+def _vp(lam):
+    """alpha, sigma of a VP schedule at half-logSNR lam."""
+    lam = torch.as_tensor(lam, dtype=D)
+    return torch.sigmoid(2 * lam).sqrt(), torch.sigmoid(-2 * lam).sqrt()
+
+
+def _rand(*shape, seed=0):
+    return torch.randn(*shape, dtype=D, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("alg", ["dpmsolver++", "dpmsolver"])
+def test_first_order_matches_formula(alg):
+    x, m = _rand(3, 5), _rand(3, 5, seed=1)
+    ls, lt = torch.tensor(-1.2, dtype=D), torch.tensor(0.4, dtype=D)
+    (a_s, s_s), (a_t, s_t) = _vp(ls), _vp(lt)
+    h = lt - ls
+    got = first_order_update(
+        x, m, alpha_s=a_s, sigma_s=s_s, alpha_t=a_t, sigma_t=s_t, h=h, algorithm_type=alg
+    )
+    if alg == "dpmsolver++":
+        want = s_t / s_s * x - a_t * (math.exp(-float(h)) - 1) * m
+    else:
+        want = a_t / a_s * x - s_t * (math.exp(float(h)) - 1) * m
+    torch.testing.assert_close(got, want, rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize("alg", ["dpmsolver++", "dpmsolver"])
+@pytest.mark.parametrize("solver_type", ["dpmsolver", "taylor", "midpoint", "heun"])
+def test_multistep_2m_matches_formula(alg, solver_type):
+    x = _rand(4, 3)
+    m = [_rand(4, 3, seed=i + 1) for i in range(2)]
+    lams = [torch.tensor(v, dtype=D) for v in (-2.0, -1.3)]
+    lt = torch.tensor(-0.5, dtype=D)
+    (a_s, s_s), (a_t, s_t) = _vp(lams[-1]), _vp(lt)
+    got = multistep_update(
+        x, m, lams, lambda_t=lt, alpha_s=a_s, sigma_s=s_s, alpha_t=a_t, sigma_t=s_t, order=2,
+        algorithm_type=alg, solver_type=solver_type,
+    )  # fmt: skip
+    h, h0 = float(lt - lams[1]), float(lams[1] - lams[0])
+    d1 = (m[1] - m[0]) / (h0 / h)
+    taylor = normalize_solver_type(solver_type) == "taylor"
+    if alg == "dpmsolver++":
+        p1 = math.expm1(-h)
+        want = s_t / s_s * x - a_t * p1 * m[1]
+        want = want + a_t * (p1 / h + 1) * d1 if taylor else want - 0.5 * a_t * p1 * d1
+    else:
+        p1 = math.expm1(h)
+        want = a_t / a_s * x - s_t * p1 * m[1]
+        want = want - s_t * (p1 / h - 1) * d1 if taylor else want - 0.5 * s_t * p1 * d1
+    torch.testing.assert_close(got, want, rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize("alg", ["dpmsolver++", "dpmsolver"])
+@pytest.mark.parametrize("exact_3m", [False, True])
+def test_multistep_3m_matches_formula(alg, exact_3m):
+    x = _rand(2, 6)
+    m = [_rand(2, 6, seed=i + 1) for i in range(3)]
+    lams = [torch.tensor(v, dtype=D) for v in (-3.0, -2.1, -1.5)]
+    lt = torch.tensor(-0.7, dtype=D)
+    (a_s, s_s), (a_t, s_t) = _vp(lams[-1]), _vp(lt)
+    got = multistep_update(
+        x, m, lams, lambda_t=lt, alpha_s=a_s, sigma_s=s_s, alpha_t=a_t, sigma_t=s_t, order=3,
+        algorithm_type=alg, exact_3m=exact_3m,
+    )  # fmt: skip
+    h, h0, h1 = float(lt - lams[2]), float(lams[2] - lams[1]), float(lams[1] - lams[0])
+    r0, r1 = h0 / h, h1 / h
+    d10, d11 = (m[2] - m[1]) / r0, (m[1] - m[0]) / r1
+    d1 = d10 + r0 / (r0 + r1) * (d10 - d11)
+    d2 = (d10 - d11) / (r0 + r1) * (2.0 if exact_3m else 1.0)
+    if alg == "dpmsolver++":
+        p1 = math.expm1(-h)
+        p2 = p1 / h + 1
+        p3 = p2 / h - 0.5
+        want = s_t / s_s * x - a_t * p1 * m[2] + a_t * p2 * d1 - a_t * p3 * d2
+    else:
+        p1 = math.expm1(h)
+        p2 = p1 / h - 1
+        p3 = p2 / h - 0.5
+        want = a_t / a_s * x - s_t * p1 * m[2] - s_t * p2 * d1 - s_t * p3 * d2
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("alg", ["dpmsolver++", "dpmsolver"])
+@pytest.mark.parametrize("solver_type", ["dpmsolver", "taylor"])
+def test_singlestep_matches_formula(alg, solver_type):
+    """Orders 2 and 3 against the upstream formulas (reference section 3), r1 = 1/3, r2 = 2/3."""
+    x = _rand(3, 4)
+    ls, lt = torch.tensor(-1.0, dtype=D), torch.tensor(0.5, dtype=D)
+    h = float(lt - ls)
+    r1, r2 = 1 / 3, 2 / 3
+    m0, m1, m2 = (_rand(3, 4, seed=i + 1) for i in range(3))
+    (a_s, s_s), (a_t, s_t) = _vp(ls), _vp(lt)
+    kw = dict(lambda_t=lt, alpha_s=a_s, sigma_s=s_s, alpha_t=a_t, sigma_t=s_t, algorithm_type=alg)
+    lams = [ls, ls + r1 * h, ls + r2 * h]
+    got2 = singlestep_update(x, [m0, m1], lams[:2], order=2, solver_type=solver_type, **kw)
+    got3 = singlestep_update(x, [m0, m1, m2], lams, order=3, solver_type=solver_type, **kw)
+    data = alg == "dpmsolver++"
+    p1 = math.expm1(-h) if data else math.expm1(h)
+    p2 = p1 / h + (1 if data else -1)
+    p3 = p2 / h - 0.5
+    base = (s_t / s_s * x - a_t * p1 * m0) if data else (a_t / a_s * x - s_t * p1 * m0)
+    c = a_t if data else s_t
+    sg = 1 if data else -1
+    if solver_type == "dpmsolver":
+        want2 = base - (0.5 / r1) * c * p1 * (m1 - m0)
+        want3 = base + sg * (1 / r2) * c * p2 * (m2 - m0)
+    else:
+        want2 = base + sg * (1 / r1) * c * p2 * (m1 - m0)
+        d10, d11 = (m1 - m0) / r1, (m2 - m0) / r2
+        d1 = (r2 * d10 - r1 * d11) / (r2 - r1)
+        d2 = 2 * (d11 - d10) / (r2 - r1)
+        want3 = base + sg * c * p2 * d1 - c * p3 * d2
+    torch.testing.assert_close(got2, want2, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(got3, want3, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("alg", ["dpmsolver++", "dpmsolver"])
+def test_third_order_intermediate_is_order2_taylor(alg):
+    """Upstream's u2 (reference section 3) equals singlestep_update(order=2, solver_type='taylor')."""
+    x, m0, m1 = _rand(5, 2), _rand(5, 2, seed=1), _rand(5, 2, seed=2)
+    ls, h, r1, r2 = torch.tensor(-0.3, dtype=D), 1.7, 1 / 3, 2 / 3
+    ls1, ls2 = ls + r1 * h, ls + r2 * h
+    (a_s, s_s), (a2, s2) = _vp(ls), _vp(ls2)
+    got = singlestep_update(
+        x, [m0, m1], [ls, ls1], lambda_t=ls2, alpha_s=a_s, sigma_s=s_s, alpha_t=a2, sigma_t=s2, order=2,
+        algorithm_type=alg, solver_type="taylor",
+    )  # fmt: skip
+    if alg == "dpmsolver++":
+        phi22 = math.expm1(-r2 * h) / (r2 * h) + 1
+        want = s2 / s_s * x - a2 * math.expm1(-r2 * h) * m0 + r2 / r1 * a2 * phi22 * (m1 - m0)
+    else:
+        phi22 = math.expm1(r2 * h) / (r2 * h) - 1
+        want = a2 / a_s * x - s2 * math.expm1(r2 * h) * m0 - r2 / r1 * s2 * phi22 * (m1 - m0)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_broadcast_per_sample_coefficients():
+    """(B, 1) coefficients give the same rows as B separate 0-d calls."""
+    x, m = _rand(3, 4), [_rand(3, 4, seed=i + 1) for i in range(2)]
+    ls = torch.tensor([[-1.0], [-0.5], [0.2]], dtype=D)
+    lp = ls - 0.4
+    lt = ls + 0.7
+    (a_s, s_s), (a_t, s_t) = _vp(ls), _vp(lt)
+    got = multistep_update(
+        x, m, [lp, ls], lambda_t=lt, alpha_s=a_s, sigma_s=s_s, alpha_t=a_t, sigma_t=s_t, order=2,
+        algorithm_type="dpmsolver++",
+    )  # fmt: skip
+    for i in range(3):
+        row = multistep_update(
+            x[i], [v[i] for v in m], [lp[i, 0], ls[i, 0]], lambda_t=lt[i, 0], alpha_s=a_s[i, 0],
+            sigma_s=s_s[i, 0], alpha_t=a_t[i, 0], sigma_t=s_t[i, 0], order=2, algorithm_type="dpmsolver++",
+        )  # fmt: skip
+        torch.testing.assert_close(got[i], row, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("solver_type", ["midpoint", "heun"])
+def test_sde_updates_match_formula(solver_type):
+    x, z = _rand(4, 3), _rand(4, 3, seed=9)
+    m = [_rand(4, 3, seed=i + 1) for i in range(2)]
+    lams = [torch.tensor(-1.5, dtype=D), torch.tensor(-0.8, dtype=D)]
+    lt = torch.tensor(0.1, dtype=D)
+    (_, s_s), (a_t, s_t) = _vp(lams[1]), _vp(lt)
+    h = float(lt - lams[1])
+    first = s_t / s_s * math.exp(-h) * x + a_t * (1 - math.exp(-2 * h)) * m[1]
+    first = first + s_t * math.sqrt(1 - math.exp(-2 * h)) * z
+    got1 = sde_first_order_update(x, m[1], z, sigma_s=s_s, alpha_t=a_t, sigma_t=s_t, h=lt - lams[1])
+    torch.testing.assert_close(got1, first, rtol=1e-13, atol=1e-13)
+    got2 = sde_multistep_update(
+        x, m, lams, z, lambda_t=lt, sigma_s=s_s, alpha_t=a_t, sigma_t=s_t, order=2, solver_type=solver_type
+    )
+    d1 = (m[1] - m[0]) / (float(lams[1] - lams[0]) / h)
+    if solver_type == "midpoint":
+        want = first + 0.5 * a_t * (1 - math.exp(-2 * h)) * d1
+    else:
+        want = first + a_t * ((1 - math.exp(-2 * h)) / (-2 * h) + 1) * d1
+    torch.testing.assert_close(got2, want, rtol=1e-13, atol=1e-13)
+
+
+def test_multistep_order_schedule():
+    assert [multistep_order(i, 8, 3, True) for i in range(1, 9)] == [1, 2, 3, 3, 3, 3, 2, 1]
+    assert [multistep_order(i, 12, 3, True) for i in range(1, 13)] == [1, 2] + [3] * 10
+    assert [multistep_order(i, 12, 3, True, threshold=15) for i in range(1, 13)][-3:] == [3, 2, 1]
+    assert [multistep_order(i, 5, 2, False) for i in range(1, 6)] == [1, 2, 2, 2, 2]
+
+
+def test_bad_arguments():
+    x = _rand(2, 2)
+    one = torch.tensor(0.5, dtype=D)
+    kw = dict(lambda_t=one, alpha_s=one, sigma_s=one, alpha_t=one, sigma_t=one)
+    with pytest.raises(ValueError, match="algorithm_type"):
+        multistep_update(x, [x], [one], order=1, algorithm_type="ddim", **kw)
+    with pytest.raises(ValueError, match="solver_type"):
+        multistep_update(
+            x, [x, x], [one, one], order=2, algorithm_type="dpmsolver++", solver_type="rk4", **kw
+        )
+    with pytest.raises(ValueError, match="order"):
+        multistep_update(x, [x], [one], order=4, algorithm_type="dpmsolver++", **kw)
+    with pytest.raises(ValueError, match="needs 3"):
+        multistep_update(x, [x, x], [one, one], order=3, algorithm_type="dpmsolver++", **kw)
+    with pytest.raises(ValueError, match="needs 2"):
+        singlestep_update(x, [x], [one], order=2, algorithm_type="dpmsolver", **kw)
