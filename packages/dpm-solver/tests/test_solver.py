@@ -216,3 +216,42 @@ def test_taylor_2m_is_second_order(gmm_problem, alg):
         for n in steps
     ]
     assert _slope(steps, errs) >= 1.5, errs
+
+
+@pytest.mark.parametrize("method", ["multistep", "singlestep", "singlestep_fixed", "adaptive"])
+@pytest.mark.parametrize("alg", ["dpmsolver++", "dpmsolver"])
+def test_nan_in_model_output_names_the_step(method, alg):
+    ns = NoiseScheduleVP("linear")
+    calls = []
+
+    def fn(x, t):
+        calls.append(1)
+        out = torch.zeros_like(x)
+        return out.fill_(float("nan")) if len(calls) == 4 else out
+
+    with pytest.raises(FloatingPointError, match=r"NaN or inf at step \d+ \(t="):
+        DPM_Solver(fn, ns, alg).sample(torch.randn(2, 3), steps=9, order=2, method=method)
+    calls.clear()
+    with pytest.raises(FloatingPointError, match="at step 3 "):  # multistep: evaluation 4 follows step 3
+        DPM_Solver(fn, ns, alg).sample(torch.randn(2, 3), steps=9, order=2)
+
+
+def test_bad_input_issue5():
+    ns_d = NoiseScheduleVP("discrete", betas=torch.linspace(1e-4, 0.02, 1000))
+    x = torch.randn(2, 3)
+    s = DPM_Solver(lambda x, t: x, ns_d)
+    for method in ("multistep", "singlestep", "singlestep_fixed"):
+        with pytest.raises(ValueError, match=r"steps \(the NFE\) must be an int >= order \(3\)"):
+            s.sample(x, steps=2, order=3, method=method)
+    with pytest.raises(ValueError, match="below the schedule's smallest time"):
+        s.sample(x, steps=10, t_end=1e-4)  # discrete schedule starts at 1/N = 1e-3
+    with pytest.raises(ValueError, match="exceeds the schedule's T"):
+        s.sample(x, steps=10, t_start=1.5)
+    with pytest.raises(ValueError, match="finite"):
+        s.sample(x, steps=10, t_end=float("nan"))
+    with pytest.raises(ValueError, match="solver_type"):
+        s.sample(x, steps=10, solver_type="rk4")
+    from dpm_solver import model_wrapper
+
+    with pytest.raises(ValueError, match="model_type must be one of"):
+        model_wrapper(lambda x, t: x, ns_d, model_type="epsilon")
