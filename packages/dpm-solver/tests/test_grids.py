@@ -84,7 +84,12 @@ def test_bad_input():
     with pytest.raises(ValueError, match="N must"):
         get_time_steps(ns, "logSNR", 1.0, 1e-3, 0)
     with pytest.raises(ValueError, match="t_T > t_0"):
-        get_time_steps(ns, "logSNR", 1e-3, 1.0, 10)
+        get_time_steps(ns, "logSNR", 0.5, 0.5, 10)
+    for skip_type in SKIP_TYPES:  # swapped endpoints give the reversed grid (DPM_Solver.inverse)
+        fwd = get_time_steps(ns, skip_type, 1.0, 1e-3, 7, dtype=torch.float64)
+        torch.testing.assert_close(
+            get_time_steps(ns, skip_type, 1e-3, 1.0, 7, dtype=torch.float64), fwd.flip(0)
+        )
     with pytest.raises(ValueError, match="rho"):
         get_time_steps(ns, "edm", 1.0, 1e-3, 10, rho=0.0)
     assert math.isclose(float(get_time_steps(ns, "time_quadratic", 1.0, 0.25, 2)[1]), 0.5625, rel_tol=1e-6)

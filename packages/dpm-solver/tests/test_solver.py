@@ -255,3 +255,47 @@ def test_bad_input_issue5():
 
     with pytest.raises(ValueError, match="model_type must be one of"):
         model_wrapper(lambda x, t: x, ns_d, model_type="epsilon")
+
+
+@pytest.mark.parametrize("method,order", [("multistep", 1), ("multistep", 2), ("singlestep", 3)])
+def test_inverse_round_trip(method, order):
+    """inverse (data -> noise) followed by sample returns the input, more closely with more steps."""
+    ns = NoiseScheduleVP("linear")
+    gmm = GaussianMixture.random(4, 3, 0.3, seed=1)
+    fn = lambda x, t: gmm.prediction("noise", x, t, ns)  # noqa: E731
+    x0 = gmm.sample_ve(16, 0.05, torch.Generator().manual_seed(0))  # near-data samples at t ~ 2e-3
+    errs = []
+    for steps in (30, 120):
+        kw = dict(steps=steps, order=order, method=method, skip_type="logSNR")
+        solver = DPM_Solver(fn, ns)
+        z = solver.inverse(x0, t_start=1e-3, t_end=0.8, **kw)
+        assert solver.nfe == steps
+        back = solver.sample(z, t_start=0.8, t_end=1e-3, **kw)
+        errs.append(float((back - x0).abs().max()))
+    assert errs[1] < errs[0] / 2 ** (order - 0.5), errs  # 4x the steps
+
+
+def test_inverse_order1_is_ddim_inversion_and_add_noise():
+    ns = NoiseScheduleVP("discrete", betas=torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64))
+    gmm = GaussianMixture.random(4, 3, 0.2, seed=3)
+    fn = lambda x, t: gmm.prediction("noise", x, t, ns)  # noqa: E731
+    x = torch.randn(8, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    ts = torch.linspace(1e-3, 0.5, 6, dtype=torch.float64)
+    y = x.clone()
+    for s, t in itertools.pairwise(ts):
+        eps = fn(y, s)
+        x0 = (y - ns.marginal_std(s) * eps) / ns.marginal_alpha(s)
+        y = ns.marginal_alpha(t) * x0 + ns.marginal_std(t) * eps
+    got = DPM_Solver(fn, ns).inverse(x, steps=5, t_start=1e-3, t_end=0.5, order=1)
+    torch.testing.assert_close(got, y, rtol=1e-10, atol=1e-10)
+    solver = DPM_Solver(fn, ns)
+    noise = torch.randn(3, 8, 4, dtype=torch.float64)
+    t = torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)
+    xt = solver.add_noise(x, t, noise)
+    want = ns.marginal_alpha(t)[:, None, None] * x + ns.marginal_std(t)[:, None, None] * noise
+    torch.testing.assert_close(xt, want)
+    assert solver.add_noise(x, t[:1]).shape == x.shape
+    with pytest.raises(ValueError, match="inverse"):
+        solver.inverse(x, method="adaptive")
+    with pytest.raises(ValueError, match="t_start < t_end"):
+        solver.inverse(x, t_start=0.5, t_end=0.2)
