@@ -27,6 +27,17 @@ def _setup(k, std, n=128, seed=0):
 
 @pytest.fixture(scope="module")
 def gmm_problem():
+    # module fixtures run before conftest's per-test one-thread fixture; two threads on a loaded
+    # 2-core machine make the reference ~20x slower
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _gmm_problem()
+    finally:
+        torch.set_num_threads(before)
+
+
+def _gmm_problem():
     ns, gmm, x_T, (a0, st_T, st_0, x_ve) = _setup(6, 0.3)
     ref = gmm.flow(x_ve, st_T, st_0, 1500)
     ref2 = gmm.flow(x_ve, st_T, st_0, 3000)
