@@ -246,3 +246,63 @@ def test_step_into_sigma_zero_is_exact_and_finite(alg, order):
             x, m, lams, z, lambda_t=inf, sigma_s=s_s, alpha_t=one, sigma_t=zero, order=order
         )
         torch.testing.assert_close(sde, m[-1], rtol=1e-12, atol=1e-12)
+
+
+def _exact_integral(x, coef_poly, lams, lt, sde):
+    """x_t of the linear ODE / SDE drift for a data prediction D(lambda) = polynomial, by 30-point
+    Gauss-Legendre quadrature (exact to rounding): ODE ``(s_t/s_s) x + a_t int e^{-(l_t - l)} D dl``,
+    SDE (noise 0) ``(s_t/s_s) e^{-h} x + a_t int 2 e^{-2(l_t - l)} D dl``."""
+    import numpy as np
+
+    ls = float(lams[-1])
+    h = float(lt) - ls
+    nodes, weights = np.polynomial.legendre.leggauss(30)
+    lam = ls + (nodes + 1) * h / 2
+    k = 2.0 if sde else 1.0
+    w = torch.tensor(weights * h / 2 * k * np.exp(-k * (float(lt) - lam)), dtype=D)
+    dl = torch.stack([sum(c * float(v) ** p for p, c in enumerate(coef_poly)) for v in lam])
+    (_, s_s), (a_t, s_t) = _vp(lams[-1]), _vp(lt)
+    lin = s_t / s_s * (math.exp(-h) if sde else 1.0) * x
+    return lin + a_t * (w[:, None, None] * dl).sum(0)
+
+
+@pytest.mark.parametrize("sde", [False, True])
+def test_exact_for_polynomial_data_predictions(sde):
+    """Third-order rules with the Taylor-consistent D2 coefficient (exact_3m / SDE order 3) integrate a
+    quadratic D(lambda) exactly; 2M 'taylor' / 'heun' a linear one. Upstream's / diffusers' 3M (phi_3 D2)
+    is not exact for a quadratic; nor is diffusers' SDE 3M D2 coefficient ((1 - e^{-2h} - 2h)/(2h)^2 - 1/2,
+    which tends to -1, not 0, as h -> 0)."""
+    x = _rand(2, 3)
+    lams = [torch.tensor(v, dtype=D) for v in (-2.2, -1.6, -1.1)]
+    lt = torch.tensor(-0.3, dtype=D)
+    (a_s, s_s), (a_t, s_t) = _vp(lams[-1]), _vp(lt)
+    zero = torch.zeros(2, 3, dtype=D)
+
+    def run(order, poly, **kw):
+        outs = [sum(c * float(v) ** p for p, c in enumerate(poly)) for v in lams]
+        if sde:
+            return sde_multistep_update(
+                x, outs, lams, zero, lambda_t=lt, sigma_s=s_s, alpha_t=a_t, sigma_t=s_t, order=order, **kw
+            )
+        return multistep_update(
+            x, outs, lams, lambda_t=lt, alpha_s=a_s, sigma_s=s_s, alpha_t=a_t, sigma_t=s_t, order=order,
+            algorithm_type="dpmsolver++", **kw,
+        )  # fmt: skip
+
+    quad = [_rand(2, 3, seed=s) for s in (11, 12, 13)]
+    lin = quad[:2]
+    torch.testing.assert_close(run(2, lin, solver_type="taylor"), _exact_integral(x, lin, lams, lt, sde))
+    kw3 = {} if sde else {"exact_3m": True}
+    torch.testing.assert_close(run(3, quad, **kw3), _exact_integral(x, quad, lams, lt, sde))
+    if not sde:  # upstream's 3M coefficient misses the quadratic term by half
+        assert float((run(3, quad) - _exact_integral(x, quad, lams, lt, sde)).abs().max()) > 1e-3
+    else:  # diffusers' SDE 3M D2 coefficient, evaluated independently, is not exact either
+        h = float(lt - lams[-1])
+        r0, r1 = float(lams[2] - lams[1]) / h, float(lams[1] - lams[0]) / h
+        outs = [sum(c * float(v) ** p for p, c in enumerate(quad)) for v in lams]
+        d10, d11 = (outs[2] - outs[1]) / r0, (outs[1] - outs[0]) / r1
+        d2 = (d10 - d11) / (r0 + r1)
+        ours_c2 = 2 * ((1 - math.exp(-2 * h) - 2 * h) / (4 * h * h) + 0.5)
+        diffusers_c2 = (1 - math.exp(-2 * h) - 2 * h) / (2 * h) ** 2 - 0.5
+        wrong = run(3, quad) + float(a_t) * (diffusers_c2 - ours_c2) * d2
+        assert float((wrong - _exact_integral(x, quad, lams, lt, sde)).abs().max()) > 1e-3
