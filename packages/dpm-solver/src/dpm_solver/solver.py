@@ -22,7 +22,6 @@ from .singlestep import (
     singlestep_step,
 )
 from .updates import (
-    SOLVER_TYPES,
     first_order_update,
     multistep_order,
     multistep_update,
@@ -33,7 +32,6 @@ __all__ = ["DPM_Solver"]
 
 ALGORITHM_TYPES = ("dpmsolver++", "dpmsolver", "sde-dpmsolver++")
 METHODS = ("multistep", "singlestep", "singlestep_fixed", "adaptive")
-_ = SOLVER_TYPES
 
 
 class DPM_Solver:
