@@ -310,3 +310,10 @@ def test_inverse_order1_is_ddim_inversion_and_add_noise():
         solver.inverse(x, method="adaptive")
     with pytest.raises(ValueError, match="t_start < t_end"):
         solver.inverse(x, t_start=0.5, t_end=0.2)
+
+
+def test_check_finite_off():
+    ns = NoiseScheduleVP("linear")
+    fn = lambda x, t: torch.full_like(x, float("nan"))  # noqa: E731
+    out = DPM_Solver(fn, ns, check_finite=False).sample(torch.randn(2, 3), steps=3)
+    assert bool(torch.isnan(out).all())

@@ -306,3 +306,20 @@ def test_exact_for_polynomial_data_predictions(sde):
         diffusers_c2 = (1 - math.exp(-2 * h) - 2 * h) / (2 * h) ** 2 - 0.5
         wrong = run(3, quad) + float(a_t) * (diffusers_c2 - ours_c2) * d2
         assert float((wrong - _exact_integral(x, quad, lams, lt, sde)).abs().max()) > 1e-3
+
+
+def test_python_numbers_accepted():
+    x, m = _rand(2, 3), [_rand(2, 3, seed=1), _rand(2, 3, seed=2)]
+    (a_s, s_s), (a_t, s_t) = _vp(-0.5), _vp(0.5)
+    kw = dict(alpha_s=a_s, sigma_s=s_s, alpha_t=a_t, sigma_t=s_t, order=2, algorithm_type="dpmsolver++")
+    want = multistep_update(
+        x,
+        m,
+        [torch.tensor(-1.0, dtype=D), torch.tensor(-0.5, dtype=D)],
+        lambda_t=torch.tensor(0.5, dtype=D),
+        **kw,
+    )
+    kw_f = {k: float(v) if isinstance(v, torch.Tensor) else v for k, v in kw.items()}
+    torch.testing.assert_close(
+        multistep_update(x, m, [-1.0, -0.5], lambda_t=0.5, **kw_f), want, rtol=0, atol=0
+    )
