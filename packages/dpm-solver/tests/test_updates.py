@@ -323,3 +323,51 @@ def test_python_numbers_accepted():
     torch.testing.assert_close(
         multistep_update(x, m, [-1.0, -0.5], lambda_t=0.5, **kw_f), want, rtol=0, atol=0
     )
+
+
+@pytest.mark.parametrize(
+    "alg,order,solver_type",
+    [
+        ("dpmsolver++", 2, "midpoint"), ("dpmsolver++", 2, "heun"), ("dpmsolver++", 3, "midpoint"),
+        ("dpmsolver", 2, "midpoint"), ("dpmsolver", 2, "heun"), ("dpmsolver", 3, "midpoint"),
+        ("sde-dpmsolver++", 2, "midpoint"), ("sde-dpmsolver++", 2, "heun"),
+    ],
+)  # fmt: skip
+def test_same_steps_as_diffusers_multistep(alg, order, solver_type):
+    """Fed the same model outputs (and noise), our rules reproduce diffusers' DPMSolverMultistepScheduler
+    step by step, including its final step into sigma = 0 (final_sigmas_type="zero", data prediction)."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    sched = DPMSolverMultistepScheduler(
+        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, solver_order=order,
+        algorithm_type=alg, solver_type=solver_type, prediction_type="epsilon" if alg == "dpmsolver" else "sample",
+        final_sigmas_type="sigma_min" if alg == "dpmsolver" else "zero",  # diffusers refuses "zero" there
+    )  # fmt: skip
+    steps = 16
+    sched.set_timesteps(steps)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 5, generator=g)
+    outs = [torch.randn(2, 5, generator=g) for _ in range(steps)]
+    noises = [torch.randn(2, 5, generator=g) for _ in range(steps)]
+    sig = sched.sigmas.double()
+    ref, ours = x.clone(), x.double()
+    hist, lams = [], []
+    for i, t in enumerate(sched.timesteps):
+        ref = sched.step(outs[i], t, ref, variance_noise=noises[i] if "sde" in alg else None).prev_sample
+        s_s, s_t = sig[i], sig[i + 1]
+        a_s, a_t = 1 / torch.sqrt(1 + s_s**2), 1 / torch.sqrt(1 + s_t**2)
+        lam_s, lam_t = -torch.log(s_s), -torch.log(s_t)
+        hist, lams = [*hist, outs[i].double()][-order:], [*lams, lam_s][-order:]
+        k = min(i + 1, order)
+        if alg == "sde-dpmsolver++":
+            ours = sde_multistep_update(
+                ours, hist, lams, noises[i].double(), lambda_t=lam_t, sigma_s=s_s * a_s, alpha_t=a_t,
+                sigma_t=s_t * a_t, order=k, solver_type=solver_type,
+            )  # fmt: skip
+        else:
+            ours = multistep_update(
+                ours, hist, lams, lambda_t=lam_t, alpha_s=a_s, sigma_s=s_s * a_s, alpha_t=a_t, sigma_t=s_t * a_t,
+                order=k, algorithm_type=alg, solver_type=solver_type,
+            )  # fmt: skip
+        torch.testing.assert_close(ours.float(), ref, rtol=1e-4, atol=1e-4 * float(ref.abs().max()))
+    assert bool(torch.isfinite(ours).all())
