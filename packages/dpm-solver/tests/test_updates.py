@@ -325,6 +325,7 @@ def test_python_numbers_accepted():
     )
 
 
+@pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::DeprecationWarning")  # diffusers' own
 @pytest.mark.parametrize(
     "alg,order,solver_type",
     [
