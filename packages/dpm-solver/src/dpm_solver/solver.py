@@ -505,7 +505,7 @@ class DPM_Solver:
                     x, s, t, step_order, solver_type=solver_type, r1=r1, r2=r2
                 )
                 if self.correcting_xt_fn is not None:
-                    x = self.correcting_xt_fn(x, t, step)
+                    x = self.correcting_xt_fn(x, t, step - 1)  # upstream: 0-based outer step index
                 if return_intermediate:
                     intermediates.append(x)
             step = len(orders)
