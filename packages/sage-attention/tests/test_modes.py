@@ -244,3 +244,15 @@ def test_nan_propagates(name):
 def test_bad_config(kwargs):
     with pytest.raises(ValueError):
         SageConfig(**kwargs)
+
+
+def test_q_chunk_changes_speed_not_maths():
+    q, k, v = _qkv(nq=300)
+    for name in ("smooth_q", "fp8_fp32+fp32", "sm90"):
+        cfg = SageConfig(**MODES[name])
+        a, la = sage_attention_mode(q, k, v, sm_scale=0.125, cfg=cfg, is_causal=True)
+        b, lb = sage_attention_mode(q, k, v, sm_scale=0.125, cfg=cfg, is_causal=True, q_chunk=4 * cfg.blkq)
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(la, lb, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="q_chunk"):
+        sage_attention_mode(q, k, v, sm_scale=0.125, q_chunk=100)

@@ -274,8 +274,16 @@ def sage_attention_mode(
     cfg: SageConfig = SageConfig(),
     is_causal: bool = False,
     mask: torch.Tensor | None = None,
+    q_chunk: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """SageAttention2 in the mode ``cfg`` (HND): returns ``(O float32, lse natural log)``."""
+    """SageAttention2 in the mode ``cfg`` (HND): returns ``(O float32, lse natural log)``.
+
+    ``q_chunk`` (a multiple of ``cfg.blkq``, default ``cfg.blkq``) is how many query rows are
+    processed per step; rows are independent, so it changes speed and memory, not the maths.
+    """
+    q_chunk = cfg.blkq if q_chunk is None else q_chunk
+    if q_chunk < 1 or q_chunk % cfg.blkq:
+        raise ValueError(f"q_chunk must be a positive multiple of blkq={cfg.blkq}, got {q_chunk}")
     b, hq, nq, _ = q.shape
     nk = k.shape[2]
     k, v = ref._expand_heads(k, hq), ref._expand_heads(v, hq)
@@ -298,14 +306,17 @@ def sage_attention_mode(
     lse2 = torch.empty((b, hq, nq), dtype=torch.float32, device=q.device)
     ks_tok = ks[..., None, :]
     k8t = k8.transpose(-1, -2)
-    for i0 in range(0, nq, cfg.blkq):
-        i1 = min(i0 + cfg.blkq, nq)
+    for i0 in range(0, nq, q_chunk):
+        i1 = min(i0 + q_chunk, nq)
         acc = torch.matmul(q8[..., i0:i1, :], k8t)  # integers below 2^24: exact in float32
         s = (acc * qs[..., i0:i1, None]) * ks_tok
         if c != 1.0:
             s = s * c
         if qmean is not None:
-            corr = torch.matmul(qmean[..., i0 // cfg.blkq, None, :], kf.transpose(-1, -2))
+            qm = qmean[..., i0 // cfg.blkq : -(-i1 // cfg.blkq), :]  # the chunk's blocks
+            corr = torch.matmul(qm, kf.transpose(-1, -2)).repeat_interleave(cfg.blkq, dim=-2)[
+                ..., : i1 - i0, :
+            ]
             s = s + (corr * c if c != 1.0 else corr)
         if mask is not None:
             s = s + mask[..., i0:i1, :] * ref.LOG2E
