@@ -269,3 +269,19 @@ def test_bad_input(kwargs, exc, word):
     args = {"q": q, "k": k, "v": v, **kwargs}
     with pytest.raises(exc, match=word):
         FP16(**args)
+
+
+@pytest.mark.parametrize(
+    "fn,kw",
+    [(FP8, dict(qk_rotation="hadamard")), (FP16, dict(smooth_q=True, pv_accum_dtype="fp16"))],
+    ids=["fp8+hadamard", "fp16+smooth_q"],
+)
+def test_torch_compile_fullgraph(fn, kw):
+    """The reference maths traces without graph breaks (shared-kernels ops are custom ops)."""
+    q, k, v = _qkv(b=1, hq=2, hkv=1, nq=40, nk=70, d=32, dtype=torch.float32)
+
+    def f(q, k, v):
+        return fn(q, k, v, is_causal=True, **kw) * 2
+
+    torch._dynamo.reset()
+    assert torch.equal(torch.compile(f, fullgraph=True, backend="aot_eager")(q, k, v), f(q, k, v))
