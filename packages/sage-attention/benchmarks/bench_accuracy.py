@@ -15,7 +15,7 @@ step) on float32 inputs on the CPU; a "case" is one (layer, sentence or window) 
 problem (2 heads); the float64 oracle is ``reference.attention_exact`` on the same inputs. Writes
 ``results/accuracy.csv`` and ``results/accuracy.png``; prints the table.
 
-    python packages/sage-attention/benchmarks/bench_accuracy.py [--quick]
+    python packages/sage-attention/benchmarks/bench_accuracy.py [--quick] [--replot]
 """
 
 from __future__ import annotations
@@ -217,7 +217,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="few sentences, N <= 4K, few modes")
     ap.add_argument("--out", default=str(RESULTS), help="folder for accuracy.csv / accuracy.png")
+    ap.add_argument("--replot", action="store_true", help="only redraw accuracy.png from accuracy.csv")
     args = ap.parse_args()
+    if args.replot:
+        with open(pathlib.Path(args.out) / "accuracy.csv") as f:
+            rows = [{**r, "mean_rel_l1": float(r["mean_rel_l1"])} for r in csv.DictReader(f)]
+        _plot(rows, list(dict.fromkeys(r["inputs"] for r in rows)), pathlib.Path(args.out) / "accuracy.png")
+        return
     torch.manual_seed(0)
     t_start = time.time()
     modes = dict(list(MODES.items())[:4]) if args.quick else MODES
@@ -292,7 +298,8 @@ def _plot(rows, groups, path) -> None:
         vals = [
             next(r["mean_rel_l1"] for r in rows if r["mode"] == name and r["inputs"] == g) for g in groups
         ]
-        ax.bar([j + i * width for j in range(len(groups))], vals, width, label=name)
+        color = plt.cm.tab20(i % 20)
+        ax.bar([j + i * width for j in range(len(groups))], vals, width, label=name, color=color)
     ax.set_yscale("log")
     ax.axhline(0.01, color="k", ls="--", lw=0.8)
     ax.axhline(0.04, color="r", ls="--", lw=0.8)
