@@ -259,7 +259,8 @@ def sageattn(
     smooth_k: bool = True,
     backend: str = "auto",
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """SageAttention2 forward: ``softmax(Q·Kᵀ·sm_scale + mask)·V`` with INT8 Q/K and fp16 P/V.
+    """SageAttention2 forward: ``softmax(Q·Kᵀ·sm_scale + mask)·V`` with INT8 Q/K and fp16 P/V
+    (on CUDA, FP8 P/V where upstream's dispatch picks an FP8 variant).
 
     Upstream ``sageattention.sageattn`` signature plus SDPA's ``attn_mask``, ``dropout_p`` (must be
     0), ``scale`` (alias of ``sm_scale``) and ``enable_gqa`` (accepted; GQA/MQA always works when
@@ -272,7 +273,7 @@ def sageattn(
     ``[B, Hq, Nq]`` (float32) of the un-smoothed scores. Inputs are never modified.
 
     ``backend``: ``"torch"`` runs ``reference.sage_attention`` (per-block INT8 QK, fp16 PV, plain
-    PyTorch, any device); ``"cpu"`` runs the shared-kernels CPU path, bit-identical to ``"torch"``;
+    PyTorch, any device); ``"cpu"`` runs the shared-kernels CPU path (the same maths, see ``_attention_cpu``);
     ``"auto"`` picks ``"cpu"`` on the CPU and, on CUDA, the variant upstream picks for the device's
     compute capability (:func:`cuda_dispatch`; sm100 too), whose maths runs through its kernel where
     one is built and through its reference otherwise. Cost: ``2·B·Hq·Nq·Nk·(D + Dv)`` FLOPs.
