@@ -6,5 +6,18 @@ Part of the ML-efficiency kernels monorepo; built on ``shared-kernels``.
 __version__ = "0.1.0.dev0"
 
 from .core import sageattn
+from .variants import (
+    sageattn_qk_int8_pv_fp8_cuda,
+    sageattn_qk_int8_pv_fp8_cuda_sm90,
+    sageattn_qk_int8_pv_fp16_cuda,
+)
+from .varlen import sageattn_varlen
 
-__all__ = ["__version__", "sageattn"]
+__all__ = [
+    "__version__",
+    "sageattn",
+    "sageattn_qk_int8_pv_fp8_cuda",
+    "sageattn_qk_int8_pv_fp8_cuda_sm90",
+    "sageattn_qk_int8_pv_fp16_cuda",
+    "sageattn_varlen",
+]

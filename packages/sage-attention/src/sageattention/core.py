@@ -1,7 +1,9 @@
-"""``sageattn``: SageAttention2 (INT8 per-block QK, fp16 PV) with upstream's and SDPA's keywords."""
+"""``sageattn``: SageAttention2 (INT8 QK, fp16/FP8 PV) with upstream's and SDPA's keywords, its
+device dispatch, and the input validation shared by every public function of the package."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -9,7 +11,7 @@ from shared_kernels import int8_gemm, quantize_int8_per_block
 
 from . import reference as ref
 
-__all__ = ["sageattn"]
+__all__ = ["Prepared", "cuda_dispatch", "prepare_inputs", "sageattn"]
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _BACKENDS = ("auto", "torch", "cpu")
@@ -77,6 +79,139 @@ def _additive_mask(attn_mask: object, shape: tuple[int, int, int, int], device: 
     return attn_mask.float()
 
 
+@dataclasses.dataclass
+class Prepared:
+    """Validated inputs in HND layout (see :func:`prepare_inputs`)."""
+
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    layout: str
+    is_causal: bool
+    sm_scale: float
+    mask: torch.Tensor | None
+    return_lse: bool
+    smooth_k: bool
+
+    def finish(self, o: torch.Tensor, lse: torch.Tensor):
+        """Output in q's dtype and the caller's layout (and the lse if asked)."""
+        o = o.to(self.q.dtype)
+        if self.layout == "NHD":
+            o = o.transpose(1, 2).contiguous()
+        return (o, lse) if self.return_lse else o
+
+    def empty_result(self):
+        """The result when ``Nq == 0`` or ``Nk == 0``: zeros and lse ``-inf``."""
+        b, hq, nq = self.q.shape[:3]
+        o = self.q.new_zeros((b, hq, nq, self.v.shape[3]), dtype=torch.float32)
+        return self.finish(o, self.q.new_full((b, hq, nq), float("-inf"), dtype=torch.float32))
+
+    @property
+    def is_empty(self) -> bool:
+        return self.q.shape[2] == 0 or self.k.shape[2] == 0
+
+
+def check_layout(tensor_layout: object) -> str:
+    if not isinstance(tensor_layout, str) or tensor_layout not in ("HND", "NHD"):
+        hint = (
+            " (SDPA's 4th positional argument is attn_mask: pass it by keyword)"
+            if isinstance(tensor_layout, torch.Tensor)
+            else ""
+        )
+        raise TypeError(
+            f"tensor_layout must be 'HND' or 'NHD', got {type(tensor_layout).__name__} {tensor_layout!r:.40}{hint}"
+        )
+    return tensor_layout
+
+
+def prepare_inputs(
+    q, k, v, tensor_layout, is_causal, sm_scale, return_lse, smooth_k, attn_mask=None, scale=None
+) -> Prepared:
+    """Validate q, k, v (dtype, device, shapes, GQA), flags, scale and mask; move to HND."""
+    tensor_layout = check_layout(tensor_layout)
+    q, k, v = _check_qkv("q", q), _check_qkv("k", k), _check_qkv("v", v)
+    is_causal = _check_bool("is_causal", is_causal)
+    return_lse = _check_bool("return_lse", return_lse)
+    smooth_k = _check_bool("smooth_k", smooth_k)
+    for name, x in (("k", k), ("v", v)):
+        if x.dtype != q.dtype:
+            raise TypeError(f"{name} has dtype {x.dtype} but q has {q.dtype}: q, k, v must share one dtype")
+        if x.device != q.device:
+            raise ValueError(f"{name} is on {x.device} but q on {q.device}: q, k, v must share one device")
+    if tensor_layout == "NHD":
+        q, k, v = (x.transpose(1, 2) for x in (q, k, v))
+    b, hq, nq, d = q.shape
+    hkv, nk = k.shape[1], k.shape[2]
+    if k.shape[0] != b or v.shape[0] != b:
+        raise ValueError(f"q, k, v must share the batch size, got {b}, {k.shape[0]}, {v.shape[0]}")
+    if v.shape[1] != hkv or v.shape[2] != nk:
+        raise ValueError(
+            f"k and v must share heads and length, got k {tuple(k.shape)} and v {tuple(v.shape)} (HND)"
+        )
+    if k.shape[3] != d:
+        raise ValueError(f"q and k must share the head dim, got {d} and {k.shape[3]}")
+    if hkv < 1 or hq % hkv:
+        raise ValueError(
+            f"the number of q heads ({hq}) must be a multiple of the number of k/v heads ({hkv})"
+        )
+    if d < 1 or v.shape[3] < 1:
+        raise ValueError(f"head dims must be >= 1, got q/k {d} and v {v.shape[3]}")
+    if is_causal and attn_mask is not None:
+        raise ValueError(
+            "attn_mask and is_causal cannot both be set (as in SDPA): fold the causal mask into attn_mask"
+        )
+    sm_scale = _resolve_scale(sm_scale, scale, d)
+    mask = _additive_mask(attn_mask, (b, hq, nq, nk), q.device)
+    return Prepared(q, k, v, tensor_layout, is_causal, sm_scale, mask, return_lse, smooth_k)
+
+
+def cuda_dispatch(capability: tuple[int, int]) -> tuple[str, dict]:
+    """Upstream ``sageattn``'s choice for a CUDA compute capability: ``(function name, kwargs)``.
+
+    sm80 -> fp16 CUDA (``pv_accum_dtype="fp32"``); sm86 -> the Triton kernel; sm89 -> fp8 CUDA
+    (SageAttention2++, ``"fp32+fp16"``); sm90 -> the sm90 fp8 kernel (``"fp32+fp32"``);
+    sm120/sm121 -> fp8 CUDA with ``per_warp`` and ``"fp32+fp16"``. Beyond upstream (which raises
+    "Unsupported CUDA architecture"): sm100/sm103 -> fp8 CUDA with ``per_thread`` and ``"fp32+fp32"``
+    (Blackwell's FP8 MMA accumulates accurately); anything else -> ``"reference"`` (per-block maths).
+    """
+    major, minor = capability
+    if (major, minor) == (8, 0):
+        return "sageattn_qk_int8_pv_fp16_cuda", {"pv_accum_dtype": "fp32"}
+    if (major, minor) == (8, 6):
+        return "sageattn_qk_int8_pv_fp16_triton", {}
+    if (major, minor) == (8, 9):
+        return "sageattn_qk_int8_pv_fp8_cuda", {"pv_accum_dtype": "fp32+fp16"}
+    if major == 9:
+        return "sageattn_qk_int8_pv_fp8_cuda_sm90", {"pv_accum_dtype": "fp32+fp32"}
+    if major == 12:
+        return "sageattn_qk_int8_pv_fp8_cuda", {"qk_quant_gran": "per_warp", "pv_accum_dtype": "fp32+fp16"}
+    if major == 10:
+        return "sageattn_qk_int8_pv_fp8_cuda", {"qk_quant_gran": "per_thread", "pv_accum_dtype": "fp32+fp32"}
+    return "reference", {}
+
+
+def _dispatch_cuda(q, k, v, tensor_layout, is_causal, sm_scale, return_lse, attn_mask, smooth_k):
+    from . import variants
+
+    name, kw = cuda_dispatch(torch.cuda.get_device_capability(q.device))
+    if name == "sageattn_qk_int8_pv_fp16_triton":
+        try:
+            from .triton_api import sageattn_qk_int8_pv_fp16_triton as fn
+        except ImportError:  # no Triton kernel in this build: the same per-block maths, reference
+            name = "reference"
+        else:
+            return fn(
+                q, k, v, tensor_layout=tensor_layout, is_causal=is_causal, attn_mask=attn_mask,
+                sm_scale=sm_scale, smooth_k=smooth_k, return_lse=return_lse,
+            )  # fmt: skip
+    if name == "reference":
+        return None
+    return getattr(variants, name)(
+        q, k, v, tensor_layout=tensor_layout, is_causal=is_causal, sm_scale=sm_scale,
+        smooth_k=smooth_k, return_lse=return_lse, attn_mask=attn_mask, **kw,
+    )  # fmt: skip
+
+
 def _attention_cpu(q, k, v, sm_scale, is_causal, mask, smooth_k):
     """Same maths as ``reference.sage_attention`` with the quantizer and ``Q8·K8ᵀ`` from shared-kernels."""
     b, hq, nq, _ = q.shape
@@ -124,7 +259,8 @@ def sageattn(
     smooth_k: bool = True,
     backend: str = "auto",
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """SageAttention2 forward: ``softmax(Q·Kᵀ·sm_scale + mask)·V`` with INT8 Q/K and fp16 P/V.
+    """SageAttention2 forward: ``softmax(Q·Kᵀ·sm_scale + mask)·V`` with INT8 Q/K and fp16 P/V
+    (on CUDA, FP8 P/V where upstream's dispatch picks an FP8 variant).
 
     Upstream ``sageattention.sageattn`` signature plus SDPA's ``attn_mask``, ``dropout_p`` (must be
     0), ``scale`` (alias of ``sm_scale``) and ``enable_gqa`` (accepted; GQA/MQA always works when
@@ -136,24 +272,13 @@ def sageattn(
     output in q's dtype and layout, and with ``return_lse`` also the natural-log LSE
     ``[B, Hq, Nq]`` (float32) of the un-smoothed scores. Inputs are never modified.
 
-    ``backend``: ``"torch"`` runs ``reference.sage_attention`` (plain PyTorch, any device);
-    ``"cpu"`` quantizes and computes ``Q8·K8ᵀ`` with the shared-kernels CPU ops, softmax and P·V in
-    torch, bit-identical to ``"torch"``; ``"auto"`` picks ``"cpu"`` on the CPU and ``"torch"``
-    elsewhere (no GPU kernels yet). Cost: ``2·B·Hq·Nq·Nk·(D + Dv)`` FLOPs.
+    ``backend``: ``"torch"`` runs ``reference.sage_attention`` (per-block INT8 QK, fp16 PV, plain
+    PyTorch, any device); ``"cpu"`` runs the shared-kernels CPU path (the same maths, see ``_attention_cpu``);
+    ``"auto"`` picks ``"cpu"`` on the CPU and, on CUDA, the variant upstream picks for the device's
+    compute capability (:func:`cuda_dispatch`; sm100 too), whose maths runs through its kernel where
+    one is built and through its reference otherwise. Cost: ``2·B·Hq·Nq·Nk·(D + Dv)`` FLOPs.
     """
-    if not isinstance(tensor_layout, str) or tensor_layout not in ("HND", "NHD"):
-        hint = (
-            " (SDPA's 4th positional argument is attn_mask: pass it by keyword)"
-            if isinstance(tensor_layout, torch.Tensor)
-            else ""
-        )
-        raise TypeError(
-            f"tensor_layout must be 'HND' or 'NHD', got {type(tensor_layout).__name__} {tensor_layout!r:.40}{hint}"
-        )
-    q, k, v = _check_qkv("q", q), _check_qkv("k", k), _check_qkv("v", v)
-    is_causal = _check_bool("is_causal", is_causal)
-    return_lse = _check_bool("return_lse", return_lse)
-    smooth_k = _check_bool("smooth_k", smooth_k)
+    tensor_layout = check_layout(tensor_layout)
     _check_bool("enable_gqa", enable_gqa)
     if isinstance(dropout_p, bool) or not isinstance(dropout_p, (int, float)):
         raise TypeError(f"dropout_p must be a float, got {type(dropout_p).__name__}")
@@ -163,50 +288,23 @@ def sageattn(
         )
     if not isinstance(backend, str) or backend not in _BACKENDS:
         raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
-    for name, x in (("k", k), ("v", v)):
-        if x.dtype != q.dtype:
-            raise TypeError(f"{name} has dtype {x.dtype} but q has {q.dtype}: q, k, v must share one dtype")
-        if x.device != q.device:
-            raise ValueError(f"{name} is on {x.device} but q on {q.device}: q, k, v must share one device")
-    if tensor_layout == "NHD":
-        q, k, v = (x.transpose(1, 2) for x in (q, k, v))
-    b, hq, nq, d = q.shape
-    hkv, nk = k.shape[1], k.shape[2]
-    if k.shape[0] != b or v.shape[0] != b:
-        raise ValueError(f"q, k, v must share the batch size, got {b}, {k.shape[0]}, {v.shape[0]}")
-    if v.shape[1] != hkv or v.shape[2] != nk:
-        raise ValueError(
-            f"k and v must share heads and length, got k {tuple(k.shape)} and v {tuple(v.shape)} (HND)"
-        )
-    if k.shape[3] != d:
-        raise ValueError(f"q and k must share the head dim, got {d} and {k.shape[3]}")
-    if hkv < 1 or hq % hkv:
-        raise ValueError(
-            f"the number of q heads ({hq}) must be a multiple of the number of k/v heads ({hkv})"
-        )
-    if d < 1 or v.shape[3] < 1:
-        raise ValueError(f"head dims must be >= 1, got q/k {d} and v {v.shape[3]}")
-    if is_causal and attn_mask is not None:
-        raise ValueError(
-            "attn_mask and is_causal cannot both be set (as in SDPA): fold the causal mask into attn_mask"
-        )
-    sm_scale = _resolve_scale(sm_scale, scale, d)
-    mask = _additive_mask(attn_mask, (b, hq, nq, nk), q.device)
+    p = prepare_inputs(q, k, v, tensor_layout, is_causal, sm_scale, return_lse, smooth_k, attn_mask, scale)
     if backend == "auto":
-        backend = "cpu" if q.device.type == "cpu" else "torch"
-    if backend == "cpu" and q.device.type != "cpu":
-        raise ValueError(f"backend='cpu' needs CPU tensors, got {q.device}; use backend='torch' or 'auto'")
-
-    if nq == 0 or nk == 0:
-        o = q.new_zeros((b, hq, nq, v.shape[3]), dtype=torch.float32)
-        lse = q.new_full((b, hq, nq), float("-inf"), dtype=torch.float32)
-    elif backend == "cpu":
-        o, lse = _attention_cpu(q, k, v, sm_scale, is_causal, mask, smooth_k)
+        if p.q.device.type == "cuda":
+            out = _dispatch_cuda(
+                q, k, v, tensor_layout, p.is_causal, p.sm_scale, p.return_lse, attn_mask, p.smooth_k
+            )
+            if out is not None:
+                return out
+        backend = "cpu" if p.q.device.type == "cpu" else "torch"
+    if backend == "cpu" and p.q.device.type != "cpu":
+        raise ValueError(f"backend='cpu' needs CPU tensors, got {p.q.device}; use backend='torch' or 'auto'")
+    if p.is_empty:
+        return p.empty_result()
+    if backend == "cpu":
+        o, lse = _attention_cpu(p.q, p.k, p.v, p.sm_scale, p.is_causal, p.mask, p.smooth_k)
     else:
         o, lse = ref.sage_attention(
-            q, k, v, sm_scale=sm_scale, is_causal=is_causal, mask=mask, smooth_k=smooth_k
+            p.q, p.k, p.v, sm_scale=p.sm_scale, is_causal=p.is_causal, mask=p.mask, smooth_k=p.smooth_k
         )
-    o = o.to(q.dtype)
-    if tensor_layout == "NHD":
-        o = o.transpose(1, 2).contiguous()
-    return (o, lse) if return_lse else o
+    return p.finish(o, lse)
