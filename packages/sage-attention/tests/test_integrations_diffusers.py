@@ -3,10 +3,12 @@ and on tiny randomly initialised DiT, PixArt, UNet2DConditionModel and UNet2DMod
 replace/undo bookkeeping; diffusers' own ``sage`` dispatcher backend. No downloads.
 
 Tolerances: sageattn quantizes Q and K to INT8 with one scale per block (max|x|/127) and rounds P and
-V to fp16, so one attention output carries a relative L1 error of about 1e-2 on Gaussian inputs
-(README table: 0.013). A single layer is held to relative L1 <= 0.03, cosine >= 0.999; whole models,
-where attention is one residual branch among several, to relative L1 <= 0.02, cosine >= 0.999, and
-each model test also checks that attention matters (dropping it changes the output far more).
+V to fp16; on Gaussian inputs with a K bias one attention call has relative L1 ~1.3e-2 (package
+README), on these small random layers ~2e-3 (measured). A single layer is held to relative L1 <= 0.03,
+cosine >= 0.999 (the worst case of one call, with margin); whole models, where attention is one
+residual branch among several (measured 7e-5 to 1e-3), to relative L1 <= 0.01, cosine >= 0.999, and
+the DiT test checks that attention matters (dropping it changes the output far more) while the mask
+tests check that ignoring the mask would fail.
 """
 
 import importlib
@@ -130,7 +132,7 @@ def test_dit_apply_sageattn_close_to_sdpa_and_undo_restores():
         isinstance(m.processor, SageAttnProcessor) for m in model.modules() if isinstance(m, Attention)
     )
     out = model(x, timestep=t, class_labels=y).sample
-    _assert_close(out, ref, rel_l1=0.02)
+    _assert_close(out, ref, rel_l1=0.01)
     with patch:
         pass  # leaving the block undoes
     assert all(m.processor is before[n] for n, m in model.named_modules() if isinstance(m, Attention))
@@ -160,7 +162,7 @@ def test_pixart_set_attn_processor_with_caption_mask():
     ref = model(x, **kw).sample
     model.set_attn_processor(SageAttnProcessor())
     assert {type(p) for p in model.attn_processors.values()} == {SageAttnProcessor}
-    _assert_close(model(x, **kw).sample, ref, rel_l1=0.02)
+    _assert_close(model(x, **kw).sample, ref, rel_l1=0.01)
 
 
 @torch.no_grad()
@@ -179,7 +181,7 @@ def test_unet2d_condition_cross_attention():
     patch = apply_sageattn(unet)
     assert len(patch) == 8  # self- and cross-attention in 2 down, 1 mid and 3 up transformer blocks
     out = unet(x, t, encoder_hidden_states=enc, encoder_attention_mask=mask).sample
-    _assert_close(out, ref, rel_l1=0.02)
+    _assert_close(out, ref, rel_l1=0.01)
     patch.undo()
     assert torch.equal(unet(x, t, encoder_hidden_states=enc, encoder_attention_mask=mask).sample, ref)
 
@@ -200,7 +202,7 @@ def test_unet2d_attention_blocks_group_norm_residual_in_a_pipeline():
     ).images
     patch = enable_sageattention(pipe, smooth_k=True)
     assert len(patch) == 4 and all(name.startswith("unet.") for name in patch)  # down 1, mid 1, up 2
-    _assert_close(unet(x, t).sample, ref, rel_l1=0.02)
+    _assert_close(unet(x, t).sample, ref, rel_l1=0.01)
     images = pipe(
         batch_size=2, num_inference_steps=5, generator=torch.Generator().manual_seed(0), output_type="np"
     ).images

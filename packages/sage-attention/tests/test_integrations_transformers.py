@@ -1,9 +1,10 @@
 """transformers integration: ``attn_implementation="sageattention"`` on tiny randomly initialised
 Llama (MHA and GQA, with and without left/right padding) and BERT models against ``"sdpa"``.
 
-Tolerance: sageattn's per-block INT8 Q/K and fp16 P/V give ~1e-2 relative L1 per attention call
-(see test_integrations_diffusers.py); through 2 layers, a final norm and the LM head the logits are
-held to relative L1 <= 0.03 and cosine >= 0.999, and the argmax tokens must mostly agree.
+Tolerance: sageattn's per-block INT8 Q/K and fp16 P/V give up to ~1e-2 relative L1 per attention
+call (see test_integrations_diffusers.py); through 2 layers, a final norm and the LM head the logits
+(measured relative L1 3e-4, BERT hidden states 4e-6) are held to relative L1 <= 0.01 and cosine
+>= 0.999, and the argmax tokens must mostly agree.
 Padded query rows are excluded: their values are not used by the model and differ by design
 (sageattn gives 0 for fully masked rows where SDPA gives a uniform average or NaN).
 """
@@ -23,7 +24,7 @@ def _cos(a, b):
     return torch.nn.functional.cosine_similarity(a.double().flatten(), b.double().flatten(), dim=0).item()
 
 
-def _assert_close(out, ref, rel_l1=0.03, cos=0.999):
+def _assert_close(out, ref, rel_l1=0.01, cos=0.999):
     assert torch.isfinite(out).all()
     assert _rel_l1(out, ref) <= rel_l1, _rel_l1(out, ref)
     assert _cos(out, ref) >= cos, _cos(out, ref)
