@@ -135,3 +135,21 @@ def test_registration_and_errors():
         sageattention_forward(module, q, kv, kv, None, softcap=30.0)
     with pytest.raises(TypeError, match="name"):
         register_sageattention("")
+
+
+def test_llama_with_padding_compiles_fullgraph():
+    model = _llama(2)
+    model.set_attn_implementation(register_sageattention())
+    ids = torch.randint(0, 200, (2, 40), generator=torch.Generator().manual_seed(5))
+    mask = torch.ones(2, 40, dtype=torch.long)
+    mask[1, :5] = 0
+    torch._dynamo.reset()
+    try:
+        with torch.no_grad():
+            ref = model(input_ids=ids, attention_mask=mask).logits
+            out = torch.compile(model, fullgraph=True, backend="aot_eager")(
+                input_ids=ids, attention_mask=mask
+            ).logits
+    finally:
+        torch._dynamo.reset()
+    assert torch.equal(out, ref)
