@@ -226,7 +226,7 @@ def test_apply_sageattn_errors():
         patch_size=1, in_channels=4, num_layers=1, num_single_layers=1, attention_head_dim=16,
         num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=16, axes_dims_rope=(4, 6, 6),
     )  # fmt: skip
-    with pytest.raises(ValueError, match="FluxAttnProcessor.*set_attention_backend"):
+    with pytest.raises(ValueError, match=r"FluxAttnProcessor.*set_attention_backend"):
         apply_sageattn(flux)
     with pytest.raises(TypeError, match="SageAttnProcessor"):
         apply_sageattn(model, processor=AttnProcessor2_0())
