@@ -4,7 +4,8 @@ Static shapes: one graph, no graph breaks (the shared-kernels quantizer and INT8
 with fake implementations and appear as such in the graph); with the ``aot_eager`` backend the output
 is bit-identical to eager. Inductor regenerates the softmax arithmetic (exp2, sums) with its own
 vectorised code, so P differs by float32 ulps before its fp16 rounding: close, not bit-identical.
-Known limits (documented, see the xfail below): a new sequence length recompiles (Python loops over
+A tiny diffusers DiT with ``SageAttnProcessor`` compiles the same way (the transformers route is
+tested in test_integrations_transformers.py). Known limits (documented, see the xfail below): a new sequence length recompiles (Python loops over
 query/key blocks specialise the length), and ``dynamic=True`` breaks the graph.
 """
 
@@ -102,6 +103,23 @@ def test_new_length_recompiles_without_graph_breaks():
     for n in (100, 130):
         x, mask, _ = _inputs(n, seed=n)
         assert torch.equal(compiled(x, mask)[0], model(x, mask)[0])
+
+
+@torch.no_grad()
+def test_dit_with_processor_compiles_fullgraph():
+    from diffusers import DiTTransformer2DModel
+    from sageattention.integrations.diffusers import apply_sageattn
+
+    torch.manual_seed(8)
+    model = DiTTransformer2DModel(
+        num_attention_heads=2, attention_head_dim=32, in_channels=4, out_channels=4, num_layers=2,
+        sample_size=8, patch_size=2, num_embeds_ada_norm=10, norm_num_groups=32,
+    ).eval()  # fmt: skip
+    apply_sageattn(model)
+    x, t, y = torch.randn(2, 4, 8, 8), torch.tensor([3, 7]), torch.tensor([1, 2])
+    ref = model(x, timestep=t, class_labels=y).sample
+    out = torch.compile(model, fullgraph=True, backend="aot_eager")(x, timestep=t, class_labels=y).sample
+    assert torch.equal(out, ref)
 
 
 @pytest.mark.xfail(

@@ -270,18 +270,3 @@ def test_integrations_import_lazily():
     assert integrations.SageAttnProcessor is SageAttnProcessor
     with pytest.raises(AttributeError):
         integrations.no_such_name  # noqa: B018
-
-
-@torch.no_grad()
-def test_dit_with_processor_compiles_fullgraph():
-    torch.manual_seed(8)
-    model = _tiny_dit()
-    apply_sageattn(model)
-    x, t, y = torch.randn(2, 4, 8, 8), torch.tensor([3, 7]), torch.tensor([1, 2])
-    ref = model(x, timestep=t, class_labels=y).sample
-    torch._dynamo.reset()
-    try:
-        out = torch.compile(model, fullgraph=True, backend="aot_eager")(x, timestep=t, class_labels=y).sample
-    finally:
-        torch._dynamo.reset()
-    assert torch.equal(out, ref)
