@@ -135,6 +135,27 @@ def test_registration_and_errors():
         sageattention_forward(module, q, kv, kv, None, softcap=30.0)
     with pytest.raises(TypeError, match="name"):
         register_sageattention("")
+    with pytest.raises(TypeError, match="attn_mask"):
+        register_sageattention("sage_bad", attn_mask=None)
+
+
+def test_bound_sageattn_keywords_reach_sageattn():
+    model = _llama(2)
+    ids = torch.randint(0, 200, (1, 30), generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        model.set_attn_implementation(register_sageattention())
+        default = model(input_ids=ids).logits
+        model.set_attn_implementation(register_sageattention("sageattention_torch", backend="torch"))
+        reference_backend = model(input_ids=ids).logits
+        model.set_attn_implementation(register_sageattention("sageattention_nosmooth", smooth_k=False))
+        unsmoothed = model(input_ids=ids).logits
+    _assert_close(reference_backend, default)
+    assert not torch.equal(unsmoothed, default)
+    _assert_close(unsmoothed, default)
+    with pytest.raises(ValueError, match="backend"):
+        model.set_attn_implementation(register_sageattention("sageattention_bad", backend="nope"))
+        with torch.no_grad():
+            model(input_ids=ids)
 
 
 def test_llama_with_padding_compiles_fullgraph():

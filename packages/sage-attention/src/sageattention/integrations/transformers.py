@@ -10,6 +10,7 @@ attn_implementation="sageattention")`` or ``model.set_attn_implementation("sagea
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -23,6 +24,11 @@ __all__ = ["ATTN_IMPLEMENTATION", "register_sageattention", "sageattention_forwa
 
 ATTN_IMPLEMENTATION = "sageattention"
 
+# sageattn keywords the attention function sets itself; others (smooth_k, backend, ...) may be bound
+_OWN_KEYWORDS = frozenset(
+    {"q", "k", "v", "tensor_layout", "is_causal", "sm_scale", "scale", "attn_mask", "return_lse", "dropout_p"}
+)
+
 
 def sageattention_forward(
     module: torch.nn.Module,
@@ -34,6 +40,8 @@ def sageattention_forward(
     scaling: float | None = None,
     is_causal: bool | None = None,
     position_bias: torch.Tensor | None = None,
+    *,
+    sageattn_kwargs: dict[str, Any] | None = None,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
     """transformers attention function running ``sageattn``; same contract as ``sdpa_attention_forward``.
@@ -44,6 +52,7 @@ def sageattention_forward(
     ``is_causal`` argument) applies only when there is no mask and ``Sq > 1``. Returns
     ``(output (B, Sq, Hq, D), None)``: attention weights are never materialised. Attention dropout
     (a model in training mode), ``softcap`` and attention sinks (``s_aux``) raise ``ValueError``.
+    ``sageattn_kwargs`` (bound by ``register_sageattention``) are passed to ``sageattn``.
     """
     if kwargs.get("softcap") is not None:
         raise ValueError("attn_implementation='sageattention' does not support softcap; use 'eager'")
@@ -73,15 +82,24 @@ def sageattention_forward(
         is_causal=is_causal,
         sm_scale=None if scaling is None else float(scaling),
         attn_mask=attention_mask,
+        **(sageattn_kwargs or {}),
     )
     return out.transpose(1, 2).contiguous(), None
 
 
-def register_sageattention(name: str = ATTN_IMPLEMENTATION) -> str:
+def register_sageattention(name: str = ATTN_IMPLEMENTATION, **sageattn_kwargs: Any) -> str:
     """Register ``sageattention_forward`` and ``sdpa_mask`` under ``name`` with transformers'
-    ``AttentionInterface`` and ``AttentionMaskInterface`` (idempotent); returns ``name``."""
+    ``AttentionInterface`` and ``AttentionMaskInterface``; returns ``name``. Extra keywords (for
+    example ``smooth_k=False``, ``backend="torch"``) are passed to every ``sageattn`` call; register
+    under another name to use several settings side by side. Registering a name again replaces it."""
     if not isinstance(name, str) or not name:
         raise TypeError(f"name must be a non-empty str, got {name!r}")
-    AttentionInterface.register(name, sageattention_forward)
+    own = sorted(_OWN_KEYWORDS.intersection(sageattn_kwargs))
+    if own:
+        raise TypeError(f"the attention function sets {own} itself; pass only other sageattn keywords")
+    fn = sageattention_forward
+    if sageattn_kwargs:
+        fn = functools.partial(sageattention_forward, sageattn_kwargs=dict(sageattn_kwargs))
+    AttentionInterface.register(name, fn)
     AttentionMaskInterface.register(name, sdpa_mask)
     return name
