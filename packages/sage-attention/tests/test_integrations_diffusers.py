@@ -11,9 +11,6 @@ the DiT test checks that attention matters (dropping it changes the output far m
 tests check that ignoring the mask would fail.
 """
 
-import importlib
-import sys
-
 import pytest
 import sageattention
 import torch
@@ -254,19 +251,3 @@ def test_diffusers_sage_backend_requirements_and_signature(monkeypatch):
         ).transpose(1, 2)
         assert out.shape == q.shape and out.dtype == q.dtype and lse.shape == (2, 4, 50)
         _assert_close(out, ref, rel_l1=0.03)
-
-
-def test_integrations_import_lazily():
-    code = (
-        "import sys, sageattention, sageattention.integrations as i; "
-        "assert 'diffusers' not in sys.modules and 'transformers' not in sys.modules; "
-        "print('ok')"
-    )
-    import subprocess
-
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
-    integrations = importlib.import_module("sageattention.integrations")
-    assert integrations.SageAttnProcessor is SageAttnProcessor
-    with pytest.raises(AttributeError):
-        integrations.no_such_name  # noqa: B018
