@@ -1,0 +1,270 @@
+"""Triton SageAttention forward: INT8 ``Q·Kᵀ``, exp2 online softmax, fp16 or FP8 ``P·V``.
+
+One program per ``BLOCK_M`` queries of one (batch, query head); it walks the keys in blocks of
+``BLOCK_N = 64`` (= BLKK, one K scale per block). Per key block, as in ``sageattention.reference``:
+
+    S   = float32(int32(Q8 · K8ᵀ)) · q_scale[row] · k_scale[block]      (log2 units: Q carries
+          (+ mask · log2 e; bool masks and padded/causal keys give -inf)   sm_scale·log2 e)
+    m'  = max(m, rowmax S);  P = exp2(S - m');  α = exp2(m - m');  l = l·α + rowsum P
+    fp16 PV: O = O·α + fp16(P) · fp16(V / v_pow2)      fp32 accumulation (tensor-core MMA)
+    FP8  PV: O = O·α + e4m3(448·P) · V8                 fp32 accumulation, V8 = e4m3(V / v_scale)
+
+and at the end ``O = O / l · v_pow2`` (fp16) or ``O = O / l · v_scale / 448`` (FP8), ``lse2 = m +
+log2 l`` (log2 units, smoothed K; the caller adds ``sm_scale·q·mean(K)`` and converts to natural
+log). Rows with every key masked give ``O = 0`` and ``lse2 = -inf``. Padded keys (``j >= Nk``) are
+scored ``-inf``, not 0 (the short-sequence bug of upstream 1.0.6). Causal masking is top-left (key
+``j`` visible to query ``i`` iff ``j <= i``, SDPA's convention) and key blocks above the diagonal are
+skipped. ``v_pow2`` is the per-channel power of two that keeps ``|V / v_pow2| <= 256``, so bf16 or
+fp32 V of any range never overflows fp16. Head dims that are not a power of two are zero-padded in
+registers (masked loads), so any ``D, Dv <= 256`` works without copies.
+
+Roofline per call (non-causal; causal halves the FLOPs): ``2·B·Hq·Nq·Nk·D`` INT8 ops (QKᵀ) plus
+``2·B·Hq·Nq·Nk·Dv`` fp16/FP8 FLOPs (PV); bytes ``B·Hq·Nq·D`` (Q8) + ``ceil(Nq/BLOCK_M)·B·Hq·Nk·
+(D + 2·Dv)`` (K8 and V, re-read per query block, mostly from L2) + ``B·Hq·Nq·Dv·2`` (O). At
+``B=1, H=32, N=16384, D=128`` that is 2.2 TOPS INT8 + 2.2 TFLOP fp16: dense peaks H100 SXM 1979
+INT8 / 989 fp16 (1979 FP8) → ≥ 3.4 ms (fp16 PV) or ≥ 2.2 ms (FP8 PV); RTX 4090 660 INT8 / 330 fp16
+with fp32 accumulation (660 FP8) → ≥ 10 ms / ≥ 6.7 ms; compute bound (arithmetic intensity
+~ BLOCK_M = 128 ops/byte against K/V, above both GPUs' ridge points of ~300 and ~330 for INT8 only
+when K/V stay in L2).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .quant import e4m3_rne
+
+LOG2E = tl.constexpr(1.4426950408889634)
+BLOCK_N_KEYS = 64  # = reference.BLKK: one K scale per key block
+
+
+@triton.jit
+def sage_attn_fwd_kernel(
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    qs_ptr,
+    ks_ptr,
+    vs_ptr,
+    mask_ptr,
+    o_ptr,
+    lse_ptr,
+    NQ,
+    NK,
+    HQ,
+    HKV,
+    D,
+    DV,
+    NQG,
+    NKB,
+    stride_vb,
+    stride_vh,
+    stride_vn,
+    stride_ob,
+    stride_oh,
+    stride_on,
+    stride_mb,
+    stride_mh,
+    stride_mm,
+    stride_mn,
+    QGROUP: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_DV: tl.constexpr,
+    IS_CAUSAL: tl.constexpr,
+    MASK_MODE: tl.constexpr,  # 0 none, 1 additive float (natural log), 2 bool (nonzero = attend)
+    PV_FP8: tl.constexpr,
+    INTERPRET: tl.constexpr,  # Triton interpreter: exact fp8 rounding emulated, fp32 dot for PV
+    STORE_LSE: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // HQ
+    h = bh % HQ
+    hk = h // (HQ // HKV)
+    bh64 = bh.to(tl.int64)
+    bhk64 = (b * HKV + hk).to(tl.int64)
+
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rmask = rows < NQ
+    dq = tl.arange(0, BLOCK_D)
+    dv = tl.arange(0, BLOCK_DV)
+    dvmask = dv < DV
+    kb = tl.arange(0, BLOCK_N)
+
+    q = tl.load(
+        q_ptr + bh64 * NQ * D + rows[:, None].to(tl.int64) * D + dq[None, :],
+        mask=rmask[:, None] & (dq < D)[None, :],
+        other=0,
+    )
+    qs = tl.load(qs_ptr + bh64 * NQG + rows // QGROUP, mask=rmask, other=0.0)
+    # per-channel V factor: 1 / v_pow2 (fp16 PV, exact) or nothing (FP8 PV: V8 already scaled)
+    vsc = tl.load(vs_ptr + bhk64 * DV + dv, mask=dvmask, other=1.0)
+
+    k_base = k_ptr + bhk64 * NK * D
+    v_base = v_ptr + b.to(tl.int64) * stride_vb + hk.to(tl.int64) * stride_vh
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
+
+    hi = NK
+    if IS_CAUSAL:
+        hi = tl.minimum(NK, (pid_m + 1) * BLOCK_M)
+    for start in range(0, hi, BLOCK_N):
+        cols = start + kb
+        cmask = cols < NK
+        kt = tl.load(
+            k_base + cols[None, :].to(tl.int64) * D + dq[:, None],
+            mask=cmask[None, :] & (dq < D)[:, None],
+            other=0,
+        )
+        s_int = tl.dot(q, kt, out_dtype=tl.int32)
+        ks = tl.load(ks_ptr + bhk64 * NKB + start // BLOCK_N)
+        s = (s_int.to(tl.float32) * qs[:, None]) * ks
+        keep = cmask[None, :] & rmask[:, None]
+        if MASK_MODE == 1:
+            mk = tl.load(
+                mask_ptr
+                + b.to(tl.int64) * stride_mb
+                + h.to(tl.int64) * stride_mh
+                + rows[:, None].to(tl.int64) * stride_mm
+                + cols[None, :].to(tl.int64) * stride_mn,
+                mask=keep,
+                other=0.0,
+            )
+            s = s + mk * LOG2E
+        if MASK_MODE == 2:
+            mk = tl.load(
+                mask_ptr
+                + b.to(tl.int64) * stride_mb
+                + h.to(tl.int64) * stride_mh
+                + rows[:, None].to(tl.int64) * stride_mm
+                + cols[None, :].to(tl.int64) * stride_mn,
+                mask=keep,
+                other=0,
+            )
+            keep = keep & (mk != 0)
+        if IS_CAUSAL:
+            keep = keep & (cols[None, :] <= rows[:, None])
+        keep = keep | ~rmask[:, None]  # padded query rows: never stored, keep them finite
+        s = tl.where(keep & cmask[None, :], s, float("-inf"))
+
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.math.exp2(s - m_use[:, None])
+        alpha = tl.math.exp2(m_i - m_use)
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+
+        vt = tl.load(
+            v_base + cols[:, None].to(tl.int64) * stride_vn + dv[None, :],
+            mask=cmask[:, None] & dvmask[None, :],
+            other=0.0,
+        )
+        if PV_FP8:
+            if INTERPRET:
+                pv = tl.dot(e4m3_rne(p * 448.0), vt.to(tl.float32))
+            else:
+                pv = tl.dot((p * 448.0).to(tl.float8e4nv), vt)
+        else:
+            v16 = (vt.to(tl.float32) * vsc[None, :]).to(tl.float16)
+            pv = tl.dot(p.to(tl.float16), v16)
+        acc = acc * alpha[:, None] + pv
+        m_i = m_new
+
+    empty = l_i == 0.0
+    o = tl.div_rn(acc, tl.where(empty, 1.0, l_i)[:, None])
+    o = tl.where(empty[:, None], 0.0, o)
+    if PV_FP8:
+        o = o * vsc[None, :]  # vsc = v_scale / 448 for the FP8 path
+    else:
+        o = tl.div_rn(o, vsc[None, :])  # exact: times v_pow2
+    o_ptrs = o_ptr + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh
+    o_ptrs = o_ptrs + rows[:, None].to(tl.int64) * stride_on + dv[None, :]
+    tl.store(o_ptrs, o.to(o_ptr.dtype.element_ty), mask=rmask[:, None] & dvmask[None, :])
+    if STORE_LSE:
+        lse2 = tl.where(empty, float("-inf"), m_i + tl.math.log2(tl.where(empty, 1.0, l_i)))
+        tl.store(lse_ptr + bh64 * NQ + rows, lse2, mask=rmask)
+
+
+def launch(
+    q8: torch.Tensor,
+    k8: torch.Tensor,
+    v: torch.Tensor,
+    q_scale: torch.Tensor,
+    k_scale: torch.Tensor,
+    v_factor: torch.Tensor,
+    mask: torch.Tensor | None,
+    out: torch.Tensor,
+    lse2: torch.Tensor | None,
+    *,
+    q_group: int,
+    is_causal: bool,
+    pv_fp8: bool,
+) -> None:
+    """Run the kernel.
+
+    q8 ``[B, Hq, Nq, D]`` and k8 ``[B, Hkv, Nk, D]`` contiguous int8; q_scale ``[B, Hq,
+    ceil(Nq/q_group)]``, k_scale ``[B, Hkv, ceil(Nk/64)]``; v ``[B, Hkv, Nk, Dv]`` (any float
+    dtype, strided, last dim contiguous; float8_e4m3fn contiguous when ``pv_fp8``); v_factor
+    ``[B, Hkv, Dv]`` float32 = ``1 / v_pow2`` (fp16 PV) or ``v_scale / 448`` (FP8 PV); mask None or
+    ``[B, Hq, Nq, Nk]`` (expanded view; float32 additive or bool); out ``[B, Hq, Nq, Dv]`` strided
+    view; lse2 ``[B, Hq, Nq]`` float32 contiguous or None.
+    """
+    b, hq, nq, d = q8.shape
+    hkv, nk, dv = k8.shape[1], k8.shape[2], v.shape[3]
+    interp = not q8.is_cuda
+    block_d = max(32, triton.next_power_of_2(d))
+    block_dv = max(32, triton.next_power_of_2(dv))
+    block_m = 128 if (interp or max(block_d, block_dv) <= 128) else 64
+    num_warps = 8 if block_m == 128 and max(block_d, block_dv) >= 128 else 4
+    if mask is None:
+        mode, mptr, mstr = 0, q_scale, (0, 0, 0, 0)
+    else:
+        mode = 2 if mask.dtype == torch.bool else 1
+        mptr = mask.view(torch.uint8) if mask.dtype == torch.bool else mask
+        mstr = mask.stride()
+    # interpreter: fp32 -> bf16 stores truncate, so write float32 there and let torch round
+    dst = out
+    if interp and out.dtype == torch.bfloat16:
+        dst = torch.empty(out.shape, dtype=torch.float32, device=out.device)
+    grid = (triton.cdiv(nq, block_m), b * hq)
+    sage_attn_fwd_kernel[grid](
+        q8,
+        k8,
+        v,
+        q_scale,
+        k_scale,
+        v_factor,
+        mptr,
+        dst,
+        lse2 if lse2 is not None else q_scale,
+        nq,
+        nk,
+        hq,
+        hkv,
+        d,
+        dv,
+        q_scale.shape[-1],
+        k_scale.shape[-1],
+        *v.stride()[:3],
+        *dst.stride()[:3],
+        *mstr,
+        QGROUP=q_group,
+        BLOCK_M=block_m,
+        BLOCK_N=BLOCK_N_KEYS,
+        BLOCK_D=block_d,
+        BLOCK_DV=block_dv,
+        IS_CAUSAL=is_causal,
+        MASK_MODE=mode,
+        PV_FP8=pv_fp8,
+        INTERPRET=interp,
+        STORE_LSE=lse2 is not None,
+        num_warps=num_warps,
+        num_stages=1 if interp else 3,
+    )
+    if dst is not out:
+        out.copy_(dst)
