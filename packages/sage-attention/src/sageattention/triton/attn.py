@@ -77,7 +77,7 @@ def sage_attn_fwd_kernel(
     IS_CAUSAL: tl.constexpr,
     MASK_MODE: tl.constexpr,  # 0 none, 1 additive float (natural log), 2 bool (nonzero = attend)
     PV_FP8: tl.constexpr,
-    INTERPRET: tl.constexpr,  # Triton interpreter: exact fp8 rounding emulated, fp32 dot for PV
+    INTERPRET: tl.constexpr,  # Triton interpreter: exact fp8 rounding emulated, exact fp32 dots
     STORE_LSE: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
@@ -122,7 +122,10 @@ def sage_attn_fwd_kernel(
             mask=cmask[None, :] & (dq < D)[:, None],
             other=0,
         )
-        s_int = tl.dot(q, kt, out_dtype=tl.int32)
+        if INTERPRET:  # exact too (|sum| <= 127^2 * 256 < 2^24) and BLAS-fast in numpy
+            s_int = tl.dot(q.to(tl.float32), kt.to(tl.float32)).to(tl.int32)
+        else:
+            s_int = tl.dot(q, kt, out_dtype=tl.int32)
         ks = tl.load(ks_ptr + bhk64 * NKB + start // BLOCK_N)
         s = (s_int.to(tl.float32) * qs[:, None]) * ks
         keep = cmask[None, :] & rmask[:, None]
