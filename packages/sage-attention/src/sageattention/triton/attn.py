@@ -68,7 +68,6 @@ def sage_attn_fwd_kernel(
     stride_mb,
     stride_mh,
     stride_mm,
-    stride_mn,
     QGROUP: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -88,7 +87,10 @@ def sage_attn_fwd_kernel(
     bh64 = bh.to(tl.int64)
     bhk64 = (b * HKV + hk).to(tl.int64)
 
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    # 64-bit scalar base pointers, 32-bit offsets inside a tile (fewer registers)
+    row0 = pid_m * BLOCK_M
+    tr = tl.arange(0, BLOCK_M)
+    rows = row0 + tr
     rmask = rows < NQ
     dq = tl.arange(0, BLOCK_D)
     dv = tl.arange(0, BLOCK_DV)
@@ -96,7 +98,7 @@ def sage_attn_fwd_kernel(
     kb = tl.arange(0, BLOCK_N)
 
     q = tl.load(
-        q_ptr + bh64 * NQ * D + rows[:, None].to(tl.int64) * D + dq[None, :],
+        q_ptr + (bh64 * NQ + row0) * D + tr[:, None] * D + dq[None, :],
         mask=rmask[:, None] & (dq < D)[None, :],
         other=0,
     )
@@ -106,6 +108,9 @@ def sage_attn_fwd_kernel(
 
     k_base = k_ptr + bhk64 * NK * D
     v_base = v_ptr + b.to(tl.int64) * stride_vb + hk.to(tl.int64) * stride_vh
+    m_base = (
+        mask_ptr + b.to(tl.int64) * stride_mb + h.to(tl.int64) * stride_mh + row0.to(tl.int64) * stride_mm
+    )
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -118,7 +123,7 @@ def sage_attn_fwd_kernel(
         cols = start + kb
         cmask = cols < NK
         kt = tl.load(
-            k_base + cols[None, :].to(tl.int64) * D + dq[:, None],
+            k_base + kb[None, :] * D + dq[:, None],
             mask=cmask[None, :] & (dq < D)[:, None],
             other=0,
         )
@@ -130,26 +135,10 @@ def sage_attn_fwd_kernel(
         s = (s_int.to(tl.float32) * qs[:, None]) * ks
         keep = cmask[None, :] & rmask[:, None]
         if MASK_MODE == 1:
-            mk = tl.load(
-                mask_ptr
-                + b.to(tl.int64) * stride_mb
-                + h.to(tl.int64) * stride_mh
-                + rows[:, None].to(tl.int64) * stride_mm
-                + cols[None, :].to(tl.int64) * stride_mn,
-                mask=keep,
-                other=0.0,
-            )
+            mk = tl.load(m_base + tr[:, None] * stride_mm + kb[None, :], mask=keep, other=0.0)
             s = s + mk * LOG2E
         if MASK_MODE == 2:
-            mk = tl.load(
-                mask_ptr
-                + b.to(tl.int64) * stride_mb
-                + h.to(tl.int64) * stride_mh
-                + rows[:, None].to(tl.int64) * stride_mm
-                + cols[None, :].to(tl.int64) * stride_mn,
-                mask=keep,
-                other=0,
-            )
+            mk = tl.load(m_base + tr[:, None] * stride_mm + kb[None, :], mask=keep, other=0)
             keep = keep & (mk != 0)
         if IS_CAUSAL:
             keep = keep & (cols[None, :] <= rows[:, None])
@@ -163,7 +152,7 @@ def sage_attn_fwd_kernel(
         l_i = l_i * alpha + tl.sum(p, axis=1)
 
         vt = tl.load(
-            v_base + cols[:, None].to(tl.int64) * stride_vn + dv[None, :],
+            v_base + kb[:, None] * stride_vn + dv[None, :],
             mask=cmask[:, None] & dvmask[None, :],
             other=0.0,
         )
@@ -177,6 +166,9 @@ def sage_attn_fwd_kernel(
             pv = tl.dot(p.to(tl.float16), v16)
         acc = acc * alpha[:, None] + pv
         m_i = m_new
+        k_base += BLOCK_N * D
+        v_base += BLOCK_N * stride_vn
+        m_base += BLOCK_N
 
     empty = l_i == 0.0
     o = tl.div_rn(acc, tl.where(empty, 1.0, l_i)[:, None])
@@ -185,8 +177,8 @@ def sage_attn_fwd_kernel(
         o = o * vsc[None, :]  # vsc = v_scale / 448 for the FP8 path
     else:
         o = tl.div_rn(o, vsc[None, :])  # exact: times v_pow2
-    o_ptrs = o_ptr + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh
-    o_ptrs = o_ptrs + rows[:, None].to(tl.int64) * stride_on + dv[None, :]
+    o_ptrs = o_ptr + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh + row0.to(tl.int64) * stride_on
+    o_ptrs = o_ptrs + tr[:, None] * stride_on + dv[None, :]
     tl.store(o_ptrs, o.to(o_ptr.dtype.element_ty), mask=rmask[:, None] & dvmask[None, :])
     if STORE_LSE:
         lse2 = tl.where(empty, float("-inf"), m_i + tl.math.log2(tl.where(empty, 1.0, l_i)))
@@ -222,14 +214,22 @@ def launch(
     interp = not q8.is_cuda
     block_d = max(32, triton.next_power_of_2(d))
     block_dv = max(32, triton.next_power_of_2(dv))
-    block_m = 128 if (interp or max(block_d, block_dv) <= 128) else 64
-    num_warps = 8 if block_m == 128 and max(block_d, block_dv) >= 128 else 4
+    # Tiles (register budgets checked by tools/kernel_report, see kernel_specs.py): 128 x 64 keys,
+    # 8 warps; 64 x 64 for head dims > 128 and whenever a mask tile is loaded (which spills at 128).
+    block_m = 128 if (interp or (max(block_d, block_dv) <= 128 and mask is None)) else 64
+    num_warps = 8
     if mask is None:
-        mode, mptr, mstr = 0, q_scale, (0, 0, 0, 0)
+        mode, mptr, mstr = 0, q_scale, (0, 0, 0)
     else:
         mode = 2 if mask.dtype == torch.bool else 1
+        if mask.stride(-1) != 1:  # the kernel reads mask rows as contiguous key vectors
+            mask = (
+                mask[..., :1, :].contiguous().expand(mask.shape)
+                if mask.stride(-2) == 0
+                else mask.contiguous()
+            )
         mptr = mask.view(torch.uint8) if mask.dtype == torch.bool else mask
-        mstr = mask.stride()
+        mstr = mask.stride()[:3]
     # interpreter: fp32 -> bf16 stores truncate, so write float32 there and let torch round
     dst = out
     if interp and out.dtype == torch.bfloat16:
