@@ -1,5 +1,6 @@
 """Triton SageAttention: ``sageattn_qk_int8_pv_fp16_triton`` (upstream's name, signature, defaults) and
-``sageattn_qk_int8_pv_fp8_triton`` (FP8 P·V with a per-channel V scale).
+``sageattn_qk_int8_pv_fp8_triton`` (FP8 P·V with a per-channel V scale) and ``sageattn_varlen_triton``
+(packed sequences, upstream ``sageattn_varlen``'s signature).
 
 Both run the kernels of ``sageattention.triton`` (INT8 quantizers with fused K smoothing, the
 attention forward) on CUDA tensors, and on CPU tensors in Triton's interpreter when
@@ -19,7 +20,7 @@ import torch
 
 from . import reference as ref
 
-__all__ = ["sageattn_qk_int8_pv_fp8_triton", "sageattn_qk_int8_pv_fp16_triton"]
+__all__ = ["sageattn_qk_int8_pv_fp8_triton", "sageattn_qk_int8_pv_fp16_triton", "sageattn_varlen_triton"]
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _Q_GROUP = {"per_block": ref.BLKQ, "per_warp": 32}
@@ -303,3 +304,169 @@ def sageattn_qk_int8_pv_fp8_triton(
     """
     return _attend(q, k, v, tensor_layout, "triton", is_causal, attn_mask, sm_scale, smooth_k,
                    return_lse, qk_quant_gran, scale, dropout_p, enable_gqa, True)  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------------
+# Packed variable-length sequences
+
+
+def _varlen_tables(cu_q: torch.Tensor, cu_k: torch.Tensor, block_m: int, q_group: int):
+    """Host-side tables (int32): query tiles ``(sequence, first row)``, Q and K quantization groups
+    ``(start, end, sequence)`` that never straddle two sequences, per-sequence group offsets."""
+    cq, ck = cu_q.tolist(), cu_k.tolist()
+    blk, qg, kg, goff = [], [], [], []
+    for s in range(len(cq) - 1):
+        goff.append((len(qg), len(kg)))
+        blk += [(s, r) for r in range(cq[s], cq[s + 1], block_m)]
+        qg += [(r, min(r + q_group, cq[s + 1]), s) for r in range(cq[s], cq[s + 1], q_group)]
+        kg += [(r, min(r + ref.BLKK, ck[s + 1]), s) for r in range(ck[s], ck[s + 1], ref.BLKK)]
+
+    def t(rows, width):
+        return torch.tensor(rows, dtype=torch.int32, device=cu_q.device).reshape(-1, width)
+
+    return t(blk, 2), t(qg, 3), t(kg, 3), t(goff, 2)
+
+
+def _run_varlen(q, k, v, cu_q, cu_k, is_causal, sm_scale, smooth_k, q_group):
+    from .triton import attn, quant
+
+    tq, hq, d = q.shape
+    tk, hkv, dv = k.shape[0], k.shape[1], v.shape[2]
+    nseq = cu_q.numel() - 1
+    qh, kh, vh = (x.transpose(0, 1)[None] for x in (q, k, v))  # [1, H, T, D] views
+    o = _new_empty((tq, hq, dv), q.dtype, q.device)
+    lse2 = _new_empty((1, hq, tq), torch.float32, q.device)
+    interp = not q.is_cuda
+    blk, qg, kg, goff = _varlen_tables(cu_q, cu_k, attn.tile_m(d, dv, False, interp), q_group)
+    if tq == 0 or blk.shape[0] == 0:
+        return o, lse2[0]
+    km = (
+        quant.token_reduce(kh, _new_empty((nseq, hkv, d), torch.float32, q.device), True, cu=cu_k)
+        if smooth_k
+        else None
+    )
+    q8 = _new_empty((1, hq, tq, d), torch.int8, q.device)
+    qs = _new_empty((1, hq, qg.shape[0]), torch.float32, q.device)
+    quant.quant_int8(qh, None, q8, qs, q_group, sm_scale * ref.LOG2E, gtab=qg)
+    k8 = torch.zeros((1, hkv, tk, d), dtype=torch.int8, device=q.device)
+    ks = torch.zeros((1, hkv, max(kg.shape[0], 1)), dtype=torch.float32, device=q.device)
+    if kg.shape[0]:
+        quant.quant_int8(kh, km, k8, ks, ref.BLKK, 1.0, gtab=kg)
+    amax = torch.zeros((nseq, hkv, dv), dtype=torch.float32, device=q.device)
+    if tk:
+        quant.token_reduce(vh, amax, False, cu=cu_k)
+    v_pow2 = torch.where(
+        amax > 0, torch.exp2(torch.ceil(torch.log2(amax / ref.V_MAX)).clamp(min=0.0)), torch.ones_like(amax)
+    )
+    attn.launch(
+        q8, k8, vh, qs, ks, 1.0 / v_pow2, None, o.transpose(0, 1)[None], lse2,
+        q_group=q_group, is_causal=is_causal, pv_fp8=False, varlen=(cu_q, cu_k, blk, goff),
+    )  # fmt: skip
+    lse = lse2[0] * math.log(2.0)
+    if km is not None:  # sm_scale · q · mean(K of the token's own sequence), as reference.lse_natural
+        seq = torch.repeat_interleave(torch.arange(nseq, device=q.device), (cu_q[1:] - cu_q[:-1]).long())
+        km_tok = km[seq].repeat_interleave(hq // hkv, dim=1)  # [Tq, Hq, D]
+        corr = torch.matmul(q.float()[:, :, None, :], km_tok[:, :, :, None])[..., 0, 0] * sm_scale
+        lse = lse + corr.transpose(0, 1)
+    return o, lse
+
+
+@torch.library.custom_op("sageattention::qk_int8_varlen_triton", mutates_args=())
+def _varlen_op(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_q: torch.Tensor,
+    cu_k: torch.Tensor,
+    is_causal: bool,
+    sm_scale: float,
+    smooth_k: bool,
+    q_group: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return _run_varlen(q, k, v, cu_q, cu_k, is_causal, sm_scale, smooth_k, q_group)
+
+
+@_varlen_op.register_fake
+def _(q, k, v, cu_q, cu_k, is_causal, sm_scale, smooth_k, q_group):
+    return q.new_empty((q.shape[0], q.shape[1], v.shape[2])), q.new_empty(
+        (q.shape[1], q.shape[0]), dtype=torch.float32
+    )
+
+
+def _check_cu(name: str, cu: object, total: int, device: torch.device) -> torch.Tensor:
+    if not isinstance(cu, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(cu).__name__}")
+    if cu.dtype not in (torch.int32, torch.int64):
+        raise TypeError(f"{name} must be int32 or int64, got {cu.dtype}")
+    if cu.dim() != 1 or cu.numel() < 2:
+        raise ValueError(
+            f"{name} must be 1-D with at least 2 entries ([0, len0, len0+len1, ...]), got {tuple(cu.shape)}"
+        )
+    if cu.device != device:
+        raise ValueError(f"{name} is on {cu.device}, q on {device}: put them on the same device")
+    if int(cu[0]) != 0 or bool((cu[1:] < cu[:-1]).any()) or int(cu[-1]) != total:
+        raise ValueError(f"{name} must start at 0, never decrease and end at the packed length {total}")
+    return cu.to(torch.int32).contiguous()
+
+
+def sageattn_varlen_triton(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    cu_seqlens_k: torch.Tensor,
+    max_seqlen_q: int,
+    max_seqlen_k: int,
+    is_causal: bool = False,
+    sm_scale: float | None = None,
+    smooth_k: bool = True,
+    return_lse: bool = False,
+    *,
+    qk_quant_gran: str = "per_block",
+    scale: float | None = None,
+    dropout_p: float = 0.0,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """SageAttention2 (INT8 QK, fp16 P·V) on packed sequences, upstream ``sageattn_varlen``'s signature.
+
+    ``q [Tq, Hq, D]``, ``k, v [Tk, Hkv, D|Dv]`` (one dtype: fp16, bf16, fp32; last dim contiguous);
+    sequence ``s`` owns rows ``cu_seqlens_q[s] .. cu_seqlens_q[s+1]-1`` of q and the matching rows
+    of k/v (int32/int64 ``[S+1]``, from 0 to the packed length). Each sequence attends only to its
+    own keys, causal top-left within the sequence; quantization blocks never straddle sequences.
+    Unlike upstream (which smooths K over the whole packed batch), K's mean and V's scale are per
+    sequence. ``max_seqlen_q/k`` are checked against the lengths. With ``return_lse`` also the
+    natural-log LSE ``[Hq, Tq]`` (flash-attn's layout) of the un-smoothed scores; a sequence without
+    keys gives 0 and ``-inf``. Inputs are not modified. The tile tables are built on the host
+    (one device→host copy of the cu_seqlens).
+    """
+    q, k, v = _check_qkv3("q", q), _check_qkv3("k", k), _check_qkv3("v", v)
+    _check_bool("is_causal", is_causal)
+    _check_bool("smooth_k", smooth_k)
+    _check_bool("return_lse", return_lse)
+    _, sm_scale, q_group = _validate(
+        q[None], k[None], v[None], "NHD", "triton", is_causal, None, sm_scale, smooth_k, return_lse,
+        qk_quant_gran, scale, dropout_p, False, False,
+    )  # fmt: skip
+    cu_q = _check_cu("cu_seqlens_q", cu_seqlens_q, q.shape[0], q.device)
+    cu_k = _check_cu("cu_seqlens_k", cu_seqlens_k, k.shape[0], q.device)
+    if cu_q.numel() != cu_k.numel():
+        raise ValueError(f"cu_seqlens_q and cu_seqlens_k must list the same number of sequences, got "
+                         f"{cu_q.numel() - 1} and {cu_k.numel() - 1}")  # fmt: skip
+    for name, val, cu in (("max_seqlen_q", max_seqlen_q, cu_q), ("max_seqlen_k", max_seqlen_k, cu_k)):
+        if isinstance(val, bool) or not isinstance(val, int):
+            raise TypeError(f"{name} must be an int, got {type(val).__name__}")
+        if val < int((cu[1:] - cu[:-1]).max()):
+            raise ValueError(
+                f"{name}={val} is smaller than the longest sequence ({int((cu[1:] - cu[:-1]).max())})"
+            )
+    o, lse = torch.ops.sageattention.qk_int8_varlen_triton(
+        q, k, v, cu_q, cu_k, is_causal, sm_scale, smooth_k, q_group
+    )
+    return (o, lse) if return_lse else o
+
+
+def _check_qkv3(name: str, x: object) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 3:
+        raise ValueError(f"{name} must be 3-D packed [total_tokens, H, D], got {tuple(x.shape)}")
+    return x

@@ -19,13 +19,15 @@ fp32 V of any range never overflows fp16. Head dims that are not a power of two 
 registers (masked loads), so any ``D, Dv <= 256`` works without copies.
 
 Roofline per call (non-causal; causal halves the FLOPs): ``2·B·Hq·Nq·Nk·D`` INT8 ops (QKᵀ) plus
-``2·B·Hq·Nq·Nk·Dv`` fp16/FP8 FLOPs (PV); bytes ``B·Hq·Nq·D`` (Q8) + ``ceil(Nq/BLOCK_M)·B·Hq·Nk·
-(D + 2·Dv)`` (K8 and V, re-read per query block, mostly from L2) + ``B·Hq·Nq·Dv·2`` (O). At
-``B=1, H=32, N=16384, D=128`` that is 2.2 TOPS INT8 + 2.2 TFLOP fp16: dense peaks H100 SXM 1979
-INT8 / 989 fp16 (1979 FP8) → ≥ 3.4 ms (fp16 PV) or ≥ 2.2 ms (FP8 PV); RTX 4090 660 INT8 / 330 fp16
-with fp32 accumulation (660 FP8) → ≥ 10 ms / ≥ 6.7 ms; compute bound (arithmetic intensity
-~ BLOCK_M = 128 ops/byte against K/V, above both GPUs' ridge points of ~300 and ~330 for INT8 only
-when K/V stay in L2).
+``2·B·Hq·Nq·Nk·Dv`` fp16 or FP8 FLOPs (PV). Compulsory DRAM bytes ``B·Hq·Nq·D`` (Q8) +
+``B·Hkv·Nk·(D + s_v·Dv)`` (K8, V with s_v = 2 for fp16/bf16, 1 for FP8) + ``2·B·Hq·Nq·Dv`` (O) + the
+scales; K/V are re-read once per query block, from L2. Example ``B=1, H=32, N=16384, D=128``:
+2.2 T INT8 ops + 2.2 TFLOP in PV against 0.4 GB of compulsory traffic (0.7 GB more in the quantizer
+passes: ~0.3 ms on H100, ~1 ms on a 4090), i.e. compute bound. Dense tensor-core
+peaks: H100 SXM 1979 INT8 / 989 fp16 / 1979 FP8 (3.35 TB/s) → ≥ 3.3 ms with fp16 PV, ≥ 2.2 ms with
+FP8 PV; RTX 4090 661 INT8 / 165 fp16·fp32-acc / 330 FP8·fp32-acc (1.0 TB/s) → ≥ 16.7 ms (fp16 PV),
+≥ 10 ms (FP8 PV). The fp32-accumulating fp16 PV is the bottleneck on consumer GPUs, which is why
+upstream accumulates P·V in fp16 there (not done here: exactness against the reference first).
 """
 
 from __future__ import annotations
@@ -51,6 +53,10 @@ def sage_attn_fwd_kernel(
     mask_ptr,
     o_ptr,
     lse_ptr,
+    cu_q_ptr,
+    cu_k_ptr,
+    blk_ptr,
+    goff_ptr,
     NQ,
     NK,
     HQ,
@@ -78,6 +84,7 @@ def sage_attn_fwd_kernel(
     PV_FP8: tl.constexpr,
     INTERPRET: tl.constexpr,  # Triton interpreter: exact fp8 rounding emulated, exact fp32 dots
     STORE_LSE: tl.constexpr,
+    VARLEN: tl.constexpr,  # packed sequences: B = 1, rows/keys of sequence s in [cu[s], cu[s+1])
 ):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
@@ -87,11 +94,29 @@ def sage_attn_fwd_kernel(
     bh64 = bh.to(tl.int64)
     bhk64 = (b * HKV + hk).to(tl.int64)
 
+    if VARLEN:  # this program's (sequence, first packed row); the sequence's bounds and scale offsets
+        seq = tl.load(blk_ptr + 2 * pid_m)
+        row0 = tl.load(blk_ptr + 2 * pid_m + 1)
+        q_lo = tl.load(cu_q_ptr + seq)
+        n_q = tl.load(cu_q_ptr + seq + 1) - q_lo
+        k_lo = tl.load(cu_k_ptr + seq)
+        n_k = tl.load(cu_k_ptr + seq + 1) - k_lo
+        qg0 = tl.load(goff_ptr + 2 * seq)
+        kg0 = tl.load(goff_ptr + 2 * seq + 1)
+        vsb = seq  # V scales per (sequence, kv head)
+    else:
+        row0 = pid_m * BLOCK_M
+        q_lo = 0
+        n_q = NQ
+        k_lo = 0
+        n_k = NK
+        qg0 = 0
+        kg0 = 0
+        vsb = b
     # 64-bit scalar base pointers, 32-bit offsets inside a tile (fewer registers)
-    row0 = pid_m * BLOCK_M
     tr = tl.arange(0, BLOCK_M)
-    rows = row0 + tr
-    rmask = rows < NQ
+    rows = row0 - q_lo + tr  # within the sequence
+    rmask = rows < n_q
     dq = tl.arange(0, BLOCK_D)
     dv = tl.arange(0, BLOCK_DV)
     dvmask = dv < DV
@@ -102,12 +127,12 @@ def sage_attn_fwd_kernel(
         mask=rmask[:, None] & (dq < D)[None, :],
         other=0,
     )
-    qs = tl.load(qs_ptr + bh64 * NQG + rows // QGROUP, mask=rmask, other=0.0)
+    qs = tl.load(qs_ptr + bh64 * NQG + qg0 + rows // QGROUP, mask=rmask, other=0.0)
     # per-channel V factor: 1 / v_pow2 (fp16 PV, exact) or nothing (FP8 PV: V8 already scaled)
-    vsc = tl.load(vs_ptr + bhk64 * DV + dv, mask=dvmask, other=1.0)
+    vsc = tl.load(vs_ptr + (vsb * HKV + hk).to(tl.int64) * DV + dv, mask=dvmask, other=1.0)
 
-    k_base = k_ptr + bhk64 * NK * D
-    v_base = v_ptr + b.to(tl.int64) * stride_vb + hk.to(tl.int64) * stride_vh
+    k_base = k_ptr + (bhk64 * NK + k_lo) * D
+    v_base = v_ptr + b.to(tl.int64) * stride_vb + hk.to(tl.int64) * stride_vh + k_lo * stride_vn
     m_base = (
         mask_ptr + b.to(tl.int64) * stride_mb + h.to(tl.int64) * stride_mh + row0.to(tl.int64) * stride_mm
     )
@@ -116,12 +141,12 @@ def sage_attn_fwd_kernel(
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
 
-    hi = NK
+    hi = n_k
     if IS_CAUSAL:
-        hi = tl.minimum(NK, (pid_m + 1) * BLOCK_M)
+        hi = tl.minimum(n_k, row0 - q_lo + BLOCK_M)
     for start in range(0, hi, BLOCK_N):
         cols = start + kb
-        cmask = cols < NK
+        cmask = cols < n_k
         kt = tl.load(
             k_base + kb[None, :] * D + dq[:, None],
             mask=cmask[None, :] & (dq < D)[:, None],
@@ -131,7 +156,7 @@ def sage_attn_fwd_kernel(
             s_int = tl.dot(q.to(tl.float32), kt.to(tl.float32)).to(tl.int32)
         else:
             s_int = tl.dot(q, kt, out_dtype=tl.int32)
-        ks = tl.load(ks_ptr + bhk64 * NKB + start // BLOCK_N)
+        ks = tl.load(ks_ptr + bhk64 * NKB + kg0 + start // BLOCK_N)
         s = (s_int.to(tl.float32) * qs[:, None]) * ks
         keep = cmask[None, :] & rmask[:, None]
         if MASK_MODE == 1:
@@ -182,7 +207,15 @@ def sage_attn_fwd_kernel(
     tl.store(o_ptrs, o.to(o_ptr.dtype.element_ty), mask=rmask[:, None] & dvmask[None, :])
     if STORE_LSE:
         lse2 = tl.where(empty, float("-inf"), m_i + tl.math.log2(tl.where(empty, 1.0, l_i)))
-        tl.store(lse_ptr + bh64 * NQ + rows, lse2, mask=rmask)
+        tl.store(lse_ptr + bh64 * NQ + row0 + tr, lse2, mask=rmask)
+
+
+def tile_m(d: int, dv: int, has_mask: bool, interp: bool) -> int:
+    """Query rows per program. Register budgets checked by tools/kernel_report (kernel_specs.py):
+    128 x 64 keys with 8 warps; 64 for head dims > 128 and whenever a mask tile is loaded."""
+    if interp:
+        return 128
+    return 128 if (max(d, dv) <= 128 and not has_mask) else 64
 
 
 def launch(
@@ -199,8 +232,13 @@ def launch(
     q_group: int,
     is_causal: bool,
     pv_fp8: bool,
+    varlen: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> None:
     """Run the kernel.
+
+    ``varlen = (cu_q, cu_k, blk, goff)`` (int32): B = 1 and the tensors are packed sequences;
+    ``blk [nblocks, 2]`` = (sequence, first packed row) of each ``tile_m(...)``-row query tile,
+    ``goff [S, 2]`` = offsets of each sequence's first Q / K scale; v_factor is ``[S, Hkv, Dv]``.
 
     q8 ``[B, Hq, Nq, D]`` and k8 ``[B, Hkv, Nk, D]`` contiguous int8; q_scale ``[B, Hq,
     ceil(Nq/q_group)]``, k_scale ``[B, Hkv, ceil(Nk/64)]``; v ``[B, Hkv, Nk, Dv]`` (any float
@@ -214,9 +252,7 @@ def launch(
     interp = not q8.is_cuda
     block_d = max(32, triton.next_power_of_2(d))
     block_dv = max(32, triton.next_power_of_2(dv))
-    # Tiles (register budgets checked by tools/kernel_report, see kernel_specs.py): 128 x 64 keys,
-    # 8 warps; 64 x 64 for head dims > 128 and whenever a mask tile is loaded (which spills at 128).
-    block_m = 128 if (interp or (max(block_d, block_dv) <= 128 and mask is None)) else 64
+    block_m = tile_m(d, dv, mask is not None, interp)
     num_warps = 8
     if mask is None:
         mode, mptr, mstr = 0, q_scale, (0, 0, 0)
@@ -234,7 +270,8 @@ def launch(
     dst = out
     if interp and out.dtype == torch.bfloat16:
         dst = torch.empty(out.shape, dtype=torch.float32, device=out.device)
-    grid = (triton.cdiv(nq, block_m), b * hq)
+    grid = (triton.cdiv(nq, block_m) if varlen is None else varlen[2].shape[0], b * hq)
+    cu_q, cu_k, blk, goff = varlen if varlen is not None else (q_scale,) * 4
     sage_attn_fwd_kernel[grid](
         q8,
         k8,
@@ -245,6 +282,10 @@ def launch(
         mptr,
         dst,
         lse2 if lse2 is not None else q_scale,
+        cu_q,
+        cu_k,
+        blk,
+        goff,
         nq,
         nk,
         hq,
@@ -266,6 +307,7 @@ def launch(
         PV_FP8=pv_fp8,
         INTERPRET=interp,
         STORE_LSE=lse2 is not None,
+        VARLEN=varlen is not None,
         num_warps=num_warps,
         num_stages=1 if interp else 3,
     )

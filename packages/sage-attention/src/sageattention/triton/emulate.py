@@ -104,3 +104,34 @@ def sage_attention_variant(
         else:
             o[..., i0:i1, :], lse2[..., i0:i1] = _blocked_softmax_pv_fp8(s, vq)
     return o * post, ref.lse_natural(lse2, q, km, sm_scale)
+
+
+def sage_attention_varlen_variant(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    cu_seqlens_k: torch.Tensor,
+    *,
+    sm_scale: float,
+    is_causal: bool = False,
+    smooth_k: bool = True,
+    q_group: int = ref.BLKQ,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Packed sequences ``q [Tq, Hq, D]``, ``k, v [Tk, Hkv, D]``: ``sage_attention_variant`` (fp16 PV)
+    on each sequence separately (its own K mean, blocks and V scales). Returns ``(O [Tq, Hq, Dv]
+    float32, lse [Hq, Tq] natural log)``; a sequence without keys gives 0 and ``-inf``."""
+    cq, ck = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
+    o = torch.zeros((q.shape[0], q.shape[1], v.shape[-1]), dtype=torch.float32, device=q.device)
+    lse = torch.full((q.shape[1], q.shape[0]), float("-inf"), dtype=torch.float32, device=q.device)
+    for s in range(len(cq) - 1):
+        if cq[s + 1] == cq[s] or ck[s + 1] == ck[s]:
+            continue
+        qs, ks, vs = (x[a:b].transpose(0, 1)[None] for x, a, b in ((q, *cq[s : s + 2]), (k, *ck[s : s + 2]),
+                                                                   (v, *ck[s : s + 2])))  # fmt: skip
+        os_, ls = sage_attention_variant(
+            qs, ks, vs, sm_scale=sm_scale, is_causal=is_causal, smooth_k=smooth_k, q_group=q_group
+        )
+        o[cq[s] : cq[s + 1]] = os_[0].transpose(0, 1)
+        lse[:, cq[s] : cq[s + 1]] = ls[0]
+    return o, lse

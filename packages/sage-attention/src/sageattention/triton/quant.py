@@ -52,6 +52,7 @@ def e4m3_rne(y):
 def token_reduce_kernel(
     x_ptr,
     out_ptr,
+    cu_ptr,
     N,
     D,
     H,
@@ -61,29 +62,39 @@ def token_reduce_kernel(
     MEAN: tl.constexpr,
     CHUNK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    VARLEN: tl.constexpr,
 ):
-    """out[b, h, :] = mean_n x[b, h, n, :] (float64 sum, MEAN) or max_n |x[b, h, n, :]| (NaN wins)."""
+    """out[b, h, :] = mean_n x[b, h, n, :] (float64 sum, MEAN) or max_n |x[b, h, n, :]| (NaN wins).
+
+    VARLEN: ``b`` is a sequence of the packed ``x [1, H, T, D]``, its tokens ``cu[b] .. cu[b+1]-1``.
+    """
     pid_d = tl.program_id(0)
     bh = tl.program_id(1)
     b = (bh // H).to(tl.int64)
     h = (bh % H).to(tl.int64)
     cols = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     cmask = cols < D
-    base = x_ptr + b * stride_b + h * stride_h
+    if VARLEN:
+        lo = tl.load(cu_ptr + b)
+        n = tl.load(cu_ptr + b + 1) - lo
+        base = x_ptr + h * stride_h + lo.to(tl.int64) * stride_n
+    else:
+        n = N
+        base = x_ptr + b * stride_b + h * stride_h
     if MEAN:
         acc = tl.zeros([CHUNK_N, BLOCK_D], dtype=tl.float64)
     else:
         acc = tl.zeros([CHUNK_N, BLOCK_D], dtype=tl.float32)
-    for n0 in range(0, N, CHUNK_N):
+    for n0 in range(0, n, CHUNK_N):
         r = n0 + tl.arange(0, CHUNK_N)
-        m = (r < N)[:, None] & cmask[None, :]
+        m = (r < n)[:, None] & cmask[None, :]
         x = tl.load(base + r[:, None].to(tl.int64) * stride_n + cols[None, :], mask=m, other=0.0)
         if MEAN:
             acc += x.to(tl.float64)
         else:
             acc = tl.maximum(acc, tl.abs(x.to(tl.float32)), propagate_nan=tl.PropagateNan.ALL)
     if MEAN:
-        res = (tl.sum(acc, axis=0) / N.to(tl.float64)).to(tl.float32)  # fp64 division is IEEE
+        res = (tl.sum(acc, axis=0) / tl.cast(n, tl.float64)).to(tl.float32)  # fp64 division is IEEE
     else:
         # a NaN anywhere in the column wins (as torch.amax); tl.max would drop it
         nan_any = tl.sum((acc != acc).to(tl.int32), axis=0) > 0
@@ -97,6 +108,7 @@ def quant_int8_kernel(
     mean_ptr,
     q_ptr,
     scale_ptr,
+    gtab_ptr,
     N,
     D,
     H,
@@ -108,20 +120,33 @@ def quant_int8_kernel(
     HAS_MEAN: tl.constexpr,
     GS: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    VARLEN: tl.constexpr,
 ):
-    """One program per group of ``GS`` tokens of one (b, h): INT8 values and one float32 scale."""
+    """One program per group of ``GS`` tokens of one (b, h): INT8 values and one float32 scale.
+
+    VARLEN: packed ``x [1, H, T, D]``; group ``g`` covers rows ``gtab[3g] .. gtab[3g+1]-1`` of
+    sequence ``gtab[3g+2]`` (whose K mean it subtracts), so no group straddles two sequences.
+    """
     g = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
     b = bh // H
     h = bh % H
-    rows = g * GS + tl.arange(0, GS)
+    if VARLEN:
+        r0 = tl.load(gtab_ptr + 3 * g)
+        r1 = tl.load(gtab_ptr + 3 * g + 1)
+        mrow = tl.load(gtab_ptr + 3 * g + 2).to(tl.int64) * H + h
+    else:
+        r0 = g * GS
+        r1 = N
+        mrow = bh
+    rows = r0 + tl.arange(0, GS)
     cols = tl.arange(0, BLOCK_D)
     cmask = cols < D
-    m = (rows < N)[:, None] & cmask[None, :]
+    m = (rows < r1)[:, None] & cmask[None, :]
     src = x_ptr + b * stride_b + h * stride_h + rows[:, None].to(tl.int64) * stride_n + cols[None, :]
     y = tl.load(src, mask=m, other=0.0).to(tl.float32)
     if HAS_MEAN:
-        mu = tl.load(mean_ptr + bh * D + cols, mask=cmask, other=0.0)
+        mu = tl.load(mean_ptr + mrow * D + cols, mask=cmask, other=0.0)
         y = y - mu[None, :]
     y = y * multiplier
     a = tl.where(m, tl.abs(y), 0.0)
@@ -183,13 +208,22 @@ def _strides(x: torch.Tensor) -> tuple[int, int, int]:
     return x.stride(0), x.stride(1), x.stride(2)
 
 
-def token_reduce(x: torch.Tensor, out: torch.Tensor, mean: bool) -> torch.Tensor:
-    """``out [B, H, D]`` float32: the token mean (``mean``) or the channel ``max|x|`` of ``x``."""
+def token_reduce(
+    x: torch.Tensor, out: torch.Tensor, mean: bool, cu: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``out [B, H, D]`` float32: the token mean (``mean``) or the channel ``max|x|`` of ``x``.
+
+    With ``cu`` (int32 ``[S+1]``), ``x`` is packed ``[1, H, T, D]`` and ``out [S, H, D]`` per sequence.
+    """
     b, h, n, d = x.shape
+    nb = b if cu is None else cu.numel() - 1
     block_d = min(64, triton.next_power_of_2(d))
     chunk = 64 if x.is_cuda else max(16, min(1024, triton.next_power_of_2(n)))
-    grid = (triton.cdiv(d, block_d), b * h)
-    token_reduce_kernel[grid](x, out, n, d, h, *_strides(x), MEAN=mean, CHUNK_N=chunk, BLOCK_D=block_d)
+    grid = (triton.cdiv(d, block_d), nb * h)
+    token_reduce_kernel[grid](
+        x, out, cu if cu is not None else out, n, d, h, *_strides(x),
+        MEAN=mean, CHUNK_N=chunk, BLOCK_D=block_d, VARLEN=cu is not None,
+    )  # fmt: skip
     return out
 
 
@@ -200,16 +234,22 @@ def quant_int8(
     scale: torch.Tensor,
     group: int,
     multiplier: float,
+    gtab: torch.Tensor | None = None,
 ) -> None:
-    """``out [B, H, N, D]`` int8 and ``scale [B, H, ceil(N / group)]`` float32 of ``x``."""
+    """``out [B, H, N, D]`` int8 and ``scale [B, H, ceil(N / group)]`` float32 of ``x``.
+
+    With ``gtab`` (int32 ``[G, 3]``: start row, end row, sequence), ``x`` is packed ``[1, H, T, D]``
+    and ``scale [1, H, G]``; ``mean`` is then per sequence ``[S, H, D]``.
+    """
     b, h, n, d = x.shape
-    ng = triton.cdiv(n, group)
+    ng = triton.cdiv(n, group) if gtab is None else gtab.shape[0]
     block_d = max(16, triton.next_power_of_2(d))
     quant_int8_kernel[(ng, b * h)](
         x,
         mean if mean is not None else scale,
         out,
         scale,
+        gtab if gtab is not None else scale,
         n,
         d,
         h,
@@ -219,6 +259,7 @@ def quant_int8(
         HAS_MEAN=mean is not None,
         GS=group,
         BLOCK_D=block_d,
+        VARLEN=gtab is not None,
         num_warps=8 if group * block_d >= 8192 else 4,
     )
 
