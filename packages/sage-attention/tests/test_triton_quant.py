@@ -110,3 +110,15 @@ def test_mean_nan_and_amax_nan_propagate():
     assert torch.isnan(_mean(x)[0, 0, 5]) and torch.isfinite(_mean(x)[0, 0, :5]).all()
     amax = quant.token_reduce(x, torch.empty(1, 1, 16), False)
     assert torch.isnan(amax[0, 0, 5]) and torch.isfinite(amax[0, 0, 6:]).all()
+
+
+def test_kernel_specs_name_every_kernel_argument():
+    """Each TritonKernelSpec types or fixes every argument of its kernel (the AOT report needs it)."""
+    from sageattention.kernel_specs import TRITON_KERNELS
+
+    assert len({s.name for s in TRITON_KERNELS}) == len(TRITON_KERNELS)
+    for spec in TRITON_KERNELS:
+        names = set(spec.fn().arg_names)
+        assert names == set(spec.signature) | set(spec.constexprs), spec.name
+        assert set(spec.divisible_by_16) <= set(spec.signature), spec.name
+        assert not set(spec.signature) & set(spec.constexprs), spec.name

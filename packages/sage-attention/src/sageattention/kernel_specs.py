@@ -59,12 +59,13 @@ def _attn_spec(
 ):
     constexprs = dict(
         QGROUP=128, BLOCK_M=128, BLOCK_N=64, BLOCK_D=d, BLOCK_DV=d, IS_CAUSAL=False, MASK_MODE=0,
-        PV_FP8=pv_fp8, INTERPRET=False, STORE_LSE=True,
+        PV_FP8=pv_fp8, INTERPRET=False, STORE_LSE=True, VARLEN=False,
     )  # fmt: skip
     constexprs.update(cx)
     signature = {
         "q_ptr": "*i8", "k_ptr": "*i8", "v_ptr": v, "qs_ptr": "*fp32", "ks_ptr": "*fp32",
         "vs_ptr": "*fp32", "mask_ptr": mask, "o_ptr": o, "lse_ptr": "*fp32",
+        **dict.fromkeys(("cu_q_ptr", "cu_k_ptr", "blk_ptr", "goff_ptr"), "*i32"),
         **dict.fromkeys(_ATTN_INTS + _ATTN_STRIDES + _MASK_STRIDES, "i32"),
     }  # fmt: skip
     return TritonKernelSpec(
@@ -127,6 +128,7 @@ TRITON_KERNELS = [
         BLOCK_M=64,
     ),
     _attn_spec("sage_attn_fwd_int8_fp16pv_d256", d=256, BLOCK_M=64),
+    _attn_spec("sage_attn_fwd_int8_fp16pv_d128_varlen_causal", VARLEN=True, IS_CAUSAL=True),
     _attn_spec("sage_attn_fwd_int8_fp8pv_d128", v="*fp8e4nv", pv_fp8=True, archs=(89, 90, 100)),
     _attn_spec(
         "sage_attn_fwd_int8_fp8pv_d64_causal",
@@ -144,42 +146,56 @@ TRITON_KERNELS = [
             "mean_ptr": "*fp32",
             "q_ptr": "*i8",
             "scale_ptr": "*fp32",
+            "gtab_ptr": "*i32",
             **dict.fromkeys(("N", "D", "H", "NG"), "i32"),
             **_STRIDES3,
             "multiplier": "fp32",
         },
-        {"HAS_MEAN": False, "GS": 128, "BLOCK_D": 128},
+        {"HAS_MEAN": False, "GS": 128, "BLOCK_D": 128, "VARLEN": False},
         num_warps=8,
         div=("x_ptr", "q_ptr", "D", "stride_b", "stride_h", "stride_n"),
     ),
     _quant_spec(
-        "sage_quant_int8_k_smooth_d128",
+        "sage_quant_int8_k_smooth_varlen_d128",
         _quant_int8,
         {
             "x_ptr": "*bf16",
             "mean_ptr": "*fp32",
             "q_ptr": "*i8",
             "scale_ptr": "*fp32",
+            "gtab_ptr": "*i32",
             **dict.fromkeys(("N", "D", "H", "NG"), "i32"),
             **_STRIDES3,
             "multiplier": "fp32",
         },
-        {"HAS_MEAN": True, "GS": 64, "BLOCK_D": 128},
+        {"HAS_MEAN": True, "GS": 64, "BLOCK_D": 128, "VARLEN": True},
         num_warps=4,
         div=("x_ptr", "q_ptr", "mean_ptr", "D", "stride_b", "stride_h", "stride_n"),
     ),
     _quant_spec(
         "sage_token_mean_fp64",
         _reduce,
-        {"x_ptr": "*bf16", "out_ptr": "*fp32", **dict.fromkeys(("N", "D", "H"), "i32"), **_STRIDES3},
-        {"MEAN": True, "CHUNK_N": 64, "BLOCK_D": 64},
+        {
+            "x_ptr": "*bf16",
+            "out_ptr": "*fp32",
+            "cu_ptr": "*i32",
+            **dict.fromkeys(("N", "D", "H"), "i32"),
+            **_STRIDES3,
+        },
+        {"MEAN": True, "CHUNK_N": 64, "BLOCK_D": 64, "VARLEN": False},
         div=("x_ptr", "out_ptr", "D", "stride_b", "stride_h", "stride_n"),
     ),
     _quant_spec(
-        "sage_token_amax",
+        "sage_token_amax_varlen",
         _reduce,
-        {"x_ptr": "*bf16", "out_ptr": "*fp32", **dict.fromkeys(("N", "D", "H"), "i32"), **_STRIDES3},
-        {"MEAN": False, "CHUNK_N": 64, "BLOCK_D": 64},
+        {
+            "x_ptr": "*bf16",
+            "out_ptr": "*fp32",
+            "cu_ptr": "*i32",
+            **dict.fromkeys(("N", "D", "H"), "i32"),
+            **_STRIDES3,
+        },
+        {"MEAN": False, "CHUNK_N": 64, "BLOCK_D": 64, "VARLEN": True},
         div=("x_ptr", "out_ptr", "D", "stride_b", "stride_h", "stride_n"),
     ),
     _quant_spec(

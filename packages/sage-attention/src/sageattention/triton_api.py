@@ -33,6 +33,12 @@ def _new_empty(shape, dtype, device) -> torch.Tensor:
     return _alloc.new_empty(shape, dtype, device)
 
 
+def _v_pow2(amax: torch.Tensor) -> torch.Tensor:
+    """``reference.v_channel_scale`` from the channel ``max|v|``: a power of two with ``|V / it| <= 256``."""
+    exp = torch.ceil(torch.log2(amax / ref.V_MAX)).clamp(min=0.0)
+    return torch.where(amax > 0, torch.exp2(exp), torch.ones_like(amax))
+
+
 def _hnd(x: torch.Tensor, layout: str) -> torch.Tensor:
     return x.transpose(1, 2) if layout == "NHD" else x
 
@@ -76,13 +82,8 @@ def _run(q, k, v, mask, tensor_layout, is_causal, sm_scale, smooth_k, q_group, p
         v_in = _new_empty((b, hkv, nk, dv), torch.float8_e4m3fn, q.device)
         quant.quant_fp8(vh, v_scale, v_in)
         v_factor = v_scale / 448.0
-    else:  # same power of two as reference.v_channel_scale: |V / v_pow2| <= 256
-        v_pow2 = torch.where(
-            amax > 0,
-            torch.exp2(torch.ceil(torch.log2(amax / ref.V_MAX)).clamp(min=0.0)),
-            torch.ones_like(amax),
-        )
-        v_in, v_factor = vh, 1.0 / v_pow2
+    else:
+        v_in, v_factor = vh, 1.0 / _v_pow2(amax)
     if mask is not None:
         mask = mask.expand(b, hq, nq, nk)
     attn.launch(
@@ -355,11 +356,8 @@ def _run_varlen(q, k, v, cu_q, cu_k, is_causal, sm_scale, smooth_k, q_group):
     amax = torch.zeros((nseq, hkv, dv), dtype=torch.float32, device=q.device)
     if tk:
         quant.token_reduce(vh, amax, False, cu=cu_k)
-    v_pow2 = torch.where(
-        amax > 0, torch.exp2(torch.ceil(torch.log2(amax / ref.V_MAX)).clamp(min=0.0)), torch.ones_like(amax)
-    )
     attn.launch(
-        q8, k8, vh, qs, ks, 1.0 / v_pow2, None, o.transpose(0, 1)[None], lse2,
+        q8, k8, vh, qs, ks, 1.0 / _v_pow2(amax), None, o.transpose(0, 1)[None], lse2,
         q_group=q_group, is_causal=is_causal, pv_fp8=False, varlen=(cu_q, cu_k, blk, goff),
     )  # fmt: skip
     lse = lse2[0] * math.log(2.0)
