@@ -209,3 +209,27 @@ def test_custom_op_opcheck_and_torch_compile_fullgraph():
 
     compiled = torch.compile(f, fullgraph=True, backend="eager")
     assert torch.equal(compiled(q, k, v), f(q, k, v))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("fp8", [False, True])
+@pytest.mark.parametrize("kw", [dict(), dict(is_causal=True, q_gran="per_warp"), dict(mask=True)])
+def test_gpu_kernels_match_oracle(fp8, kw):
+    """On a GPU (native int8/fp16/fp8 tensor-core dots, ex2.approx): same bounds as the interpreter."""
+    if fp8 and torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("FP8 P·V needs sm89+")
+    kw = dict(kw)
+    q_gran = kw.pop("q_gran", "per_block")
+    q, k, v = _qkv(b=2, hq=8, hkv=2, nq=1000, nk=777, d=128, dtype=torch.bfloat16)
+    mask = (torch.rand(2, 1, 1000, 777) > 0.2) if kw.pop("mask", False) else None
+    fn = sageattn_qk_int8_pv_fp8_triton if fp8 else sageattn_qk_int8_pv_fp16_triton
+    o, lse = fn(*(x.cuda() for x in (q, k, v)), attn_mask=None if mask is None else mask.cuda(),
+                qk_quant_gran=q_gran, return_lse=True, **kw)  # fmt: skip
+    e, le = sage_attention_variant(
+        q, k, v, sm_scale=128**-0.5, is_causal=kw.get("is_causal", False), mask=_additive(mask),
+        q_group=32 if q_gran == "per_warp" else 128, pv="fp8" if fp8 else "fp16",
+    )  # fmt: skip
+    assert (o.cpu().float() - e).abs().max() <= 2e-3 * float(v.float().abs().max()) + 2**-7 * float(
+        e.abs().max()
+    )
+    assert (lse.cpu() - le).abs().max() <= 1e-4 * float(le.abs().max())
