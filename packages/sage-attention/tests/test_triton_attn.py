@@ -31,12 +31,15 @@ def _additive(mask):
     return torch.zeros(mask.shape).masked_fill(~mask, float("-inf"))
 
 
-def _check(q, k, v, fp8=False, layout="HND", q_gran="per_block", mask=None, **kw):
+def _check(q, k, v, fp8=False, layout="HND", q_gran="per_block", mask=None, acc16=False, **kw):
     """Run the Triton API, compare with the oracle and with exact attention; return (o, lse)."""
     fn = sageattn_qk_int8_pv_fp8_triton if fp8 else sageattn_qk_int8_pv_fp16_triton
     inputs = [x.transpose(1, 2).contiguous() if layout == "NHD" else x for x in (q, k, v)]
     copies = [x.clone() for x in inputs]
+    if acc16:
+        kw = {**kw, "pv_accum_dtype": "fp16+fp32"}
     o, lse = fn(*inputs, tensor_layout=layout, qk_quant_gran=q_gran, attn_mask=mask, return_lse=True, **kw)
+    kw.pop("pv_accum_dtype", None)
     for x, c in zip(inputs, copies, strict=True):
         assert torch.equal(x, c), "caller tensor modified"
     assert o.dtype == q.dtype and lse.dtype == torch.float32
@@ -46,7 +49,7 @@ def _check(q, k, v, fp8=False, layout="HND", q_gran="per_block", mask=None, **kw
     e, le = sage_attention_variant(
         q, k, v, sm_scale=sm_scale, is_causal=kw.get("is_causal", False), mask=_additive(mask),
         smooth_k=kw.get("smooth_k", True), q_group=128 if q_gran == "per_block" else 32,
-        pv="fp8" if fp8 else "fp16",
+        pv="fp8" if fp8 else ("fp16acc16" if acc16 else "fp16"),
     )  # fmt: skip
     tol = ATOL_REL * float(v.float().abs().max()) + (2**-10 if q.dtype != torch.float32 else 0.0) * float(
         e.abs().max()
@@ -79,6 +82,8 @@ def _check(q, k, v, fp8=False, layout="HND", q_gran="per_block", mask=None, **kw
         dict(d=32, nq=70),
         dict(d=160, nq=40, nk=70, hq=2),
         dict(d=256, nq=20, nk=70, hq=1, hkv=1),
+        dict(acc16=True, dtype=torch.bfloat16),  # fp16 accumulator per key block
+        dict(acc16=True, is_causal=True, d=96),
         dict(fp8=True),
         dict(fp8=True, is_causal=True, q_gran="per_warp", dtype=torch.bfloat16),
         dict(fp8=True, d=128, nq=40, layout="NHD"),
@@ -115,11 +120,12 @@ def test_masks_bool_additive_broadcast_and_fully_masked_rows(fp8):
     _check(q, k, v, fp8=fp8, mask=add)
 
 
-def test_large_bf16_v_no_fp16_overflow():
+@pytest.mark.parametrize("acc16", [False, True])
+def test_large_bf16_v_no_fp16_overflow(acc16):
     q, k, v = _qkv(nq=80, nk=130, dtype=torch.bfloat16)
     v = (v.float() * 1e4).to(torch.bfloat16)
     v[0, 0, 7, 3] = 3e38  # beyond fp16 and beyond the power-of-two headroom of most channels
-    o, _ = _check(q, k, v)
+    o, _ = _check(q, k, v, acc16=acc16)
     assert torch.isfinite(o).all()
 
 
@@ -167,6 +173,7 @@ def _bad(**over):
         (dict(tensor_layout="BHSD"), TypeError, "tensor_layout"),
         (dict(quantization_backend="numpy"), ValueError, "quantization_backend"),
         (dict(qk_quant_gran="per_thread"), ValueError, "qk_quant_gran"),
+        (dict(pv_accum_dtype="fp16"), ValueError, "pv_accum_dtype"),
         (dict(is_causal=1), TypeError, "is_causal"),
         (dict(sm_scale="x"), TypeError, "sm_scale"),
         (dict(sm_scale=float("inf")), ValueError, "sm_scale"),
@@ -199,8 +206,9 @@ def test_custom_op_opcheck_and_torch_compile_fullgraph():
     q, k, v = _qkv(nq=20, nk=30, hq=2, hkv=1, dtype=torch.float32)
     mask = torch.rand(1, 1, 20, 30) > 0.3
     for args in [
-        (q, k, v, None, "HND", True, 0.125, True, 128, False, "triton"),
-        (q, k, v, mask, "HND", False, 0.125, False, 32, True, "triton"),
+        (q, k, v, None, "HND", True, 0.125, True, 128, False, "triton", False),
+        (q, k, v, mask, "HND", False, 0.125, False, 32, True, "triton", False),
+        (q, k, v, None, "HND", False, 0.125, True, 128, False, "triton", True),
     ]:
         torch.library.opcheck(torch.ops.sageattention.qk_int8_attn_triton, args)
 

@@ -4,7 +4,8 @@ Attention: INT8 ``Q·Kᵀ`` must run on integer tensor cores (``mma.sync`` IMMA 
 IGMMA on sm90a, ``tcgen05`` on sm100a) and so must ``P·V`` (fp16 HMMA/HGMMA, or FP8 QMMA/QGMMA on
 sm89+; Triton has no e4m3 on sm80, so the FP8 kernels skip that arch). Quantizers are memory bound
 and declare "none". Shapes are those of a real launch (``triton.attn.launch``): head dim 128 (or 64,
-256), BLOCK_M 128 × BLOCK_N 64 (BLOCK_M 64 with a mask or D > 128), 8 warps, 3 stages, bf16 inputs.
+256), BLOCK_M 128 × BLOCK_N 64 (BLOCK_M 64 with a mask, D > 128, or fp16-accumulated PV on
+sm100), 8 warps, 3 stages, bf16 inputs.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def _attn_spec(
 ):
     constexprs = dict(
         QGROUP=128, BLOCK_M=128, BLOCK_N=64, BLOCK_D=d, BLOCK_DV=d, IS_CAUSAL=False, MASK_MODE=0,
-        PV_FP8=pv_fp8, INTERPRET=False, STORE_LSE=True, VARLEN=False,
+        PV_FP8=pv_fp8, PV_ACC16=False, INTERPRET=False, STORE_LSE=True, VARLEN=False,
     )  # fmt: skip
     constexprs.update(cx)
     signature = {
@@ -115,6 +116,8 @@ _STRIDES3 = dict.fromkeys(("stride_b", "stride_h", "stride_n"), "i32")
 TRITON_KERNELS = [
     _attn_spec("sage_attn_fwd_int8_fp16pv_d128"),
     _attn_spec("sage_attn_fwd_int8_fp16pv_d64_causal", d=64, IS_CAUSAL=True),
+    _attn_spec("sage_attn_fwd_int8_fp16pv_acc16_d128", PV_ACC16=True, archs=(80, 89, 90)),
+    _attn_spec("sage_attn_fwd_int8_fp16pv_acc16_d128_m64", PV_ACC16=True, archs=(100,), BLOCK_M=64),
     _attn_spec(
         "sage_attn_fwd_int8_fp16pv_d128_perwarp_boolmask", mask="*u8", QGROUP=32, MASK_MODE=2, BLOCK_M=64
     ),

@@ -6,7 +6,8 @@ One program per ``BLOCK_M`` queries of one (batch, query head); it walks the key
     S   = float32(int32(Q8 · K8ᵀ)) · q_scale[row] · k_scale[block]      (log2 units: Q carries
           (+ mask · log2 e; bool masks and padded/causal keys give -inf)   sm_scale·log2 e)
     m'  = max(m, rowmax S);  P = exp2(S - m');  α = exp2(m - m');  l = l·α + rowsum P
-    fp16 PV: O = O·α + fp16(P) · fp16(V / v_pow2)      fp32 accumulation (tensor-core MMA)
+    fp16 PV: O = O·α + fp16(P) · fp16(V / v_pow2)      fp32 accumulation (tensor-core MMA), or
+             O = O·α + fp16(fp16(P) · fp16(V / v_pow2))  fp16 accumulation per key block (PV_ACC16)
     FP8  PV: O = O·α + e4m3(448·P) · V8                 fp32 accumulation, V8 = e4m3(V / v_scale)
 
 and at the end ``O = O / l · v_pow2`` (fp16) or ``O = O / l · v_scale / 448`` (FP8), ``lse2 = m +
@@ -82,6 +83,7 @@ def sage_attn_fwd_kernel(
     IS_CAUSAL: tl.constexpr,
     MASK_MODE: tl.constexpr,  # 0 none, 1 additive float (natural log), 2 bool (nonzero = attend)
     PV_FP8: tl.constexpr,
+    PV_ACC16: tl.constexpr,  # fp16 PV: each 64-key block's P·V accumulated in fp16, then added in fp32
     INTERPRET: tl.constexpr,  # Triton interpreter: exact fp8 rounding emulated, exact fp32 dots
     STORE_LSE: tl.constexpr,
     VARLEN: tl.constexpr,  # packed sequences: B = 1, rows/keys of sequence s in [cu[s], cu[s+1])
@@ -188,7 +190,10 @@ def sage_attn_fwd_kernel(
                 pv = tl.dot((p * 448.0).to(tl.float8e4nv), vt)
         else:
             v16 = (vt.to(tl.float32) * vsc[None, :]).to(tl.float16)
-            pv = tl.dot(p.to(tl.float16), v16)
+            if PV_ACC16:  # |block sum| <= 64 · 1 · 256 = 16384: no fp16 overflow
+                pv = tl.dot(p.to(tl.float16), v16, out_dtype=tl.float16).to(tl.float32)
+            else:
+                pv = tl.dot(p.to(tl.float16), v16)
         acc = acc * alpha[:, None] + pv
         m_i = m_new
         k_base += BLOCK_N * D
@@ -210,12 +215,15 @@ def sage_attn_fwd_kernel(
         tl.store(lse_ptr + bh64 * NQ + row0 + tr, lse2, mask=rmask)
 
 
-def tile_m(d: int, dv: int, has_mask: bool, interp: bool) -> int:
+def tile_m(
+    d: int, dv: int, has_mask: bool, interp: bool, acc16: bool = False, cc: tuple[int, int] = (9, 0)
+) -> int:
     """Query rows per program. Register budgets checked by tools/kernel_report (kernel_specs.py):
-    128 x 64 keys with 8 warps; 64 for head dims > 128 and whenever a mask tile is loaded."""
+    128 x 64 keys with 8 warps; 64 for head dims > 128, whenever a mask tile is loaded, and for the
+    fp16-accumulator PV on sm100 (which spill at 128)."""
     if interp:
         return 128
-    return 128 if (max(d, dv) <= 128 and not has_mask) else 64
+    return 128 if (max(d, dv) <= 128 and not has_mask and not (acc16 and cc >= (10, 0))) else 64
 
 
 def launch(
@@ -232,6 +240,7 @@ def launch(
     q_group: int,
     is_causal: bool,
     pv_fp8: bool,
+    pv_acc16: bool = False,
     varlen: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> None:
     """Run the kernel.
@@ -252,7 +261,8 @@ def launch(
     interp = not q8.is_cuda
     block_d = max(32, triton.next_power_of_2(d))
     block_dv = max(32, triton.next_power_of_2(dv))
-    block_m = tile_m(d, dv, mask is not None, interp)
+    cc = (0, 0) if interp else torch.cuda.get_device_capability(q8.device)
+    block_m = tile_m(d, dv, mask is not None, interp, pv_acc16, cc)
     num_warps = 8
     if mask is None:
         mode, mptr, mstr = 0, q_scale, (0, 0, 0)
@@ -305,6 +315,7 @@ def launch(
         IS_CAUSAL=is_causal,
         MASK_MODE=mode,
         PV_FP8=pv_fp8,
+        PV_ACC16=pv_acc16,
         INTERPRET=interp,
         STORE_LSE=lse2 is not None,
         VARLEN=varlen is not None,

@@ -6,6 +6,9 @@ Built from the reference's own pieces (``quantize_int8_per_block``, ``v_channel_
 
 - ``q_group=32`` (per-warp Q): one Q scale per 32 consecutive tokens (one warp's rows of a
   128-query block) instead of per 128;
+- ``pv="fp16acc16"``: each key block's ``fp16(P)·V`` rounded once to fp16 before the float32 add
+  (upstream's Triton kernel: an fp16 tensor-core accumulator per block; the hardware rounds inside
+  the block too, so this is the oracle up to a few fp16 ulps);
 - ``pv="fp8"``: V per channel to FP8 E4M3, ``v_scale = max_tokens|v| / 448``,
   ``V8 = e4m3(clamp(v / v_scale, ±448))``; ``P8 = e4m3(448·P)`` (P in (0, 1] after the running max
   is subtracted, so P8 in (0, 448]); ``O = O·α + P8·V8`` (exact products, float32 sums), and at the
@@ -28,6 +31,30 @@ def fp8_channel_quant(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     safe = torch.where(scale > 0, scale, torch.ones_like(scale))
     v8 = (v.float() / safe[..., None, :]).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
     return v8, scale
+
+
+def _blocked_softmax_pv_acc16(s: torch.Tensor, v16: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``ref.blocked_softmax_pv`` with each key block's ``fp16(P)·V`` rounded to fp16 before the fp32 add
+    (an fp16 tensor-core accumulator, emulated as one rounding of the exact block product)."""
+    m = torch.full(s.shape[:-1], float("-inf"), dtype=torch.float32, device=s.device)
+    lsum = torch.zeros_like(m)
+    acc = torch.zeros((*s.shape[:-1], v16.shape[-1]), dtype=torch.float32, device=s.device)
+    for j0 in range(0, s.shape[-1], ref.BLKK):
+        sb = s[..., j0 : j0 + ref.BLKK]
+        m_new = torch.maximum(m, sb.amax(dim=-1))
+        m_use = torch.where(m_new == float("-inf"), torch.zeros_like(m_new), m_new)
+        p = torch.exp2(sb - m_use[..., None])
+        alpha = torch.exp2(m - m_use)
+        lsum = lsum * alpha + p.sum(dim=-1)
+        blk = torch.matmul(p.half().double(), v16[..., j0 : j0 + ref.BLKK, :].double()).half().float()
+        acc = acc * alpha[..., None] + blk
+        m = m_new
+    empty = lsum == 0
+    o = torch.where(empty[..., None], torch.zeros_like(acc), acc / torch.where(empty, 1.0, lsum)[..., None])
+    lse2 = torch.where(
+        empty, torch.full_like(m, float("-inf")), m + torch.log2(torch.where(empty, 1.0, lsum))
+    )
+    return o, lse2
 
 
 def _blocked_softmax_pv_fp8(s: torch.Tensor, v8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,7 +103,7 @@ def sage_attention_variant(
     k, v = ref._expand_heads(k, hq), ref._expand_heads(v, hq)
     q8, qs, _ = ref.quantize_int8_per_block(q, q_group, multiplier=sm_scale * ref.LOG2E)
     k8, ks, km = ref.quantize_int8_per_block(k, ref.BLKK, smooth=smooth_k)
-    if pv == "fp16":
+    if pv in ("fp16", "fp16acc16"):
         vs = ref.v_channel_scale(v)
         vq = (v.float() / vs).half()
         post = vs
@@ -84,7 +111,7 @@ def sage_attention_variant(
         vq, vscale = fp8_channel_quant(v)
         post = (vscale / FP8_MAX)[..., None, :]
     else:
-        raise ValueError(f"pv must be 'fp16' or 'fp8', got {pv!r}")
+        raise ValueError(f"pv must be 'fp16', 'fp16acc16' or 'fp8', got {pv!r}")
     if mask is not None:
         mask = mask.expand(b, hq, nq, nk)
     qs_rows = qs.repeat_interleave(q_group, dim=-1)[..., :nq, None]
@@ -101,6 +128,8 @@ def sage_attention_variant(
             s = s.masked_fill(~ref.causal_keep(i0, i1, nk, q.device), float("-inf"))
         if pv == "fp16":
             o[..., i0:i1, :], lse2[..., i0:i1] = ref.blocked_softmax_pv(s, vq)
+        elif pv == "fp16acc16":
+            o[..., i0:i1, :], lse2[..., i0:i1] = _blocked_softmax_pv_acc16(s, vq)
         else:
             o[..., i0:i1, :], lse2[..., i0:i1] = _blocked_softmax_pv_fp8(s, vq)
     return o * post, ref.lse_natural(lse2, q, km, sm_scale)
