@@ -35,12 +35,13 @@ from sageattention.triton.emulate import sage_attention_variant
 from sageattention.triton_api import sageattn_qk_int8_pv_fp8_triton, sageattn_qk_int8_pv_fp16_triton
 
 RESULTS = Path(__file__).resolve().parent / "results"
-VARIANTS = {  # name: (fp8 PV, qk_quant_gran, smooth_k)
-    "fp16pv per_block": (False, "per_block", True),
-    "fp16pv per_warp": (False, "per_warp", True),
-    "fp16pv per_block no-smooth": (False, "per_block", False),
-    "fp8pv per_block": (True, "per_block", True),
-    "fp8pv per_warp": (True, "per_warp", True),
+VARIANTS = {  # name: (PV: "fp16" | "fp16acc16" | "fp8", qk_quant_gran, smooth_k)
+    "fp16pv per_block": ("fp16", "per_block", True),
+    "fp16pv per_warp": ("fp16", "per_warp", True),
+    "fp16pv per_block no-smooth": ("fp16", "per_block", False),
+    "fp16pv fp16-acc per_block": ("fp16acc16", "per_block", True),
+    "fp8pv per_block": ("fp8", "per_block", True),
+    "fp8pv per_warp": ("fp8", "per_warp", True),
 }
 # dense tensor-core peaks (T ops/s) and DRAM bandwidth (TB/s); RTX 4090 fp16/FP8 with fp32 accumulation
 GPUS = {
@@ -67,9 +68,13 @@ def metrics(o, e):
 
 
 def run_variant(name, q, k, v, causal):
-    fp8, gran, smooth = VARIANTS[name]
-    fn = sageattn_qk_int8_pv_fp8_triton if fp8 else sageattn_qk_int8_pv_fp16_triton
-    return fn(q, k, v, is_causal=causal, smooth_k=smooth, qk_quant_gran=gran)
+    pv, gran, smooth = VARIANTS[name]
+    kw = dict(is_causal=causal, smooth_k=smooth, qk_quant_gran=gran)
+    if pv == "fp8":
+        return sageattn_qk_int8_pv_fp8_triton(q, k, v, **kw)
+    return sageattn_qk_int8_pv_fp16_triton(
+        q, k, v, pv_accum_dtype="fp16+fp32" if pv == "fp16acc16" else "fp32", **kw
+    )
 
 
 def accuracy(shapes):
@@ -77,13 +82,13 @@ def accuracy(shapes):
     for label, (b, h, n, d, causal) in shapes.items():
         q, k, v = diffusion_like(b, h, n, d)
         exact, _ = ref.attention_exact(q, k, v, is_causal=causal)
-        for name, (fp8, gran, smooth) in VARIANTS.items():
+        for name, (pv, gran, smooth) in VARIANTS.items():
             t0 = time.perf_counter()
             o = run_variant(name, q, k, v, causal)
             dt = time.perf_counter() - t0
             oracle, _ = sage_attention_variant(
                 q, k, v, sm_scale=d**-0.5, is_causal=causal, smooth_k=smooth,
-                q_group=128 if gran == "per_block" else 32, pv="fp8" if fp8 else "fp16",
+                q_group=128 if gran == "per_block" else 32, pv=pv,
             )  # fmt: skip
             cos, rel, rmse = metrics(o, exact)
             dev = float((o.float() - oracle.to(o.dtype).float()).abs().max())
