@@ -130,7 +130,8 @@ def sage_attn_fwd_kernel(
         other=0,
     )
     qs = tl.load(qs_ptr + bh64 * NQG + qg0 + rows // QGROUP, mask=rmask, other=0.0)
-    # per-channel V factor: 1 / v_pow2 (fp16 PV, exact) or nothing (FP8 PV: V8 already scaled)
+    # per-channel V factor: 1 / v_pow2 (fp16 PV: scales each V tile, exact) or v_scale / 448 (FP8 PV:
+    # V8 is already scaled, the factor is applied in the epilogue)
     vsc = tl.load(vs_ptr + (vsb * HKV + hk).to(tl.int64) * DV + dv, mask=dvmask, other=1.0)
 
     k_base = k_ptr + (bhk64 * NK + k_lo) * D
