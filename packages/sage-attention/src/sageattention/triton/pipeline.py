@@ -1,0 +1,137 @@
+"""Host side of the Triton SageAttention: quantize (``quant``), then attend (``attn``).
+
+``run_dense`` serves ``[B, H, N, D]`` inputs (HND or NHD views, no copies); ``run_varlen`` packed
+sequences. Both return ``(O, lse)`` with the natural-log LSE of the un-smoothed scores. Outputs are
+allocated with ``shared_kernels._alloc.new_empty`` (poisoned in the tests).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from shared_kernels import _alloc
+
+from .. import reference as ref
+from . import attn, quant
+
+
+def hnd(x: torch.Tensor, layout: str) -> torch.Tensor:
+    return x.transpose(1, 2) if layout == "NHD" else x
+
+
+def _new_empty(shape, dtype, device) -> torch.Tensor:
+    return _alloc.new_empty(shape, dtype, device)
+
+
+def v_pow2(amax: torch.Tensor) -> torch.Tensor:
+    """``reference.v_channel_scale`` from the channel ``max|v|``: a power of two with ``|V / it| <= 256``."""
+    exp = torch.ceil(torch.log2(amax / ref.V_MAX)).clamp(min=0.0)
+    return torch.where(amax > 0, torch.exp2(exp), torch.ones_like(amax))
+
+
+def run_dense(
+    q, k, v, mask, tensor_layout, is_causal, sm_scale, smooth_k, q_group, pv_fp8, quant_backend, pv_acc16
+):
+    """Quantize, attend; q, k, v in the caller's layout. Returns ``(o, lse)`` (lse natural, float32)."""
+    qh, kh, vh = (hnd(x, tensor_layout) for x in (q, k, v))
+    b, hq, nq, d = qh.shape
+    hkv, nk, dv = kh.shape[1], kh.shape[2], vh.shape[3]
+    o = _new_empty((*q.shape[:-1], dv), q.dtype, q.device)
+    lse2 = _new_empty((b, hq, nq), torch.float32, q.device)
+    if nq == 0 or nk == 0:
+        o.zero_()
+        return o, lse2.fill_(float("-inf"))
+    multiplier = sm_scale * ref.LOG2E
+    if quant_backend == "cuda":
+        from shared_kernels import quantize_int8_per_block
+
+        q8, qs, _ = quantize_int8_per_block(qh.contiguous(), q_group, multiplier=multiplier, backend="cuda")
+        k8, ks, km = quantize_int8_per_block(
+            kh.contiguous(), ref.BLKK, subtract_mean=smooth_k, backend="cuda"
+        )
+        km = km[..., 0, :] if km is not None else None
+    else:
+        km = (
+            quant.token_reduce(kh, _new_empty((b, hkv, d), torch.float32, q.device), True)
+            if smooth_k
+            else None
+        )
+        q8 = _new_empty((b, hq, nq, d), torch.int8, q.device)
+        qs = _new_empty((b, hq, -(-nq // q_group)), torch.float32, q.device)
+        quant.quant_int8(qh, None, q8, qs, q_group, multiplier)
+        k8 = _new_empty((b, hkv, nk, d), torch.int8, q.device)
+        ks = _new_empty((b, hkv, -(-nk // ref.BLKK)), torch.float32, q.device)
+        quant.quant_int8(kh, km, k8, ks, ref.BLKK, 1.0)
+    amax = quant.token_reduce(vh, _new_empty((b, hkv, dv), torch.float32, q.device), False)
+    if pv_fp8:
+        v_scale = amax / 448.0
+        v_in = _new_empty((b, hkv, nk, dv), torch.float8_e4m3fn, q.device)
+        quant.quant_fp8(vh, v_scale, v_in)
+        v_factor = v_scale / 448.0
+    else:
+        v_in, v_factor = vh, 1.0 / v_pow2(amax)
+    if mask is not None:
+        mask = mask.expand(b, hq, nq, nk)
+    attn.launch(
+        q8, k8, v_in, qs, ks, v_factor, mask, hnd(o, tensor_layout), lse2,
+        q_group=q_group, is_causal=is_causal, pv_fp8=pv_fp8, pv_acc16=pv_acc16,
+    )  # fmt: skip
+    lse = ref.lse_natural(lse2, qh, km[:, :, None, :] if km is not None else None, sm_scale)
+    return o, lse
+
+
+def varlen_tables(cu_q: torch.Tensor, cu_k: torch.Tensor, block_m: int, q_group: int):
+    """Host-side tables (int32): query tiles ``(sequence, first row)``, Q and K quantization groups
+    ``(start, end, sequence)`` that never straddle two sequences, per-sequence group offsets."""
+    cq, ck = cu_q.tolist(), cu_k.tolist()
+    blk, qg, kg, goff = [], [], [], []
+    for s in range(len(cq) - 1):
+        goff.append((len(qg), len(kg)))
+        blk += [(s, r) for r in range(cq[s], cq[s + 1], block_m)]
+        qg += [(r, min(r + q_group, cq[s + 1]), s) for r in range(cq[s], cq[s + 1], q_group)]
+        kg += [(r, min(r + ref.BLKK, ck[s + 1]), s) for r in range(ck[s], ck[s + 1], ref.BLKK)]
+
+    def t(rows, width):
+        return torch.tensor(rows, dtype=torch.int32, device=cu_q.device).reshape(-1, width)
+
+    return t(blk, 2), t(qg, 3), t(kg, 3), t(goff, 2)
+
+
+def run_varlen(q, k, v, cu_q, cu_k, is_causal, sm_scale, smooth_k, q_group):
+    tq, hq, d = q.shape
+    tk, hkv, dv = k.shape[0], k.shape[1], v.shape[2]
+    nseq = cu_q.numel() - 1
+    qh, kh, vh = (x.transpose(0, 1)[None] for x in (q, k, v))  # [1, H, T, D] views
+    o = _new_empty((tq, hq, dv), q.dtype, q.device)
+    lse2 = _new_empty((1, hq, tq), torch.float32, q.device)
+    interp = not q.is_cuda
+    blk, qg, kg, goff = varlen_tables(cu_q, cu_k, attn.tile_m(d, dv, False, interp), q_group)
+    if tq == 0 or blk.shape[0] == 0:
+        return o, lse2[0]
+    km = (
+        quant.token_reduce(kh, _new_empty((nseq, hkv, d), torch.float32, q.device), True, cu=cu_k)
+        if smooth_k
+        else None
+    )
+    q8 = _new_empty((1, hq, tq, d), torch.int8, q.device)
+    qs = _new_empty((1, hq, qg.shape[0]), torch.float32, q.device)
+    quant.quant_int8(qh, None, q8, qs, q_group, sm_scale * ref.LOG2E, gtab=qg)
+    k8 = torch.zeros((1, hkv, tk, d), dtype=torch.int8, device=q.device)
+    ks = torch.zeros((1, hkv, max(kg.shape[0], 1)), dtype=torch.float32, device=q.device)
+    if kg.shape[0]:
+        quant.quant_int8(kh, km, k8, ks, ref.BLKK, 1.0, gtab=kg)
+    amax = torch.zeros((nseq, hkv, dv), dtype=torch.float32, device=q.device)
+    if tk:
+        quant.token_reduce(vh, amax, False, cu=cu_k)
+    attn.launch(
+        q8, k8, vh, qs, ks, 1.0 / v_pow2(amax), None, o.transpose(0, 1)[None], lse2,
+        q_group=q_group, is_causal=is_causal, pv_fp8=False, varlen=(cu_q, cu_k, blk, goff),
+    )  # fmt: skip
+    lse = lse2[0] * math.log(2.0)
+    if km is not None:  # sm_scale · q · mean(K of the token's own sequence), as reference.lse_natural
+        seq = torch.repeat_interleave(torch.arange(nseq, device=q.device), (cu_q[1:] - cu_q[:-1]).long())
+        km_tok = km[seq].repeat_interleave(hq // hkv, dim=1)  # [Tq, Hq, D]
+        corr = torch.matmul(q.float()[:, :, None, :], km_tok[:, :, :, None])[..., 0, 0] * sm_scale
+        lse = lse + corr.transpose(0, 1)
+    return o, lse
