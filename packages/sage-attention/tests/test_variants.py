@@ -9,6 +9,7 @@ import sageattention
 import torch
 import torch.nn.functional as F
 from sageattention import core as core_mod
+from sageattention import variants
 from sageattention import (
     sageattn,
     sageattn_qk_int8_pv_fp8_cuda,
@@ -189,17 +190,30 @@ def test_cuda_dispatch_table(cap, name, kw):
 
 
 @pytest.mark.parametrize("cap", [(8, 0), (8, 9), (9, 0), (10, 0), (12, 0)])
-def test_dispatch_calls_the_variant(monkeypatch, cap):
-    """_dispatch_cuda with a faked capability (CPU tensors): the variant with upstream's kwargs."""
+def test_dispatch_calls_the_variant_when_its_kernel_is_built(monkeypatch, cap):
+    """_dispatch_cuda with a faked capability (CPU tensors): upstream's variant and kwargs when this
+    build registers a kernel for it in ``variants.KERNELS``."""
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: cap)
+    name, kw = core_mod.cuda_dispatch(cap)
+    monkeypatch.setitem(variants.KERNELS, name, lambda p, cfg: pytest.fail("CPU tensors reached a CUDA kernel"))
     q, k, v = _qkv()
     got = core_mod._dispatch_cuda(q, k, v, "HND", True, None, True, None, True)
-    name, kw = core_mod.cuda_dispatch(cap)
-    want = getattr(sageattention, name)(q, k, v, is_causal=True, return_lse=True, **kw)
+    # CPU tensors: the variant runs its reference maths (its kernel needs CUDA tensors)
+    want = getattr(sageattention, name)(q, k, v, is_causal=True, return_lse=True, backend="torch", **kw)
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
-    assert core_mod._dispatch_cuda(q, k, v, "HND", False, None, False, None, True) is not None
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
-    assert core_mod._dispatch_cuda(q, k, v, "HND", False, None, False, None, True) is None
+
+
+@pytest.mark.parametrize("cap", [(7, 5), (8, 0), (8, 9), (9, 0), (10, 0), (12, 0)])
+def test_dispatch_without_the_variant_kernel_uses_triton(monkeypatch, cap):
+    """No compiled kernel of upstream's variant: the Triton kernel (per-warp Q, fp16 P·V) runs."""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: cap)
+    monkeypatch.setattr(variants, "KERNELS", {})
+    q, k, v = _qkv()
+    got = core_mod._dispatch_cuda(q, k, v, "HND", True, None, True, None, True)
+    want = sageattention.sageattn_qk_int8_pv_fp16_triton(
+        q, k, v, is_causal=True, return_lse=True, qk_quant_gran="per_warp"
+    )
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
 
 
 def test_sageattn_cpu_default_unchanged():

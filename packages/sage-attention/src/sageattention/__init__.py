@@ -11,6 +11,11 @@ from .variants import (
     sageattn_qk_int8_pv_fp8_cuda_sm90,
     sageattn_qk_int8_pv_fp16_cuda,
 )
+from .triton_api import (
+    sageattn_qk_int8_pv_fp8_triton,
+    sageattn_qk_int8_pv_fp16_triton,
+    sageattn_varlen_triton,
+)
 from .varlen import sageattn_varlen
 
 __all__ = [
@@ -19,5 +24,8 @@ __all__ = [
     "sageattn_qk_int8_pv_fp8_cuda",
     "sageattn_qk_int8_pv_fp8_cuda_sm90",
     "sageattn_qk_int8_pv_fp16_cuda",
+    "sageattn_qk_int8_pv_fp16_triton",
+    "sageattn_qk_int8_pv_fp8_triton",
+    "sageattn_varlen_triton",
     "sageattn_varlen",
 ]

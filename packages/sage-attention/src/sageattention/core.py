@@ -194,6 +194,10 @@ def _dispatch_cuda(q, k, v, tensor_layout, is_causal, sm_scale, return_lse, attn
     from . import variants
 
     name, kw = cuda_dispatch(torch.cuda.get_device_capability(q.device))
+    if name == "reference" or (name != "sageattn_qk_int8_pv_fp16_triton" and name not in variants.KERNELS):
+        # No compiled kernel of upstream's variant in this build: the fastest kernel that is built,
+        # Triton INT8 QK (per-warp Q scales, at least as accurate as per-block) with fp16 P·V.
+        name, kw = "sageattn_qk_int8_pv_fp16_triton", {"qk_quant_gran": "per_warp"}
     if name == "sageattn_qk_int8_pv_fp16_triton":
         try:
             from .triton_api import sageattn_qk_int8_pv_fp16_triton as fn
@@ -202,7 +206,7 @@ def _dispatch_cuda(q, k, v, tensor_layout, is_causal, sm_scale, return_lse, attn
         else:
             return fn(
                 q, k, v, tensor_layout=tensor_layout, is_causal=is_causal, attn_mask=attn_mask,
-                sm_scale=sm_scale, smooth_k=smooth_k, return_lse=return_lse,
+                sm_scale=sm_scale, smooth_k=smooth_k, return_lse=return_lse, **kw,
             )  # fmt: skip
     if name == "reference":
         return None
@@ -275,8 +279,10 @@ def sageattn(
     ``backend``: ``"torch"`` runs ``reference.sage_attention`` (per-block INT8 QK, fp16 PV, plain
     PyTorch, any device); ``"cpu"`` runs the shared-kernels CPU path (the same maths, see ``_attention_cpu``);
     ``"auto"`` picks ``"cpu"`` on the CPU and, on CUDA, the variant upstream picks for the device's
-    compute capability (:func:`cuda_dispatch`; sm100 too), whose maths runs through its kernel where
-    one is built and through its reference otherwise. Cost: ``2·B·Hq·Nq·Nk·(D + Dv)`` FLOPs.
+    compute capability (:func:`cuda_dispatch`; sm100 too) when this build has that variant's
+    compiled kernel, else the Triton kernel (``sageattn_qk_int8_pv_fp16_triton`` with per-warp Q
+    scales and fp32 P·V accumulation) on every CUDA device; the plain reference only where Triton
+    is missing. Cost: ``2·B·Hq·Nq·Nk·(D + Dv)`` FLOPs.
     """
     tensor_layout = check_layout(tensor_layout)
     _check_bool("enable_gqa", enable_gqa)
