@@ -9,12 +9,12 @@ import sageattention
 import torch
 import torch.nn.functional as F
 from sageattention import core as core_mod
-from sageattention import variants
 from sageattention import (
     sageattn,
     sageattn_qk_int8_pv_fp8_cuda,
     sageattn_qk_int8_pv_fp8_cuda_sm90,
     sageattn_qk_int8_pv_fp16_cuda,
+    variants,
 )
 from sageattention.reference import attention_exact
 
@@ -195,7 +195,9 @@ def test_dispatch_calls_the_variant_when_its_kernel_is_built(monkeypatch, cap):
     build registers a kernel for it in ``variants.KERNELS``."""
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: cap)
     name, kw = core_mod.cuda_dispatch(cap)
-    monkeypatch.setitem(variants.KERNELS, name, lambda p, cfg: pytest.fail("CPU tensors reached a CUDA kernel"))
+    monkeypatch.setitem(
+        variants.KERNELS, name, lambda p, cfg: pytest.fail("CPU tensors reached a CUDA kernel")
+    )
     q, k, v = _qkv()
     got = core_mod._dispatch_cuda(q, k, v, "HND", True, None, True, None, True)
     # CPU tensors: the variant runs its reference maths (its kernel needs CUDA tensors)

@@ -6,15 +6,15 @@ Part of the ML-efficiency kernels monorepo; built on ``shared-kernels``.
 __version__ = "0.1.0.dev0"
 
 from .core import sageattn
-from .variants import (
-    sageattn_qk_int8_pv_fp8_cuda,
-    sageattn_qk_int8_pv_fp8_cuda_sm90,
-    sageattn_qk_int8_pv_fp16_cuda,
-)
 from .triton_api import (
     sageattn_qk_int8_pv_fp8_triton,
     sageattn_qk_int8_pv_fp16_triton,
     sageattn_varlen_triton,
+)
+from .variants import (
+    sageattn_qk_int8_pv_fp8_cuda,
+    sageattn_qk_int8_pv_fp8_cuda_sm90,
+    sageattn_qk_int8_pv_fp16_cuda,
 )
 from .varlen import sageattn_varlen
 
@@ -23,9 +23,9 @@ __all__ = [
     "sageattn",
     "sageattn_qk_int8_pv_fp8_cuda",
     "sageattn_qk_int8_pv_fp8_cuda_sm90",
+    "sageattn_qk_int8_pv_fp8_triton",
     "sageattn_qk_int8_pv_fp16_cuda",
     "sageattn_qk_int8_pv_fp16_triton",
-    "sageattn_qk_int8_pv_fp8_triton",
-    "sageattn_varlen_triton",
     "sageattn_varlen",
+    "sageattn_varlen_triton",
 ]
