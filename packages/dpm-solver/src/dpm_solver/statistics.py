@@ -266,7 +266,8 @@ def _finish(acc: dict[str, torch.Tensor], lsum: torch.Tensor, count: int, lambda
     effp = m["AP"] + l * m["AQ"] - ld * m["AX"] - l * m["XP"] - l * l * m["XQ"] + l * ld * m["XX"]
     var = eff - ef * ef
     cov = effp - ef * efp
-    tiny = 1e-12 * eff.abs().clamp(min=1e-300)
+    # Var(f) is a difference of terms of size ~E[A^2] + l^2 E[X^2]: below 1e-10 of that it is rounding
+    tiny = 1e-10 * (m["AA"] + l * l * m["XX"]).clamp(min=1e-300)
     s = torch.where(
         var > tiny, cov / torch.where(var > tiny, var, torch.ones_like(var)), torch.zeros_like(var)
     )
