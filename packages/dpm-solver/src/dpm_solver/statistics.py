@@ -275,6 +275,17 @@ def _finish(acc: dict[str, torch.Tensor], lsum: torch.Tensor, count: int, lambda
     return l, s, b
 
 
+def _make_fd_jvp(step: float):
+    def fd_jvp(fn, primals, tangents):
+        with torch.no_grad():
+            out = fn(*primals)
+            plus = fn(*(p + step * t for p, t in zip(primals, tangents, strict=True)))
+            minus = fn(*(p - step * t for p, t in zip(primals, tangents, strict=True)))
+        return out, (plus - minus) / (2.0 * step)
+
+    return fd_jvp
+
+
 def compute_statistics(
     model_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     noise_schedule: NoiseScheduleVP,
@@ -292,6 +303,8 @@ def compute_statistics(
     checkpoint_every: float = 60.0,
     progress: bool = True,
     extra_metadata: dict[str, Any] | None = None,
+    jvp: str = "forward",
+    fd_step: float = 1e-3,
 ) -> EMSStatistics:
     """Estimate the EMS of ``model_fn(x, t_continuous) -> eps`` (e.g. from :func:`model_wrapper`).
 
@@ -306,8 +319,16 @@ def compute_statistics(
             ``checkpoint_every`` seconds and at the end; if it exists and matches this run's settings the
             computation resumes from it (same bits as an uninterrupted run). Removed on success.
 
+        jvp: ``"forward"`` (``torch.func.jvp``; the model's ops need forward-mode AD, e.g. diffusers'
+            classic ``AttnProcessor`` instead of SDPA on the CPU) or ``"finite_difference"`` (central
+            differences with step ``fd_step`` along the tangent: 2 extra evaluations per JVP, works for any
+            model, O(fd_step^2) bias).
+
     Cost: ``(n_lambda + 1) * n_samples * (1 + n_probes)`` JVPs (each about 2-3 model evaluations).
     """
+    if jvp not in ("forward", "finite_difference"):
+        raise ValueError(f"jvp must be 'forward' or 'finite_difference', got {jvp!r}")
+    jvp_fn = torch.func.jvp if jvp == "forward" else _make_fd_jvp(fd_step)
     ns = noise_schedule
     t_start = ns.T if t_start is None else float(t_start)
     t_end = 1.0 / ns.total_N if t_end is None else float(t_end)
@@ -341,6 +362,7 @@ def compute_statistics(
         "seed": seed,
         "batch_size": batch_size,
         "dtype": str(dtype),
+        "jvp": jvp if jvp == "forward" else f"{jvp}:{fd_step}",
         "schedule": schedule_signature(ns),
         "data_shape": list(data_shape),
     }
@@ -398,14 +420,15 @@ def compute_statistics(
         x0 = torch.cat([a for a, _ in xs]).to(device)
         z = torch.cat([b_ for _, b_ in xs]).to(device)
         v_all = torch.cat(vs, dim=1).to(device)
-        x = alpha * x0 + sigma * z
-        diag = torch.zeros_like(x)
-        for k in range(n_probes):
-            eps, jv = torch.func.jvp(lambda y, t=t: model_fn(y, t), (x,), (v_all[k],))
-            diag += v_all[k] * jv
-        diag = diag / n_probes
-        dx = sigma**2 * x - sigma * eps
-        _, deps = torch.func.jvp(model_fn, (x, t), (dx, dt_dlam))
+        with torch.no_grad():  # forward-mode AD only; no autograd graph through the model
+            x = alpha * x0 + sigma * z
+            diag = torch.zeros_like(x)
+            for k in range(n_probes):
+                eps, jv = jvp_fn(lambda y, t=t: model_fn(y, t), (x,), (v_all[k],))
+                diag += v_all[k] * jv
+            diag = diag / n_probes
+            dx = sigma**2 * x - sigma * eps
+            _, deps = jvp_fn(model_fn, (x, t), (dx, dt_dlam))
         a_, x_ = sigma * eps / alpha, x / alpha
         p_, q_ = e_neg * (deps - eps), e_neg * eps
         terms = {
