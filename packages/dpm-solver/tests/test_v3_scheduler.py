@@ -106,6 +106,11 @@ def test_save_load_round_trip_and_pipeline_reload(setup, tmp_path):
     pipe.save_pretrained(tmp_path / "p")
     index = json.loads((tmp_path / "p" / "model_index.json").read_text())
     assert index["scheduler"] == ["dpm_solver.v3_scheduler", "DPMSolverV3Scheduler"]
+    # a pipeline's own scheduler config converts, with the statistics added
+    from diffusers import DDPMScheduler
+
+    conv = DPMSolverV3Scheduler.from_config(DDPMScheduler().config, statistics_path=path)
+    assert conv.config.statistics_path == path and conv.config.beta_schedule == "linear"
     reloaded = DDPMPipeline.from_pretrained(tmp_path / "p")
     assert isinstance(reloaded.scheduler, DPMSolverV3Scheduler)
     reloaded.set_progress_bar_config(disable=True)
