@@ -236,3 +236,12 @@ def test_bad_input(problem, ems, tmp_path):
     other = NoiseScheduleVP("linear", continuous_beta_1=10.0)
     with pytest.raises(ValueError, match="noise schedule"):
         DPM_Solver_v3(str(tmp_path / "ems.npz"), other)
+
+
+def test_pseudo_order_two_equals_exact_order_two(problem):
+    """With two points the divided difference is the exact linear fit: p_pseudo changes nothing at order 2."""
+    ns, _, fn, x_T, _ = problem
+    v3 = DPM_Solver_v3(_smooth_stats(ns, 1200), ns, steps=8, t_start=T_START, t_end=T_END, skip_type="logSNR")
+    kw = dict(order=2, use_corrector=False, c_pseudo=False, lower_order_final=True)
+    a, b = v3.sample(x_T, fn, p_pseudo=True, **kw), v3.sample(x_T, fn, p_pseudo=False, **kw)
+    assert float((a - b).abs().max()) <= 1e-12 * float(a.abs().max())
