@@ -205,3 +205,20 @@ def test_bad_input():
         EMSStatistics(
             torch.full((2, 1), float("nan")), torch.zeros(2, 1), torch.zeros(2, 1), torch.tensor([0.0, 1.0])
         )
+
+
+def test_smooth_statistics():
+    from dpm_solver.statistics import smooth_statistics
+
+    lam = torch.linspace(-2.0, 2.0, 21, dtype=torch.float64)
+    lin = (0.3 + 0.1 * lam)[:, None].expand(-1, 2).clone()
+    noisy = lin + 0.01 * torch.randn(21, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    st = EMSStatistics(lin, noisy, lin.clone(), lam, {"extra": {}})
+    sm = smooth_statistics(st, 3)
+    inner = slice(3, -3)  # a centred moving average keeps a linear function exactly away from the ends
+    assert torch.allclose(sm.l[inner], lin[inner], atol=1e-14)
+    assert float((sm.s - lin)[inner].abs().max()) < float((noisy - lin)[inner].abs().max())
+    assert sm.metadata["extra"]["smoothed_half_window"] == 3
+    assert torch.equal(smooth_statistics(st, 0).s, st.s)
+    with pytest.raises(ValueError, match="half_window"):
+        smooth_statistics(st, -1)

@@ -245,3 +245,16 @@ def test_pseudo_order_two_equals_exact_order_two(problem):
     kw = dict(order=2, use_corrector=False, c_pseudo=False, lower_order_final=True)
     a, b = v3.sample(x_T, fn, p_pseudo=True, **kw), v3.sample(x_T, fn, p_pseudo=False, **kw)
     assert float((a - b).abs().max()) <= 1e-12 * float(a.abs().max())
+
+
+def test_edm_grid_is_karras_snapped(problem, ems):
+    ns, _, fn, x_T, _ = problem
+    v3 = DPM_Solver_v3(ems, ns, steps=8, skip_type="edm")
+    lam = ns.marginal_lambda(v3.timesteps)
+    sig = torch.exp(-lam)
+    rho = 7.0
+    w = torch.arange(9, dtype=torch.float64) / 8
+    want = (sig[0] ** (1 / rho) + w * (sig[-1] ** (1 / rho) - sig[0] ** (1 / rho))) ** rho
+    spacing = float(ems.lambdas[1] - ems.lambdas[0])
+    assert float((torch.log(sig) - torch.log(want)).abs().max()) <= spacing / 2 + 1e-9  # snapped to the grid
+    assert torch.isfinite(v3.sample(x_T, fn, order=2)).all()

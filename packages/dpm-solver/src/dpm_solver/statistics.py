@@ -45,6 +45,7 @@ __all__ = [
     "load_statistics",
     "save_statistics",
     "schedule_signature",
+    "smooth_statistics",
 ]
 
 FORMAT_VERSION = 1
@@ -272,6 +273,29 @@ def _smoothed_derivative(l: torch.Tensor, lambdas: torch.Tensor, half_window: in
     lo, hi = (idx - half_window).clamp(min=0), (idx + half_window + 1).clamp(max=n)
     cnt = (hi - lo).to(l.dtype).reshape((-1,) + (1,) * (l.dim() - 1))
     return (c[hi] - c[lo]) / cnt
+
+
+def smooth_statistics(stats: EMSStatistics, half_window: int = 5) -> EMSStatistics:
+    """Moving average of ``l, s, b`` over +-``half_window`` grid points (truncated at the ends).
+
+    Not part of the paper's definition (opt-in): the EMS are Monte-Carlo estimates with independent
+    samples per grid point, so they are noisy along lambda; smoothing trades that noise for an
+    O((half_window * dlambda)^2) bias. ``metadata["extra"]["smoothed_half_window"]`` records it."""
+    if not (isinstance(half_window, int) and half_window >= 0):
+        raise ValueError(f"half_window must be an int >= 0, got {half_window!r}")
+
+    def ma(v: torch.Tensor) -> torch.Tensor:
+        if half_window == 0:
+            return v.clone()
+        n = v.shape[0]
+        c = torch.cat([torch.zeros_like(v[:1]), v.cumsum(0)])
+        idx = torch.arange(n)
+        lo, hi = (idx - half_window).clamp(min=0), (idx + half_window + 1).clamp(max=n)
+        return (c[hi] - c[lo]) / (hi - lo).to(v.dtype).reshape((-1,) + (1,) * (v.dim() - 1))
+
+    meta = json.loads(json.dumps(stats.metadata))
+    meta.setdefault("extra", {})["smoothed_half_window"] = half_window
+    return EMSStatistics(ma(stats.l), ma(stats.s), ma(stats.b), stats.lambdas.clone(), meta)
 
 
 def _finish(acc: dict[str, torch.Tensor], lsum: torch.Tensor, count: int, lambdas: torch.Tensor):
