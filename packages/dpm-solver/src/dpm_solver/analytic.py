@@ -60,6 +60,30 @@ class GaussianMixture:
         st = torch.as_tensor(st, dtype=xt.dtype, device=xt.device).reshape(-1, 1)
         return -st * self.score_ve(xt, st.reshape(-1))
 
+    def hessian_diag_ve(self, xt: torch.Tensor, st: torch.Tensor) -> torch.Tensor:
+        """Diagonal of the Hessian of ``log p(xt; st)``:
+        ``sum_k r_k (g_k^2 - 1/var_k) - (sum_k r_k g_k)^2`` with ``g_k = -(xt - mu_k)/var_k``."""
+        mu, s2 = self.means.to(xt), self.stds.to(xt) ** 2
+        st = torch.as_tensor(st, dtype=xt.dtype, device=xt.device).reshape(-1, 1)
+        var = s2.reshape(1, -1) + st**2
+        diff = xt[:, None, :] - mu[None]
+        logp = (
+            self.log_weights.to(xt)
+            - 0.5 * (diff**2).sum(-1) / var
+            - 0.5 * self.dim * torch.log(2 * math.pi * var)
+        )
+        r = torch.softmax(logp, dim=1)[..., None]  # (B, K, 1)
+        g = -diff / var[..., None]
+        return (r * (g * g - 1.0 / var[..., None])).sum(1) - (r * g).sum(1) ** 2
+
+    def eps_jacobian_diag(self, x: torch.Tensor, t: torch.Tensor, ns: NoiseScheduleVP) -> torch.Tensor:
+        """Exact diagonal of ``d eps*/dx`` of the VP model at (x, t): ``eps = -st grad log p(x/alpha; st)``,
+        so ``d eps/dx = -(st/alpha) Hess log p``."""
+        a = ns.marginal_alpha(t).reshape(-1, 1)
+        s = ns.marginal_std(t).reshape(-1, 1)
+        st = s / a
+        return -(st / a) * self.hessian_diag_ve(x / a, st.reshape(-1))
+
     def prediction(self, kind: str, x: torch.Tensor, t: torch.Tensor, ns: NoiseScheduleVP) -> torch.Tensor:
         """Exact VP-model output of type ``noise``, ``x_start``, ``v`` or ``score`` at (x, t)."""
         a = ns.marginal_alpha(t).reshape(-1, 1)
