@@ -9,11 +9,13 @@ from .grids import get_time_steps
 from .model_wrapper import model_wrapper
 from .schedules import NoiseSchedule, NoiseScheduleEDM, NoiseScheduleVE, NoiseScheduleVP, SigmaSchedule
 from .solver import DPM_Solver
+from .v3 import DPM_Solver_v3
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
     "DPM_Solver",
+    "DPM_Solver_v3",
     "NoiseSchedule",
     "NoiseScheduleEDM",
     "NoiseScheduleVE",
