@@ -310,3 +310,161 @@ def test_cuda_fp8_refused_below_sm89():
     (q8, k8, v8, qs, ks, vs), _ = _quantized(1, 1, 1, 16, 16, 64, seed=21, fp8=True)
     with pytest.raises(ValueError, match=r"8\.9"):
         sk.sage_attention_fwd(*(t.cuda() for t in (q8, k8, v8, qs, ks, vs)), backend="cuda")
+
+
+# ---- lane-level emulation of the kernel's fragment plumbing (CPU) -------------------------------
+# The CUDA kernel cannot run here, so its index arithmetic is transcribed below, lane by lane, and run
+# through the fragment layouts of the PTX ISA (mma.m16n8k32 8-bit A/B, mma.m16n8k16 f16 A/B, the m16n8
+# C/D layout, ldmatrix .x4 .trans). A wrong permutation in the kernel's transcription (P packing, the
+# FP8 key order of the transposed V tile, ldmatrix addresses) makes these products disagree.
+
+D_EMU, KS, VS, VTS = 64, 64 + 16, 2 * 64 + 16, 64 + 16  # k_stride<64>, v_stride<64>, kVtStride
+
+
+def _lanes():
+    return [(lane, lane >> 2, lane & 3) for lane in range(32)]
+
+
+def _mma_k32(a_regs, b_regs):
+    """m16n8k32 with 8-bit A (4 regs x 4 elements) and B (2 regs x 4): per-lane C (4 values)."""
+    a, b = torch.zeros(16, 32, dtype=torch.float64), torch.zeros(32, 8, dtype=torch.float64)
+    for lane, g, t in _lanes():
+        for i in range(4):
+            for j in range(4):
+                a[g + 8 * (i % 2), 4 * t + 16 * (i // 2) + j] = a_regs[lane][i][j]
+        for i in range(2):
+            for j in range(4):
+                b[4 * t + 16 * i + j, g] = b_regs[lane][i][j]
+    return _c_lanes(a @ b)
+
+
+def _mma_k16(a_regs, b_regs):
+    """m16n8k16 with 16-bit A (4 regs x 2 elements) and B (2 regs x 2): per-lane C."""
+    a, b = torch.zeros(16, 16, dtype=torch.float64), torch.zeros(16, 8, dtype=torch.float64)
+    for lane, g, t in _lanes():
+        for i in range(4):
+            for j in range(2):
+                a[g + 8 * (i % 2), 2 * t + 8 * (i // 2) + j] = a_regs[lane][i][j]
+        for i in range(2):
+            for j in range(2):
+                b[2 * t + 8 * i + j, g] = b_regs[lane][i][j]
+    return _c_lanes(a @ b)
+
+
+def _c_lanes(c):
+    return [[c[g + 8 * (i // 2), 2 * t + (i % 2)].item() for i in range(4)] for _, g, t in _lanes()]
+
+
+def _ldmatrix_x4_trans(smem_h, addr_of_lane):
+    """smem_h: fp16 shared memory as elements per 2 bytes; lanes 8i..8i+7 address the rows of matrix i."""
+    out = []
+    for _, g, t in _lanes():
+        regs = []
+        for i in range(4):
+            rows = [addr_of_lane(8 * i + r) // 2 for r in range(8)]
+            regs.append([smem_h[rows[2 * t + j] + g] for j in range(2)])
+        out.append(regs)
+    return out
+
+
+def _fp8_slot(kk):  # transcribed from sage_attention_fwd.cu
+    c, h, r = kk >> 5, (kk >> 4) & 1, kk & 15
+    col = r & 7
+    return c * 32 + h * 16 + 4 * (col >> 1) + 2 * (r >> 3) + (col & 1)
+
+
+def test_emulated_qk_fragments_and_scale_groups():
+    g0 = torch.Generator().manual_seed(30)
+    q = torch.randint(-128, 128, (16, D_EMU), generator=g0).double()  # one warp's rows
+    k = torch.randint(-128, 128, (64, D_EMU), generator=g0).double()  # one key block
+    sk_ = [0.0] * (64 * KS)
+    for r in range(64):
+        for c in range(D_EMU):
+            sk_[r * KS + c] = k[r, c].item()  # load_k_tile: row r at r * k_stride
+    acc = [[[0.0] * 4 for _ in range(8)] for _ in range(32)]
+    for kk in range(D_EMU // 32):
+        a_regs = []
+        for _, g, t in _lanes():
+            c = kk * 32 + 4 * t
+            a_regs.append([q[g, c : c + 4].tolist(), q[g + 8, c : c + 4].tolist(),
+                           q[g, c + 16 : c + 20].tolist(), q[g + 8, c + 16 : c + 20].tolist()])  # fmt: skip
+        for nt in range(8):
+            b_regs = []
+            for _, g, t in _lanes():
+                p = (nt * 8 + g) * KS + kk * 32 + 4 * t
+                b_regs.append([sk_[p : p + 4], sk_[p + 16 : p + 20]])
+            part = _mma_k32(a_regs, b_regs)
+            for lane in range(32):
+                acc[lane][nt] = [x + y for x, y in zip(acc[lane][nt], part[lane], strict=True)]
+    s = q @ k.T
+    for lane, g, t in _lanes():
+        for nt in range(8):
+            for e in range(4):
+                row, key = g + 8 * (e >> 1), nt * 8 + 2 * t + (e & 1)
+                assert acc[lane][nt][e] == s[row, key].item()
+                # the lane's single scale product covers every element it holds
+                assert ref.k_group_index(64)[key].item() == t
+                for wq in (16, 32):
+                    assert ref.q_group_index(32, wq)[row].item() == ref.q_group_index(32, wq)[g].item()
+
+
+def test_emulated_fp16_pv_fragments():
+    g0 = torch.Generator().manual_seed(31)
+    p = torch.randint(0, 9, (16, 64), generator=g0).double()  # exact in fp16 and in the products
+    v = torch.randint(-8, 9, (64, D_EMU), generator=g0).double()
+    s = [[[p[g + 8 * (e >> 1), nt * 8 + 2 * t + (e & 1)].item() for e in range(4)] for nt in range(8)]
+         for _, g, t in _lanes()]  # fmt: skip  # scores in the C layout
+    smem_h = [0.0] * (64 * VS // 2)
+    for r in range(64):
+        for c in range(D_EMU):
+            smem_h[(r * VS + c * 2) // 2] = v[r, c].item()  # load_v_tile_f16
+    o = [[[0.0] * 4 for _ in range(D_EMU // 8)] for _ in range(32)]
+    for kc in range(4):
+        a_regs = [[s[lane][2 * kc][0:2], s[lane][2 * kc][2:4], s[lane][2 * kc + 1][0:2], s[lane][2 * kc + 1][2:4]]
+                  for lane in range(32)]  # fmt: skip
+        for dn in range(D_EMU // 16):
+            regs = _ldmatrix_x4_trans(
+                smem_h, lambda ln, kc=kc, dn=dn: (kc * 16 + (ln & 15)) * VS + (ln >> 4) * 16 + dn * 32
+            )
+            for half in range(2):
+                part = _mma_k16(a_regs, [r[2 * half : 2 * half + 2] for r in regs])
+                for lane in range(32):
+                    o[lane][2 * dn + half] = [
+                        x + y for x, y in zip(o[lane][2 * dn + half], part[lane], strict=True)
+                    ]
+    want = p @ v
+    for lane, g, t in _lanes():
+        for dt in range(D_EMU // 8):
+            for e in range(4):
+                assert o[lane][dt][e] == want[g + 8 * (e >> 1), dt * 8 + 2 * t + (e & 1)].item()
+
+
+def test_emulated_fp8_pv_fragments():
+    g0 = torch.Generator().manual_seed(32)
+    p = torch.randint(0, 9, (16, 64), generator=g0).double()
+    v = torch.randint(-8, 9, (64, D_EMU), generator=g0).double()
+    s = [[[p[g + 8 * (e >> 1), nt * 8 + 2 * t + (e & 1)].item() for e in range(4)] for nt in range(8)]
+         for _, g, t in _lanes()]  # fmt: skip
+    vt = [0.0] * (D_EMU * VTS)
+    for r in range(64):
+        for c in range(D_EMU):
+            vt[_fp8_slot(r) + c * VTS] = v[r, c].item()  # load_v_tile_f8: dst[(col + e) * kVtStride]
+    a = []
+    for lane in range(32):
+        x = s[lane]
+        a.append([[[x[n][0], x[n][1], x[n + 1][0], x[n + 1][1]], [x[n][2], x[n][3], x[n + 1][2], x[n + 1][3]],
+                   [x[n + 2][0], x[n + 2][1], x[n + 3][0], x[n + 3][1]],
+                   [x[n + 2][2], x[n + 2][3], x[n + 3][2], x[n + 3][3]]] for n in (0, 4)])  # fmt: skip
+    want = p @ v
+    for dt in range(D_EMU // 8):
+        part = [[0.0] * 4 for _ in range(32)]
+        for c in range(2):
+            b_regs = []
+            for _, g, t in _lanes():
+                base = (dt * 8 + g) * VTS + 4 * t + c * 32
+                b_regs.append([vt[base : base + 4], vt[base + 16 : base + 20]])
+            res = _mma_k32([a[lane][c] for lane in range(32)], b_regs)
+            part = [[x + y for x, y in zip(part[ln], res[ln], strict=True)] for ln in range(32)]
+        for lane, g, t in _lanes():
+            for e in range(4):
+                assert part[lane][e] == want[g + 8 * (e >> 1), dt * 8 + 2 * t + (e & 1)].item()
