@@ -251,6 +251,70 @@ def _fp8_supported() -> bool:
     return torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 9)
 
 
+def _assert_kernel_close(out, lse, want, want_lse, fp8, out_dtype):
+    """The tolerance of a kernel result against the float64 reference (CUDA tests and their CPU emulation)."""
+    out = out.float()
+    assert torch.isfinite(out).all() and torch.isfinite(lse).all()  # poisoned outputs: every element written
+    torch.testing.assert_close(lse, want_lse, atol=2e-4, rtol=1e-5)
+    if fp8:  # P rounded to e4m3 against the running max (kernel) vs the final max (reference)
+        cos, rl1 = _cos_rl1(out, want)
+        assert cos >= 0.999 and rl1 <= 0.03, (cos, rl1)
+    else:
+        out_tol = 4e-3 if out_dtype == torch.bfloat16 else 1e-3
+        torch.testing.assert_close(out, want, atol=2e-3 * want.abs().max().item(), rtol=out_tol)
+
+
+def _emulate_kernel(q8, k8, v8, qs, ks, vs, causal, warp_q, out_dtype):
+    """The kernel's algorithm in float32 (vectorized, not lane by lane): 64-key blocks in order, fp32
+    dequantization ``acc · (q_scale · k_scale)``, running max, P rounded against it, fp32 accumulation
+    (FP8: a fresh sum per block added to the running one), normalization and LSE in the epilogue."""
+    nq, nk = q8.shape[-2], k8.shape[-2]
+    rep = q8.shape[1] // k8.shape[1]
+    fp8 = v8.dtype == torch.float8_e4m3fn
+    off = math.log2(ref.FP8_P_SCALE) if fp8 else 0.0
+    k = k8.repeat_interleave(rep, 1).double()
+    v = v8.repeat_interleave(rep, 1).float()
+    ksr = ks.repeat_interleave(rep, 1)[..., ref.k_group_index(nk)]
+    qsr = qs[..., ref.q_group_index(nq, warp_q)]
+    m = torch.full(q8.shape[:-1], float("-inf"))
+    lsum = torch.zeros(q8.shape[:-1])
+    o = torch.zeros(q8.shape)
+    rows = torch.arange(nq)[:, None]
+    for k0 in range(0, nk, ref.BLOCK_K):
+        k1 = min(k0 + ref.BLOCK_K, nk)
+        acc = (q8.double() @ k[..., k0:k1, :].transpose(-1, -2)).float()  # exact int32 values
+        s = acc * (qsr[..., :, None] * ksr[..., None, k0:k1])
+        if causal:
+            s = s.masked_fill(torch.arange(k0, k1)[None, :] > rows, float("-inf"))
+        m_new = torch.maximum(m, s.amax(-1))
+        m_use = torch.where(m_new == float("-inf"), torch.zeros_like(m_new), m_new)
+        alpha = torch.exp2(m - m_use)
+        p = torch.exp2(s - m_use[..., None] + off)
+        lsum = lsum * alpha + p.sum(-1)
+        pr = p.to(torch.float8_e4m3fn).float() if fp8 else p.half().float()
+        o = o * alpha[..., None] + pr @ v[..., k0:k1, :]
+        m = m_new
+    o = o / lsum[..., None]
+    if fp8:
+        o = o * vs.repeat_interleave(rep, 1)[..., None, :]
+    return o.to(out_dtype), (m + torch.log2(lsum) - off) * math.log(2.0)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("fp8", [False, True], ids=["pv_fp16", "pv_fp8"])
+@pytest.mark.parametrize("case", range(len(CUDA_SHAPES)))
+def test_emulated_kernel_algorithm_meets_the_cuda_tolerances(case, fp8, causal):
+    """Runs the CUDA tests' shapes and checks through a float32 emulation of the kernel's algorithm, so
+    the tolerances the GPU tests use are known to hold for the kernel's rounding order."""
+    b, hq, hkv, nq, nk, d = CUDA_SHAPES[case]
+    warp_q = (16, 32)[case % 2]
+    out_dtype = (torch.float16, torch.bfloat16)[(case // 2) % 2]
+    args, _ = _quantized(b, hq, hkv, nq, nk, d, seed=100 + case, fp8=fp8, warp_q=warp_q)
+    want, want_lse = ref.sage_attention_fwd(*args, causal, warp_q, torch.float32)
+    out, lse = _emulate_kernel(*args, causal, warp_q, out_dtype)
+    _assert_kernel_close(out, lse, want, want_lse, fp8, out_dtype)
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not _lib.cuda_compiled(), reason="this build has no CUDA code")
 @pytest.mark.parametrize("causal", [False, True])
@@ -272,16 +336,12 @@ def test_cuda_matches_reference(case, fp8, causal):
     for t, t0 in zip(cargs, saved, strict=True):
         if t is not None:
             assert torch.equal(t.view(torch.uint8), t0.view(torch.uint8)), "caller's input changed"
-    out, lse = out.cpu().float(), lse.cpu()
-    assert torch.isfinite(out).all() and torch.isfinite(lse).all()  # poisoned outputs: every element written
-    torch.testing.assert_close(lse, want_lse, atol=2e-4, rtol=1e-5)
-    vmax = want.abs().max().item()
-    if fp8:  # P rounded to e4m3 against the running max (kernel) vs the final max (reference)
-        cos, rl1 = _cos_rl1(out, want)
-        assert cos >= 0.999 and rl1 <= 0.03, (cos, rl1)
-    else:
-        out_tol = 4e-3 if out_dtype == torch.bfloat16 else 1e-3
-        torch.testing.assert_close(out, want, atol=2e-3 * vmax, rtol=out_tol)
+    _assert_kernel_close(out.cpu(), lse.cpu(), want, want_lse, fp8, out_dtype)
+    # tighter: the emulation rounds P in the kernel's order (only fp32 op order and exp2f differ)
+    emu, emu_lse = _emulate_kernel(*args, causal, warp_q, out_dtype)
+    cos, rl1 = _cos_rl1(out.cpu().float(), emu.float())
+    assert cos >= 0.99999 and rl1 <= 0.005, (cos, rl1)
+    torch.testing.assert_close(lse.cpu(), emu_lse, atol=1e-4, rtol=1e-5)
 
 
 @pytest.mark.cuda
