@@ -1,0 +1,43 @@
+// SageAttention2 forward (INT8 QK^T with per-thread scales, FP16 or FP8 P.V): the scale-group layout
+// tied to the mma.sync fragments and the launcher of the CUDA kernel (csrc/cuda/sage_attention_fwd.cu).
+// Torch-free. The Python reference (shared_kernels/reference/sage_attention.py) spells the same layout.
+//
+// Per-thread groups (SageAttention2 "per_thread", upstream WARPQ / WARPK = 64):
+//   q row r  -> q_scale[(r / warp_q) * 8 + r % 8]     warp_q in {16, 32}: the rows one lane of the
+//                                                    m16n8k32 A fragment holds (g, g+8, [g+16, g+24])
+//   key n    -> k_scale[(n / 64) * 4 + (n % 8) / 2]  the key columns one lane of the C fragment holds
+//                                                    (2t, 2t+1 of every n8 tile of a 64-key block)
+// so a lane dequantizes its whole 16 x 64 score fragment with one product q_scale * k_scale.
+#pragma once
+
+#include <cstdint>
+
+#include "shared_kernels/common.h"
+
+namespace shared_kernels::sage_attention {
+
+constexpr int kBlockK = 64;                       // keys per K/V block (and per k_scale group of 4)
+constexpr int kKGroupsPerBlock = 4;               // k_scale entries per 64-key block
+constexpr int kQGroupsPerWarpQ = 8;               // q_scale entries per warp_q rows
+constexpr float kFp8POffset = 8.807354922057604f;  // log2(448): P is scaled to [0, 448] before e4m3
+
+SK_HD int64_t q_group(int64_t row, int64_t warp_q) { return (row / warp_q) * kQGroupsPerWarpQ + (row & 7); }
+SK_HD int64_t k_group(int64_t key) { return (key / kBlockK) * kKGroupsPerBlock + ((key & 7) >> 1); }
+SK_HD int64_t num_q_groups(int64_t nq, int64_t warp_q) { return (nq + warp_q - 1) / warp_q * kQGroupsPerWarpQ; }
+SK_HD int64_t num_k_groups(int64_t nk) { return (nk + kBlockK - 1) / kBlockK * kKGroupsPerBlock; }
+
+}  // namespace shared_kernels::sage_attention
+
+namespace shared_kernels::cuda {
+
+// q int8 [B, Hq, Nq, D], k int8 [B, Hkv, Nk, D], v fp16 (pv_fp8 = 0) or fp8 e4m3 (pv_fp8 = 1)
+// [B, Hkv, Nk, D], all contiguous and 16-byte aligned; q_scale fp32 [B, Hq, q_scale_len] (sm_scale * log2 e
+// folded in), k_scale fp32 [B, Hkv, k_scale_len], v_scale fp32 [B, Hkv, D] (pv_fp8 only, else 0);
+// out [B, Hq, Nq, D] of dtype code 1 fp16 or 2 bf16; lse fp32 [B, Hq, Nq] (natural log). D in {64, 128}.
+void launch_sage_attention_fwd(std::uintptr_t q, std::uintptr_t k, std::uintptr_t v, std::uintptr_t q_scale,
+                               std::uintptr_t k_scale, std::uintptr_t v_scale, std::uintptr_t out,
+                               std::uintptr_t lse, int64_t B, int64_t Hq, int64_t Hkv, int64_t Nq, int64_t Nk,
+                               int64_t D, int64_t q_scale_len, int64_t k_scale_len, int64_t warp_q, bool causal,
+                               int pv_fp8, int out_dtype, std::uintptr_t stream);
+
+}  // namespace shared_kernels::cuda

@@ -1,0 +1,177 @@
+"""SageAttention2 forward on pre-quantized operands (INT8 QKᵀ per-thread, FP16 or FP8 PV) as a torch custom op."""
+
+from __future__ import annotations
+
+import torch
+
+from .. import _alloc, _backend, _lib, _validate
+from ..kernel_specs import CudaKernelSpec
+from ..reference import sage_attention as _ref
+
+__all__ = ["sage_attention_fwd"]
+
+_OP = "sage_attention_fwd"
+_OUT_DTYPES = (torch.float16, torch.bfloat16)
+_DTYPE_CODE = {torch.float16: 1, torch.bfloat16: 2}
+_V_DTYPES = (torch.float16, torch.float8_e4m3fn)
+HEAD_DIMS = (64, 128)
+WARP_Q = (16, 32)
+
+_backend.register_op(
+    _OP,
+    backends=("torch", "cuda"),
+    summary="SageAttention2 forward: INT8 QKᵀ with per-thread scales, FP16 or FP8 (sm89+) P·V, output + LSE",
+)
+
+
+def _aligned(t: torch.Tensor) -> torch.Tensor:
+    """The kernel reads 16-byte vectors: a view at an odd offset is copied (the caller's tensor is untouched)."""
+    return t if t.data_ptr() % 16 == 0 else t.clone()
+
+
+def _run_cuda(q, k, v, q_scale, k_scale, v_scale, is_causal, warp_q, out_dtype):
+    b, hq, nq, d = q.shape
+    hkv, nk = k.shape[1], k.shape[2]
+    out = _alloc.new_empty((b, hq, nq, d), out_dtype, q.device)
+    lse = _alloc.new_empty((b, hq, nq), torch.float32, q.device)
+    if out.numel():
+        q, k, v = _aligned(q), _aligned(k), _aligned(v)
+        _lib.launch(
+            "sage_attention_fwd", q,
+            _lib.ptr(q), _lib.ptr(k), _lib.ptr(v), _lib.ptr(q_scale), _lib.ptr(k_scale), _lib.ptr(v_scale),
+            _lib.ptr(out), _lib.ptr(lse), b, hq, hkv, nq, nk, d, q_scale.shape[-1], k_scale.shape[-1],
+            warp_q, is_causal, int(v.dtype == torch.float8_e4m3fn), _DTYPE_CODE[out_dtype],
+        )  # fmt: skip
+    return out, lse
+
+
+@torch.library.custom_op("shared_kernels::sage_attention_fwd", mutates_args=())
+def _sage_attention_fwd_op(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    q_scale: torch.Tensor,
+    k_scale: torch.Tensor,
+    v_scale: torch.Tensor | None,
+    is_causal: bool,
+    warp_q: int,
+    out_dtype: torch.dtype,
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    if backend == "cuda":
+        return _run_cuda(q, k, v, q_scale, k_scale, v_scale, is_causal, warp_q, out_dtype)
+    return _ref.sage_attention_fwd(q, k, v, q_scale, k_scale, v_scale, is_causal, warp_q, out_dtype)
+
+
+@_sage_attention_fwd_op.register_fake
+def _(q, k, v, q_scale, k_scale, v_scale, is_causal, warp_q, out_dtype, backend):
+    return q.new_empty(q.shape, dtype=out_dtype), q.new_empty(q.shape[:-1], dtype=torch.float32)
+
+
+def sage_attention_fwd(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    q_scale: torch.Tensor,
+    k_scale: torch.Tensor,
+    v_scale: torch.Tensor | None = None,
+    *,
+    is_causal: bool = False,
+    warp_q: int = 32,
+    out_dtype: torch.dtype = torch.float16,
+    backend: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """SageAttention2 forward on pre-quantized operands; returns ``(out, lse)``.
+
+    ``q`` int8 ``[B, Hq, Nq, D]`` with per-thread ``q_scale`` float32 ``[B, Hq, >= ceil(Nq / warp_q) · 8]``
+    (row ``r`` -> entry ``(r // warp_q) · 8 + r % 8``; ``sm_scale · log2 e`` folded in), ``k`` int8
+    ``[B, Hkv, Nk, D]`` (smoothed) with ``k_scale`` float32 ``[B, Hkv, >= ceil(Nk / 64) · 4]`` (key ``n`` ->
+    entry ``(n // 64) · 4 + (n % 8) // 2``), ``v`` float16 (FP16 PV) or float8_e4m3fn with ``v_scale``
+    float32 ``[B, Hkv, D]`` (FP8 PV, ``V ≈ v · v_scale``, CUDA needs sm89+). ``D`` in {64, 128},
+    ``Hq % Hkv == 0`` (GQA), any ``Nq >= 0``, ``Nk >= 1``; ``is_causal`` masks key ``j > i`` (top-left).
+    Maths (``S`` in the log2 domain, ``c = 1`` for FP16 PV, 448 for FP8 PV, P rounded to fp16 / e4m3)::
+
+        O = rowsum⁻¹(c·2^(S - m)) · round(c·2^(S - m)) · V,   lse = ln2 · (m + log2(Σ_j 2^(S - m)))
+
+    (spelled out in ``shared_kernels.reference.sage_attention``). ``out`` ``[B, Hq, Nq, D]`` in
+    ``out_dtype`` (float16 or bfloat16), ``lse`` float32 ``[B, Hq, Nq]``, natural log, of the scores as
+    given (add ``q·mean(k)·sm_scale`` for the un-smoothed K). Scales must be finite: the kernel does not
+    check them (no device sync) and non-finite scales give undefined rows.
+    Cost: ``4·B·Hq·Nq·Nk·D`` ops (half INT8, half FP16/FP8; about half of that when causal); bytes at
+    least ``B·Hq·Nq·D·(1 + 2) + B·Hkv·Nk·D·(1 + itemsize(v)) + 4·B·Hq·Nq`` (+ scales), so the kernel is
+    compute-bound. Roofline for B=1, H=32, N=8192, D=128 (1.1e12 ops, ~0.2 GB): H100 SXM (dense peaks
+    1979 INT8 TOPS, 989 FP16 TFLOPS, 3.35 TB/s) >= 0.28 + 0.56 = 0.83 ms (FP8 PV runs as HMMA there,
+    same bound; mma.sync reaches only part of these wgmma-era peaks); RTX 4090 (661 INT8 TOPS,
+    165 FP16-with-fp32-accumulate TFLOPS, 330 FP8 TFLOPS, 1 TB/s) >= 0.83 + 3.3 = 4.2 ms (FP16 PV) or
+    0.83 + 1.7 = 2.5 ms (FP8 PV).
+    """
+    _validate.check_tensor("q", q, dtypes=(torch.int8,), ndim=4, contiguous=True)
+    _validate.check_tensor("k", k, dtypes=(torch.int8,), ndim=4, contiguous=True, device=q.device)
+    _validate.check_tensor("v", v, dtypes=_V_DTYPES, ndim=4, contiguous=True, device=q.device)
+    _validate.check_tensor(
+        "q_scale", q_scale, dtypes=(torch.float32,), ndim=3, contiguous=True, device=q.device
+    )
+    _validate.check_tensor(
+        "k_scale", k_scale, dtypes=(torch.float32,), ndim=3, contiguous=True, device=q.device
+    )
+    is_causal = _validate.check_bool("is_causal", is_causal)
+    warp_q = _validate.check_int("warp_q", warp_q, allowed=WARP_Q)
+    if not isinstance(out_dtype, torch.dtype):
+        raise TypeError(f"out_dtype must be a torch.dtype, got {type(out_dtype).__name__}")
+    if out_dtype not in _OUT_DTYPES:
+        raise TypeError(f"out_dtype={out_dtype} is not supported; supported: float16, bfloat16")
+    b, hq, nq, d = q.shape
+    if d not in HEAD_DIMS:
+        raise ValueError(f"q has head dim {d}; supported: 64, 128 (pad smaller head dims)")
+    if k.shape[0] != b or k.shape[3] != d:
+        raise ValueError(f"k must be [B={b}, Hkv, Nk, D={d}] like q, got shape {tuple(k.shape)}")
+    hkv, nk = k.shape[1], k.shape[2]
+    if hkv < 1 or hq % hkv:
+        raise ValueError(
+            f"q has {hq} heads and k {hkv}: the q heads must be a multiple of the kv heads (GQA)"
+        )
+    if nk < 1:
+        raise ValueError(f"k has {nk} keys; at least 1 is needed")
+    if tuple(v.shape) != tuple(k.shape):
+        raise ValueError(f"v must have k's shape {tuple(k.shape)}, got {tuple(v.shape)}")
+    want_q = _ref.num_q_groups(nq, warp_q)
+    if tuple(q_scale.shape[:2]) != (b, hq) or q_scale.shape[2] < want_q:
+        raise ValueError(
+            f"q_scale must be [B={b}, Hq={hq}, >= {want_q}] (8 per-thread groups per {warp_q} rows), "
+            f"got {tuple(q_scale.shape)}"
+        )
+    want_k = _ref.num_k_groups(nk)
+    if tuple(k_scale.shape[:2]) != (b, hkv) or k_scale.shape[2] < want_k:
+        raise ValueError(
+            f"k_scale must be [B={b}, Hkv={hkv}, >= {want_k}] (4 per-thread groups per 64 keys), "
+            f"got {tuple(k_scale.shape)}"
+        )
+    if v.dtype == torch.float8_e4m3fn:
+        if v_scale is None:
+            raise ValueError("v is float8_e4m3fn (FP8 PV): v_scale float32 [B, Hkv, D] is required")
+        _validate.check_tensor("v_scale", v_scale, dtypes=(torch.float32,), contiguous=True, device=q.device)
+        if tuple(v_scale.shape) != (b, hkv, d):
+            raise ValueError(f"v_scale must have shape {(b, hkv, d)}, got {tuple(v_scale.shape)}")
+    elif v_scale is not None:
+        raise ValueError(
+            "v_scale is only used with a float8_e4m3fn v (FP8 PV); v is float16, pass v_scale=None"
+        )
+    resolved = _backend.resolve_backend(_OP, backend, q.device)
+    return torch.ops.shared_kernels.sage_attention_fwd(
+        q, k, v, q_scale, k_scale, v_scale, is_causal, warp_q, out_dtype, resolved
+    )
+
+
+_ALL_ARCHS = {80: ("mma",), 89: ("mma",), 90: ("mma",), 100: ("mma",)}
+
+CUDA_SPECS = [
+    # INT8 QK (IMMA) + FP16 PV (HMMA) on every arch
+    CudaKernelSpec(name="sage_attn_fwd_fp16pv", match="sk_sage_attn_fwd_f16pv_kernel", expect=_ALL_ARCHS),
+    # INT8 QK + FP8 PV: QMMA on sm89; sm90a/100a run fp8 mma.sync as HMMA (ptxas emulation); the sm80
+    # build is a __trap stub (the launcher refuses FP8 PV below sm89), hence "none"
+    CudaKernelSpec(
+        name="sage_attn_fwd_fp8pv",
+        match="sk_sage_attn_fwd_f8pv_kernel",
+        expect={80: ("none",), 89: ("mma",), 90: ("mma",), 100: ("mma",)},
+    ),
+]
