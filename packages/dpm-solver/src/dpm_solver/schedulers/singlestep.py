@@ -5,7 +5,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 from diffusers.configuration_utils import register_to_config
-from diffusers.schedulers.scheduling_utils import SchedulerOutput
+
+# SchedulerMixin must be an attribute of this module: a pipeline reloading a component recorded as
+# ["dpm_solver.schedulers.<module>", cls] looks its loader base classes up in the component's module.
+from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutput  # noqa: F401
 
 from ..updates import first_order_update, singlestep_update
 from ._base import DPMSchedulerBase
