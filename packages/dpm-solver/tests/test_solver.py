@@ -216,3 +216,86 @@ def test_taylor_2m_is_second_order(gmm_problem, alg):
         for n in steps
     ]
     assert _slope(steps, errs) >= 1.5, errs
+
+
+@pytest.mark.parametrize("method", ["multistep", "singlestep", "singlestep_fixed", "adaptive"])
+@pytest.mark.parametrize("alg", ["dpmsolver++", "dpmsolver"])
+def test_nan_in_model_output_names_the_step(method, alg):
+    ns = NoiseScheduleVP("linear")
+    calls = []
+
+    def fn(x, t):
+        calls.append(1)
+        out = torch.zeros_like(x)
+        return out.fill_(float("nan")) if len(calls) == 4 else out
+
+    with pytest.raises(FloatingPointError, match=r"NaN or inf at step \d+ \(t="):
+        DPM_Solver(fn, ns, alg).sample(torch.randn(2, 3), steps=9, order=2, method=method)
+    calls.clear()
+    with pytest.raises(FloatingPointError, match="at step 3 "):  # multistep: evaluation 4 follows step 3
+        DPM_Solver(fn, ns, alg).sample(torch.randn(2, 3), steps=9, order=2)
+
+
+def test_bad_input_issue5():
+    ns_d = NoiseScheduleVP("discrete", betas=torch.linspace(1e-4, 0.02, 1000))
+    x = torch.randn(2, 3)
+    s = DPM_Solver(lambda x, t: x, ns_d)
+    for method in ("multistep", "singlestep", "singlestep_fixed"):
+        with pytest.raises(ValueError, match=r"steps \(the NFE\) must be an int >= order \(3\)"):
+            s.sample(x, steps=2, order=3, method=method)
+    with pytest.raises(ValueError, match="below the schedule's smallest time"):
+        s.sample(x, steps=10, t_end=1e-4)  # discrete schedule starts at 1/N = 1e-3
+    with pytest.raises(ValueError, match="exceeds the schedule's T"):
+        s.sample(x, steps=10, t_start=1.5)
+    with pytest.raises(ValueError, match="finite"):
+        s.sample(x, steps=10, t_end=float("nan"))
+    with pytest.raises(ValueError, match="solver_type"):
+        s.sample(x, steps=10, solver_type="rk4")
+    from dpm_solver import model_wrapper
+
+    with pytest.raises(ValueError, match="model_type must be one of"):
+        model_wrapper(lambda x, t: x, ns_d, model_type="epsilon")
+
+
+@pytest.mark.parametrize("method,order", [("multistep", 1), ("multistep", 2), ("singlestep", 3)])
+def test_inverse_round_trip(method, order):
+    """inverse (data -> noise) followed by sample returns the input, more closely with more steps."""
+    ns = NoiseScheduleVP("linear")
+    gmm = GaussianMixture.random(4, 3, 0.3, seed=1)
+    fn = lambda x, t: gmm.prediction("noise", x, t, ns)  # noqa: E731
+    x0 = gmm.sample_ve(16, 0.05, torch.Generator().manual_seed(0))  # near-data samples at t ~ 2e-3
+    errs = []
+    for steps in (30, 120):
+        kw = dict(steps=steps, order=order, method=method, skip_type="logSNR")
+        solver = DPM_Solver(fn, ns)
+        z = solver.inverse(x0, t_start=1e-3, t_end=0.8, **kw)
+        assert solver.nfe == steps
+        back = solver.sample(z, t_start=0.8, t_end=1e-3, **kw)
+        errs.append(float((back - x0).abs().max()))
+    assert errs[1] < errs[0] / 2 ** (order - 0.5), errs  # 4x the steps
+
+
+def test_inverse_order1_is_ddim_inversion_and_add_noise():
+    ns = NoiseScheduleVP("discrete", betas=torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64))
+    gmm = GaussianMixture.random(4, 3, 0.2, seed=3)
+    fn = lambda x, t: gmm.prediction("noise", x, t, ns)  # noqa: E731
+    x = torch.randn(8, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    ts = torch.linspace(1e-3, 0.5, 6, dtype=torch.float64)
+    y = x.clone()
+    for s, t in itertools.pairwise(ts):
+        eps = fn(y, s)
+        x0 = (y - ns.marginal_std(s) * eps) / ns.marginal_alpha(s)
+        y = ns.marginal_alpha(t) * x0 + ns.marginal_std(t) * eps
+    got = DPM_Solver(fn, ns).inverse(x, steps=5, t_start=1e-3, t_end=0.5, order=1)
+    torch.testing.assert_close(got, y, rtol=1e-10, atol=1e-10)
+    solver = DPM_Solver(fn, ns)
+    noise = torch.randn(3, 8, 4, dtype=torch.float64)
+    t = torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)
+    xt = solver.add_noise(x, t, noise)
+    want = ns.marginal_alpha(t)[:, None, None] * x + ns.marginal_std(t)[:, None, None] * noise
+    torch.testing.assert_close(xt, want)
+    assert solver.add_noise(x, t[:1]).shape == x.shape
+    with pytest.raises(ValueError, match="inverse"):
+        solver.inverse(x, method="adaptive")
+    with pytest.raises(ValueError, match="t_start < t_end"):
+        solver.inverse(x, t_start=0.5, t_end=0.2)

@@ -219,3 +219,30 @@ def test_bad_arguments():
         multistep_update(x, [x, x], [one, one], order=3, algorithm_type="dpmsolver++", **kw)
     with pytest.raises(ValueError, match="needs 2"):
         singlestep_update(x, [x], [one], order=2, algorithm_type="dpmsolver", **kw)
+
+
+@pytest.mark.parametrize("alg", ["dpmsolver++", "dpmsolver"])
+@pytest.mark.parametrize("order", [1, 2, 3])
+def test_step_into_sigma_zero_is_exact_and_finite(alg, order):
+    """lambda_t = +inf (sigma_t = 0): every rule returns alpha_t * x0_s (diffusers #9007/#6949 gave NaN)."""
+    x = _rand(3, 4)
+    m = [_rand(3, 4, seed=i + 1) for i in range(3)]
+    lams = [torch.tensor(v, dtype=D) for v in (-1.0, 0.0, 1.0)]
+    a_s, s_s = _vp(lams[-1])
+    inf, one, zero = torch.tensor(math.inf, dtype=D), torch.tensor(1.0, dtype=D), torch.tensor(0.0, dtype=D)
+    kw = dict(
+        lambda_t=inf, alpha_s=a_s, sigma_s=s_s, alpha_t=one, sigma_t=zero, order=order, algorithm_type=alg
+    )
+    x0 = m[-1] if alg == "dpmsolver++" else (x - s_s * m[-1]) / a_s
+    for st in ("dpmsolver", "taylor"):
+        got = multistep_update(x, m, lams, solver_type=st, **kw)
+        torch.testing.assert_close(got, x0, rtol=1e-12, atol=1e-12)
+        ss = singlestep_update(x, m[::-1], lams[::-1], solver_type=st, **kw)  # m_s first
+        x0s = m[-1] if alg == "dpmsolver++" else (x - s_s * m[-1]) / a_s
+        torch.testing.assert_close(ss, x0s, rtol=1e-12, atol=1e-12)
+    if alg == "dpmsolver++":
+        z = _rand(3, 4, seed=7)
+        sde = sde_multistep_update(
+            x, m, lams, z, lambda_t=inf, sigma_s=s_s, alpha_t=one, sigma_t=zero, order=order
+        )
+        torch.testing.assert_close(sde, m[-1], rtol=1e-12, atol=1e-12)

@@ -27,7 +27,10 @@ def get_time_steps(
     dtype: torch.dtype | None = None,
     rho: float = 7.0,
 ) -> torch.Tensor:
-    """``N + 1`` times from ``t_T`` down to ``t_0`` (both > 0, ``t_T > t_0``) of the given ``skip_type``.
+    """``N + 1`` times from ``t_T`` to ``t_0`` (both > 0, distinct) of the given ``skip_type``.
+
+    With ``t_T < t_0`` (``DPM_Solver.inverse``) the grid is the reversed grid from ``t_0`` down to ``t_T``
+    (what upstream's formulas give with the endpoints swapped).
 
     ``noise_schedule`` needs ``marginal_lambda`` and ``inverse_lambda`` (any schedule of this package).
     ``rho`` is used by ``edm`` only (``karras`` is ``edm`` with rho = 7). ``dtype`` defaults to the
@@ -38,8 +41,12 @@ def get_time_steps(
     if isinstance(N, bool) or not isinstance(N, int) or N < 1:
         raise ValueError(f"N must be an int >= 1, got {N!r}")
     t_T, t_0 = float(t_T), float(t_0)
+    if t_0 > t_T > 0:
+        return get_time_steps(noise_schedule, skip_type, t_0, t_T, N, device, dtype, rho).flip(0)
     if not (t_T > t_0 > 0):
-        raise ValueError(f"need t_T > t_0 > 0, got t_T={t_T}, t_0={t_0}")
+        raise ValueError(
+            f"need t_T > t_0 > 0 (or t_0 > t_T > 0 for a reversed grid), got t_T={t_T}, t_0={t_0}"
+        )
     dtype = torch.get_default_dtype() if dtype is None else dtype
     if skip_type == "time_uniform":
         return torch.linspace(t_T, t_0, N + 1, dtype=dtype, device=device)

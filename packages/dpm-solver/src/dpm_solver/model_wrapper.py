@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from .schedules import NoiseScheduleVP
+from .schedules import NoiseSchedule, SigmaSchedule
 
 __all__ = ["model_wrapper"]
 
@@ -22,7 +22,7 @@ def _bcast(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 def model_wrapper(
     model: Callable[..., torch.Tensor],
-    noise_schedule: NoiseScheduleVP,
+    noise_schedule: NoiseSchedule,
     model_type: str = "noise",
     model_kwargs: dict[str, Any] | None = None,
     guidance_type: str = "uncond",
@@ -43,6 +43,11 @@ def model_wrapper(
     ``"noise"`` eps; ``"x_start"`` ``(x - alpha x0) / sigma``; ``"v"`` ``alpha v + sigma x``;
     ``"score"`` ``-sigma score``.
 
+    Sigma-space schedules (:class:`NoiseScheduleEDM`, :class:`NoiseScheduleVE`): the solver state is
+    VP-scaled, so the network gets ``x~ = x / alpha_t`` and the time ``t`` (``sigma~`` for EDM);
+    ``"noise"`` and ``"x_start"`` mean the same in both coordinates, ``"v"`` is the VP
+    ``alpha eps - sigma x0``, and ``"score"`` is the VE score ``grad_x~ log p`` (``eps = -sigma~ score``).
+
     Guidance: ``"uncond"``; ``"classifier"``:
     ``eps - guidance_scale * sigma_t * grad_x classifier_fn(x, t_input, condition, **classifier_kwargs)``
     (the classifier returns log p(c | x_t) per sample); ``"classifier-free"``:
@@ -56,8 +61,11 @@ def model_wrapper(
         raise ValueError(f"guidance_type must be one of {GUIDANCE_TYPES}, got {guidance_type!r}")
     if not callable(model):
         raise TypeError("model must be callable")
-    if not isinstance(noise_schedule, NoiseScheduleVP):
-        raise TypeError(f"noise_schedule must be a NoiseScheduleVP, got {type(noise_schedule).__name__}")
+    if not isinstance(noise_schedule, NoiseSchedule):
+        raise TypeError(
+            "noise_schedule must be a NoiseScheduleVP, NoiseScheduleEDM or NoiseScheduleVE, "
+            f"got {type(noise_schedule).__name__}"
+        )
     if guidance_type == "classifier" and not callable(classifier_fn):
         raise ValueError("guidance_type='classifier' needs a callable classifier_fn")
     if guidance_type == "classifier-free" and condition is None:
@@ -67,6 +75,7 @@ def model_wrapper(
     model_kwargs = dict(model_kwargs or {})
     classifier_kwargs = dict(classifier_kwargs or {})
     ns = noise_schedule
+    sigma_space = isinstance(ns, SigmaSchedule)
 
     def get_model_input_time(t_continuous: torch.Tensor) -> torch.Tensor:
         if ns.schedule == "discrete":
@@ -75,10 +84,11 @@ def model_wrapper(
 
     def noise_pred_fn(x: torch.Tensor, t_continuous: torch.Tensor, cond: Any = None) -> torch.Tensor:
         t_input = get_model_input_time(t_continuous)
+        x_in = x / _bcast(ns.marginal_alpha(t_continuous), x) if sigma_space else x
         if cond is None:
-            output = model(x, t_input, **model_kwargs)
+            output = model(x_in, t_input, **model_kwargs)
         else:
-            output = model(x, t_input, cond, **model_kwargs)
+            output = model(x_in, t_input, cond, **model_kwargs)
         if model_type == "noise":
             return output
         if model_type == "x_start":
@@ -87,6 +97,8 @@ def model_wrapper(
         if model_type == "v":
             alpha_t, sigma_t = ns.marginal_alpha(t_continuous), ns.marginal_std(t_continuous)
             return _bcast(alpha_t, x) * output + _bcast(sigma_t, x) * x
+        if sigma_space:
+            return -_bcast(ns.sigma_tilde(t_continuous), x) * output  # VE score
         return -_bcast(ns.marginal_std(t_continuous), x) * output  # score
 
     def cond_grad_fn(x: torch.Tensor, t_input: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,7 @@ import math
 
 import torch
 
-__all__ = ["NoiseSchedule", "NoiseScheduleVP"]
+__all__ = ["NoiseSchedule", "NoiseScheduleEDM", "NoiseScheduleVE", "NoiseScheduleVP", "SigmaSchedule"]
 
 _SCHEDULES = ("discrete", "linear", "cosine")
 
@@ -211,6 +211,132 @@ class NoiseScheduleVP(NoiseSchedule):
         r = torch.sqrt(s0**2 + c0**2 * sigma2)
         dphi = torch.atan2(c0 * sigma2 / (r + alpha * s0), alpha * c0**2 + r * s0)
         return dphi * (2.0 * (1.0 + self.cosine_s) / math.pi)
+
+
+class SigmaSchedule(NoiseSchedule):
+    """A sigma-space (VE / EDM) schedule ``x~ = x0 + sigma~(t) eps`` seen by the solvers as a VP schedule.
+
+    The VP state is ``x = x~ / sqrt(1 + sigma~^2)``, so ``alpha = 1/sqrt(1 + sigma~^2)``,
+    ``sigma = sigma~ alpha``, ``lambda = -log sigma~`` (the PF-ODE is the same ODE in these coordinates;
+    reference section 1). Written as ``log alpha = -softplus(2 log sigma~)/2``,
+    ``log sigma = -softplus(-2 log sigma~)/2``: no overflow of ``sigma~^2`` and no cancellation at either
+    end, in float32 and float64. :func:`dpm_solver.model_wrapper` feeds the network ``x~ = x / alpha``
+    and the time ``t``; use :meth:`to_vp` / :meth:`from_vp` for the sampler's input and output.
+    """
+
+    sigma_min: float
+    sigma_max: float
+
+    def log_sigma_tilde(self, t: torch.Tensor | float) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def t_of_log_sigma_tilde(self, log_sigma: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def sigma_tilde(self, t: torch.Tensor | float) -> torch.Tensor:
+        """``sigma~(t) = sigma_t / alpha_t`` (diffusers / k-diffusion ``sigma``)."""
+        return torch.exp(self.log_sigma_tilde(t))
+
+    def marginal_log_mean_coeff(self, t: torch.Tensor | float) -> torch.Tensor:
+        """``log alpha_t = -log(1 + sigma~^2)/2``."""
+        return -0.5 * torch.nn.functional.softplus(2.0 * self.log_sigma_tilde(t))
+
+    def marginal_log_std(self, t: torch.Tensor | float) -> torch.Tensor:
+        """``log sigma_t = -log(1 + sigma~^-2)/2``."""
+        return -0.5 * torch.nn.functional.softplus(-2.0 * self.log_sigma_tilde(t))
+
+    def marginal_lambda(self, t: torch.Tensor | float) -> torch.Tensor:
+        """``lambda_t = -log sigma~(t)`` (exact)."""
+        return -self.log_sigma_tilde(t)
+
+    def inverse_lambda(self, lamb: torch.Tensor | float) -> torch.Tensor:
+        """The t with ``sigma~(t) = e^{-lamb}``."""
+        return self.t_of_log_sigma_tilde(-self._as_float(lamb))
+
+    def to_vp(self, x_tilde: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
+        """VE/EDM sample at time t -> the solver's VP state ``x~ alpha_t``."""
+        return x_tilde * self.marginal_alpha(torch.as_tensor(t, dtype=x_tilde.dtype, device=x_tilde.device))
+
+    def from_vp(self, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
+        """The solver's VP state at time t -> VE/EDM sample ``x / alpha_t``."""
+        return x / self.marginal_alpha(torch.as_tensor(t, dtype=x.dtype, device=x.device))
+
+    @property
+    def t_min(self) -> float:
+        return self.inverse_lambda_float(-math.log(self.sigma_min))
+
+    @property
+    def default_t_end(self) -> float:
+        return self.t_min
+
+    def inverse_lambda_float(self, lamb: float) -> float:
+        return float(self.inverse_lambda(torch.tensor(lamb, dtype=torch.float64)))
+
+    @staticmethod
+    def _as_float(t: torch.Tensor | float) -> torch.Tensor:
+        t = torch.as_tensor(t)
+        if not t.is_floating_point():
+            t = t.to(torch.get_default_dtype())
+        return t
+
+
+class NoiseScheduleEDM(SigmaSchedule):
+    """EDM (Karras et al. 2022) schedule: time ``t = sigma~`` in ``[sigma_min, sigma_max]``.
+
+    Upstream DPM-Solver-v3's ``NoiseScheduleEDM`` (alpha = 1, sigma = t) in VP coordinates. The network
+    gets ``(x~, sigma~)``; EDM preconditioning (``c_in``, ``c_skip``, ...) belongs to the model.
+    ``t_end`` defaults to ``sigma_min`` and may not go below it; ``T = sigma_max``.
+    """
+
+    def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0, sigma_data: float = 0.5) -> None:
+        if not 0 < sigma_min < sigma_max < math.inf:
+            raise ValueError(f"need 0 < sigma_min < sigma_max < inf, got {sigma_min}, {sigma_max}")
+        self.schedule = "edm"
+        self.sigma_min, self.sigma_max, self.sigma_data = (
+            float(sigma_min),
+            float(sigma_max),
+            float(sigma_data),
+        )
+        self.T = self.sigma_max
+        self.total_N = 1000  # unused (upstream attribute)
+
+    def log_sigma_tilde(self, t: torch.Tensor | float) -> torch.Tensor:
+        return torch.log(self._as_float(t))
+
+    def t_of_log_sigma_tilde(self, log_sigma: torch.Tensor) -> torch.Tensor:
+        return torch.exp(log_sigma)
+
+
+class NoiseScheduleVE(SigmaSchedule):
+    """VE-SDE (Song et al. 2021): ``sigma~(t) = sigma_min (sigma_max / sigma_min)^t``, t in ``(0, 1]``.
+
+    The network gets ``(x~, t)``. ``t_end`` defaults to ``eps`` (1e-5 as score_sde); ``T = 1``.
+    """
+
+    def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, eps: float = 1e-5) -> None:
+        if not 0 < sigma_min < sigma_max < math.inf:
+            raise ValueError(f"need 0 < sigma_min < sigma_max < inf, got {sigma_min}, {sigma_max}")
+        if not 0 < eps < 1:
+            raise ValueError(f"eps must lie in (0, 1), got {eps}")
+        self.schedule = "ve"
+        self.sigma_min, self.sigma_max, self.eps = float(sigma_min), float(sigma_max), float(eps)
+        self._log_min, self._log_ratio = math.log(self.sigma_min), math.log(self.sigma_max / self.sigma_min)
+        self.T = 1.0
+        self.total_N = 1000  # unused (upstream attribute)
+
+    def log_sigma_tilde(self, t: torch.Tensor | float) -> torch.Tensor:
+        return self._log_min + self._as_float(t) * self._log_ratio
+
+    def t_of_log_sigma_tilde(self, log_sigma: torch.Tensor) -> torch.Tensor:
+        return (log_sigma - self._log_min) / self._log_ratio
+
+    @property
+    def t_min(self) -> float:
+        return 0.0
+
+    @property
+    def default_t_end(self) -> float:
+        return self.eps
 
 
 def _interp(x: torch.Tensor, xp: torch.Tensor, yp: torch.Tensor) -> torch.Tensor:

@@ -325,19 +325,70 @@ class DPM_Solver:
         return dpm_solver_adaptive(self, x, order, t_T, t_0, h_init, atol, rtol, theta, t_err, solver_type)
 
     # -- driver ------------------------------------------------------------------------------------
-    def _check_range(self, t_start: float | None, t_end: float | None) -> tuple[float, float]:
+    def _check_range(
+        self, t_start: float | None, t_end: float | None, inverse: bool = False
+    ) -> tuple[float, float]:
         ns = self.noise_schedule
-        t_0 = ns.default_t_end if t_end is None else float(t_end)
-        t_T = ns.T if t_start is None else float(t_start)
-        if not (math.isfinite(t_0) and math.isfinite(t_T) and t_0 > 0 and t_T > 0):
-            raise ValueError(f"t_start and t_end must be finite and > 0, got t_start={t_T}, t_end={t_0}")
-        if t_T > ns.T * (1 + 1e-9):
-            raise ValueError(f"t_start={t_T} exceeds the schedule's T={ns.T}")
-        if t_0 < ns.t_min * (1 - 1e-9):
-            raise ValueError(f"t_end={t_0} is below the schedule's smallest time {ns.t_min}")
-        if not t_0 < t_T:
-            raise ValueError(f"need t_end < t_start, got t_end={t_0}, t_start={t_T}")
-        return t_T, t_0
+        t_hi = ns.T if (t_end if inverse else t_start) is None else float(t_end if inverse else t_start)
+        t_lo = (
+            ns.default_t_end
+            if (t_start if inverse else t_end) is None
+            else float(t_start if inverse else t_end)
+        )
+        hi_name, lo_name = ("t_end", "t_start") if inverse else ("t_start", "t_end")
+        if not (math.isfinite(t_lo) and math.isfinite(t_hi) and t_lo > 0 and t_hi > 0):
+            raise ValueError(
+                f"t_start and t_end must be finite and > 0, got {hi_name}={t_hi}, {lo_name}={t_lo}"
+            )
+        if t_hi > ns.T * (1 + 1e-9):
+            raise ValueError(f"{hi_name}={t_hi} exceeds the schedule's T={ns.T}")
+        if t_lo < ns.t_min * (1 - 1e-9):
+            raise ValueError(f"{lo_name}={t_lo} is below the schedule's smallest time {ns.t_min}")
+        if not t_lo < t_hi:
+            raise ValueError(f"need {lo_name} < {hi_name}, got {lo_name}={t_lo}, {hi_name}={t_hi}")
+        return (t_lo, t_hi) if inverse else (t_hi, t_lo)
+
+    def add_noise(self, x: torch.Tensor, t: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """``x_t = alpha_t x + sigma_t noise`` (upstream ``add_noise``): ``t`` of shape (1,) gives x's shape,
+        shape (K,) gives (K, *x.shape); ``noise`` defaults to a standard normal draw of that shape."""
+        ns = self.noise_schedule
+        t = torch.as_tensor(t, dtype=x.dtype, device=x.device).reshape(-1)
+        if noise is None:
+            noise = torch.randn((t.shape[0], *x.shape), dtype=x.dtype, device=x.device)
+        shape = (-1,) + (1,) * x.dim()
+        xt = ns.marginal_alpha(t).reshape(shape) * x.unsqueeze(0) + ns.marginal_std(t).reshape(
+            shape
+        ) * noise.reshape((t.shape[0], *x.shape))
+        return xt.squeeze(0) if t.shape[0] == 1 else xt
+
+    def inverse(
+        self,
+        x: torch.Tensor,
+        steps: int = 20,
+        t_start: float | None = None,
+        t_end: float | None = None,
+        order: int = 2,
+        skip_type: str = "time_uniform",
+        method: str = "multistep",
+        lower_order_final: bool = True,
+        denoise_to_zero: bool = False,
+        solver_type: str = "dpmsolver",
+        atol: float = 0.0078,
+        rtol: float = 0.05,
+        return_intermediate: bool = False,
+        **kwargs,
+    ):
+        """Upstream ``inverse``: solve the ODE forward in time from ``t_start`` (default ``t_end`` of
+        :meth:`sample`, e.g. 1/N) to ``t_end`` (default T) on the reversed step grid (data -> noise,
+        e.g. DDIM inversion with ``order=1``). Same methods as :meth:`sample` except ``adaptive``;
+        ``denoise_to_zero`` is not meaningful here and must stay False."""
+        if method == "adaptive" or denoise_to_zero or self.algorithm_type == "sde-dpmsolver++":
+            raise ValueError("inverse supports the ODE methods multistep/singlestep/singlestep_fixed only")
+        return self.sample(
+            x, steps=steps, t_start=t_start, t_end=t_end, order=order, skip_type=skip_type, method=method,
+            lower_order_final=lower_order_final, solver_type=solver_type, atol=atol, rtol=rtol,
+            return_intermediate=return_intermediate, _inverse=True, **kwargs,
+        )  # fmt: skip
 
     def sample(
         self,
@@ -361,6 +412,7 @@ class DPM_Solver:
         t_err: float = 1e-5,
         generator: torch.Generator | None = None,
         noise: torch.Tensor | None = None,
+        _inverse: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
         """Solve the diffusion ODE (or SDE) from ``t_start`` (default T) to ``t_end`` with ``steps`` NFE.
 
@@ -403,7 +455,7 @@ class DPM_Solver:
         solver_type = normalize_solver_type(solver_type)
         if self.algorithm_type == "sde-dpmsolver++" and method != "multistep":
             raise ValueError("algorithm_type='sde-dpmsolver++' supports method='multistep' only")
-        t_T, t_0 = self._check_range(t_start, t_end)
+        t_T, t_0 = self._check_range(t_start, t_end, inverse=_inverse)
         self.nfe = 0
         self._step = 0
         device, dtype = x.device, x.dtype

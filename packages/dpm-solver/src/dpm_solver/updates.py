@@ -15,6 +15,11 @@ Conventions shared by all functions:
   (diffusers ``"heun"``); the diffusers names are accepted as aliases.
 - Lists of model outputs / lambdas are ordered as documented per function; only the entries the
   requested order needs are read.
+- A step into ``sigma_t = 0`` (``lambda_t = +inf``, diffusers ``final_sigmas_type="zero"``) is exact and
+  finite for every rule: all orders reduce to the first-order step there, whose limit is the data
+  prediction ``x_t = alpha_t x0_s`` (higher-order terms have no finite limit: ``r0 = h_0/h -> 0``;
+  this is what made diffusers' singlestep/3M produce NaN, issues #9007, #6949). Selected with
+  ``torch.where`` (no host sync).
 """
 
 from __future__ import annotations
@@ -74,16 +79,23 @@ def first_order_update(
     _check_algorithm(algorithm_type)
     if algorithm_type == "dpmsolver++":
         return (sigma_t / sigma_s) * x - (alpha_t * torch.expm1(-h)) * model_s
-    return (alpha_t / alpha_s) * x - (sigma_t * torch.expm1(h)) * model_s
+    # sigma_t (e^h - 1) -> alpha_t sigma_s / alpha_s as sigma_t -> 0 (h -> inf): 0 * inf avoided
+    coef = torch.where(torch.isinf(h), alpha_t * sigma_s / alpha_s, sigma_t * torch.expm1(h))
+    return (alpha_t / alpha_s) * x - coef * model_s
+
+
+def _to_zero_safe(h: torch.Tensor, high: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
+    """``high`` where the step is finite, the exact first-order limit where ``lambda_t = +inf``."""
+    return torch.where(torch.isinf(h), first, high)
 
 
 def _base(x, model_s, alpha_s, sigma_s, alpha_t, sigma_t, h, algorithm_type):
-    """First-order part and the (phi_1, c) pair with ``x_t = base + c * (phi-terms)``."""
-    if algorithm_type == "dpmsolver++":
-        phi_1 = torch.expm1(-h)
-        return (sigma_t / sigma_s) * x - (alpha_t * phi_1) * model_s, phi_1
-    phi_1 = torch.expm1(h)
-    return (alpha_t / alpha_s) * x - (sigma_t * phi_1) * model_s, phi_1
+    """The first-order step (exact also into sigma_t = 0) and ``phi_1 = e^{-+h} - 1``."""
+    x_t = first_order_update(
+        x, model_s, alpha_s=alpha_s, sigma_s=sigma_s, alpha_t=alpha_t, sigma_t=sigma_t, h=h,
+        algorithm_type=algorithm_type,
+    )  # fmt: skip
+    return x_t, torch.expm1(-h) if algorithm_type == "dpmsolver++" else torch.expm1(h)
 
 
 def multistep_update(
@@ -134,10 +146,10 @@ def multistep_update(
     D1_0 = (m0 - model_outputs[-2]) / r0
     if order == 2:
         if solver_type == "dpmsolver":
-            return x_t - (0.5 * coef * phi_1) * D1_0
+            return _to_zero_safe(h, x_t - (0.5 * coef * phi_1) * D1_0, x_t)
         if data:
-            return x_t + (coef * (phi_1 / h + 1.0)) * D1_0
-        return x_t - (coef * (phi_1 / h - 1.0)) * D1_0
+            return _to_zero_safe(h, x_t + (coef * (phi_1 / h + 1.0)) * D1_0, x_t)
+        return _to_zero_safe(h, x_t - (coef * (phi_1 / h - 1.0)) * D1_0, x_t)
     r1 = (lambdas[-2] - lambdas[-3]) / h
     D1_1 = (model_outputs[-2] - model_outputs[-3]) / r1
     D1 = D1_0 + (r0 / (r0 + r1)) * (D1_0 - D1_1)
@@ -146,10 +158,10 @@ def multistep_update(
     if data:
         phi_2 = phi_1 / h + 1.0
         phi_3 = phi_2 / h - 0.5
-        return x_t + (coef * phi_2) * D1 - (coef * phi_3) * (c2 * D2)
+        return _to_zero_safe(h, x_t + (coef * phi_2) * D1 - (coef * phi_3) * (c2 * D2), x_t)
     phi_2 = phi_1 / h - 1.0
     phi_3 = phi_2 / h - 0.5
-    return x_t - (coef * phi_2) * D1 - (coef * phi_3) * (c2 * D2)
+    return _to_zero_safe(h, x_t - (coef * phi_2) * D1 - (coef * phi_3) * (c2 * D2), x_t)
 
 
 def singlestep_update(
@@ -211,17 +223,17 @@ def singlestep_update(
     r1 = (lambdas[1] - lambda_s) / h
     if order == 2:
         if solver_type == "dpmsolver":
-            return x_t - ((0.5 / r1) * coef * phi_1) * (model_outputs[1] - m_s)
-        return x_t + (sign / r1) * (coef * phi_2) * (model_outputs[1] - m_s)
+            return _to_zero_safe(h, x_t - ((0.5 / r1) * coef * phi_1) * (model_outputs[1] - m_s), x_t)
+        return _to_zero_safe(h, x_t + (sign / r1) * (coef * phi_2) * (model_outputs[1] - m_s), x_t)
     r2 = (lambdas[2] - lambda_s) / h
     if solver_type == "dpmsolver":
-        return x_t + (sign / r2) * (coef * phi_2) * (model_outputs[2] - m_s)
+        return _to_zero_safe(h, x_t + (sign / r2) * (coef * phi_2) * (model_outputs[2] - m_s), x_t)
     phi_3 = phi_2 / h - 0.5
     D1_0 = (model_outputs[1] - m_s) / r1
     D1_1 = (model_outputs[2] - m_s) / r2
     D1 = (r2 * D1_0 - r1 * D1_1) / (r2 - r1)
     D2 = 2.0 * (D1_1 - D1_0) / (r2 - r1)
-    return x_t + sign * (coef * phi_2) * D1 - (coef * phi_3) * D2
+    return _to_zero_safe(h, x_t + sign * (coef * phi_2) * D1 - (coef * phi_3) * D2, x_t)
 
 
 def sde_first_order_update(
@@ -288,14 +300,14 @@ def sde_multistep_update(
     heun = alpha_t * (one_m / (-2.0 * h) + 1.0)
     if order == 2:
         if solver_type == "dpmsolver":
-            return x_t + (0.5 * alpha_t * one_m) * D1_0
-        return x_t + heun * D1_0
+            return _to_zero_safe(h, x_t + (0.5 * alpha_t * one_m) * D1_0, x_t)
+        return _to_zero_safe(h, x_t + heun * D1_0, x_t)
     r1 = (lambdas[-2] - lambdas[-3]) / h
     D1_1 = (model_outputs[-2] - model_outputs[-3]) / r1
     D1 = D1_0 + (r0 / (r0 + r1)) * (D1_0 - D1_1)
     D2 = (D1_0 - D1_1) / (r0 + r1)
     c2 = alpha_t * ((one_m - 2.0 * h) / (4.0 * h * h) + 0.5)
-    return x_t + heun * D1 + (2.0 * c2) * D2
+    return _to_zero_safe(h, x_t + heun * D1 + (2.0 * c2) * D2, x_t)
 
 
 def multistep_order(step: int, steps: int, order: int, lower_order_final: bool, threshold: int = 10) -> int:
