@@ -91,6 +91,7 @@ def test_from_diffusers_config():
         dict(algorithm_type="dpmsolver", final_sigmas_type="sigma_min"),
         dict(timestep_spacing="trailing"),
         dict(timestep_spacing="leading", steps_offset=1),
+        dict(use_lu_lambdas=True),
         dict(beta_schedule="linear", beta_start=1e-4, beta_end=0.02, lower_order_final=False),
     ],
 )

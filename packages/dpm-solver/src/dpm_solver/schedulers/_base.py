@@ -99,7 +99,11 @@ class DPMSchedulerBase(SchedulerMixin, ConfigMixin):
             raise ValueError(
                 f"final_sigmas_type must be one of {FINAL_SIGMAS_TYPES}, got {c.final_sigmas_type!r}"
             )
-        if c.use_karras_sigmas and c.timestep_spacing == "logSNR":
+        if c.get("use_lu_lambdas", False) and c.timestep_spacing not in ("linspace", "logSNR"):
+            raise ValueError(
+                "use_lu_lambdas=True is the logSNR grid; it does not combine with another spacing"
+            )
+        if c.use_karras_sigmas and self._logsnr_grid():
             raise ValueError(
                 "use_karras_sigmas and timestep_spacing='logSNR' are two different grids; pick one"
             )
@@ -114,6 +118,9 @@ class DPMSchedulerBase(SchedulerMixin, ConfigMixin):
         self._step_index: int | None = None
         self._begin_index: int | None = None
         self.model_outputs: list[torch.Tensor] = []
+
+    def _logsnr_grid(self) -> bool:
+        return self.config.timestep_spacing == "logSNR" or bool(self.config.get("use_lu_lambdas", False))
 
     def __len__(self) -> int:
         return self.config.num_train_timesteps
@@ -165,7 +172,7 @@ class DPMSchedulerBase(SchedulerMixin, ConfigMixin):
         train = self.train_sigmas.numpy()
         s_min, s_max = float(train[0]), float(train[-1])
         to_zero = c.final_sigmas_type == "zero"
-        if c.use_karras_sigmas or c.timestep_spacing == "logSNR":
+        if c.use_karras_sigmas or self._logsnr_grid():
             m = n if to_zero else n + 1
             if c.use_karras_sigmas:
                 sig = karras_sigmas(s_min, s_max, m)

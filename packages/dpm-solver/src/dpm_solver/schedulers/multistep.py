@@ -28,7 +28,8 @@ class MultistepDPMSolverScheduler(DPMSchedulerBase):
       instead of repeating it (diffusers wastes the last model call on a zero-length step).
     - Karras / logSNR model timesteps are the fractional labels of the grid's noise levels (diffusers
       rounds them, so the network sees a different level than the solver integrates).
-    - ``timestep_spacing="logSNR"`` (uniform in lambda, upstream's recommended grid) is added.
+    - ``timestep_spacing="logSNR"`` (uniform in lambda, upstream's recommended grid) is added;
+      diffusers' ``use_lu_lambdas=True`` is accepted and means the same grid.
     - ``lower_order_final`` lowers the last steps when ``num_inference_steps <
       lower_order_final_threshold`` (15 = diffusers; upstream uses 10); the step to sigma = 0
       (``final_sigmas_type="zero"``) is first order and returns the data prediction.
@@ -60,6 +61,7 @@ class MultistepDPMSolverScheduler(DPMSchedulerBase):
         timestep_spacing: str = "linspace",
         steps_offset: int = 0,
         exact_3m: bool = False,
+        use_lu_lambdas: bool = False,
     ) -> None:
         self._setup()
         self.lambdas: list[torch.Tensor] = []
