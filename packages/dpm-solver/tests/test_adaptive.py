@@ -14,6 +14,17 @@ TOLS = [(0.0078, 0.05), (1e-3, 1e-2), (1e-4, 1e-3)]
 
 @pytest.fixture(scope="module")
 def problem():
+    # module fixtures run before conftest's per-test one-thread fixture; two threads on a loaded
+    # 2-core machine make the reference ~20x slower
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _problem()
+    finally:
+        torch.set_num_threads(before)
+
+
+def _problem():
     ns = NoiseScheduleVP("linear")
     gmm = GaussianMixture.random(8, 6, 0.3, seed=0)
     tt = torch.tensor([1.0, T_END], dtype=torch.float64)

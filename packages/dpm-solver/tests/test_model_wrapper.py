@@ -97,3 +97,28 @@ def test_bad_input():
         model_wrapper(m, "linear")
     with pytest.raises(ValueError, match="t_continuous"):
         model_wrapper(m, ns)(torch.ones(3, 2), torch.ones(2))
+
+
+def test_sigma_space_inputs_and_classifier_guidance():
+    """EDM schedule: the network and the classifier see x~ = x / alpha and t = sigma~."""
+    from dpm_solver import NoiseScheduleEDM
+
+    ns = NoiseScheduleEDM()
+    seen = {}
+
+    def net(x_tilde, t_in):
+        seen["x"], seen["t"] = x_tilde, t_in
+        return torch.zeros_like(x_tilde)
+
+    x = torch.randn(3, 4, dtype=torch.float64)
+    t = torch.full((3,), 2.5, dtype=torch.float64)
+    alpha = 1 / (1 + 2.5**2) ** 0.5
+    fn = model_wrapper(
+        net, ns, guidance_type="classifier", guidance_scale=2.0,
+        classifier_fn=lambda xt, t_in, c: -0.5 * (xt**2).sum(1),
+    )  # fmt: skip
+    out = fn(x, t)
+    torch.testing.assert_close(seen["x"], x / alpha)
+    torch.testing.assert_close(seen["t"], t)
+    # eps - s sigma~ grad_x~ log p = 0 + 2 * 2.5 * x~
+    torch.testing.assert_close(out, 2.0 * 2.5 * x / alpha)

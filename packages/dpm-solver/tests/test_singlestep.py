@@ -15,6 +15,17 @@ T_END = 1e-3
 
 @pytest.fixture(scope="module")
 def problem():
+    # module fixtures run before conftest's per-test one-thread fixture; two threads on a loaded
+    # 2-core machine make the reference ~20x slower
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _problem()
+    finally:
+        torch.set_num_threads(before)
+
+
+def _problem():
     ns = NoiseScheduleVP("linear")
     gmm = GaussianMixture.random(8, 6, 0.3, seed=0)
     tt = torch.tensor([1.0, T_END], dtype=torch.float64)
@@ -169,3 +180,14 @@ def test_order1_singlestep_equals_multistep_ddim(problem):
     a = DPM_Solver(fn, ns).sample(x_T, steps=7, order=1, method="singlestep", skip_type="logSNR")
     b = DPM_Solver(fn, ns).sample(x_T, steps=7, order=1, method="multistep", skip_type="logSNR")
     torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_hook_and_intermediates_as_upstream():
+    """correcting_xt_fn gets upstream's 0-based outer step index after each singlestep step."""
+    ns = NoiseScheduleVP("linear")
+    gmm = GaussianMixture.random(4, 3, 0.3, seed=1)
+    seen = []
+    solver = DPM_Solver(_fn(gmm, ns), ns, correcting_xt_fn=lambda x, t, step: seen.append(step) or x)
+    x = torch.randn(4, 4, dtype=torch.float64)
+    out, inter = solver.sample(x, steps=10, order=3, method="singlestep", return_intermediate=True)
+    assert seen == [0, 1, 2, 3] and len(inter) == 5 and inter[-1] is out  # orders [3, 3, 3, 1]

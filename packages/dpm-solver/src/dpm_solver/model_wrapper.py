@@ -46,7 +46,8 @@ def model_wrapper(
     Sigma-space schedules (:class:`NoiseScheduleEDM`, :class:`NoiseScheduleVE`): the solver state is
     VP-scaled, so the network gets ``x~ = x / alpha_t`` and the time ``t`` (``sigma~`` for EDM);
     ``"noise"`` and ``"x_start"`` mean the same in both coordinates, ``"v"`` is the VP
-    ``alpha eps - sigma x0``, and ``"score"`` is the VE score ``grad_x~ log p`` (``eps = -sigma~ score``).
+    ``alpha eps - sigma x0``, and ``"score"`` is the VE score ``grad_x~ log p`` (``eps = -sigma~ score``);
+    a classifier also gets ``x~`` and the guidance term is ``sigma~ grad_x~ log p(c | x~)``.
 
     Guidance: ``"uncond"``; ``"classifier"``:
     ``eps - guidance_scale * sigma_t * grad_x classifier_fn(x, t_input, condition, **classifier_kwargs)``
@@ -116,8 +117,13 @@ def model_wrapper(
         if guidance_type == "uncond":
             return noise_pred_fn(x, t_continuous)
         if guidance_type == "classifier":
-            cond_grad = cond_grad_fn(x, get_model_input_time(t_continuous))
-            sigma_t = ns.marginal_std(t_continuous)
+            if sigma_space:  # classifier on x~ = x / alpha: sigma grad_x = sigma~ grad_x~
+                x_c = x / _bcast(ns.marginal_alpha(t_continuous), x)
+                cond_grad = cond_grad_fn(x_c, get_model_input_time(t_continuous))
+                sigma_t = ns.sigma_tilde(t_continuous)
+            else:
+                cond_grad = cond_grad_fn(x, get_model_input_time(t_continuous))
+                sigma_t = ns.marginal_std(t_continuous)
             return noise_pred_fn(x, t_continuous) - guidance_scale * _bcast(sigma_t, x) * cond_grad
         if guidance_scale == 1.0 or unconditional_condition is None:
             return noise_pred_fn(x, t_continuous, cond=condition)

@@ -22,7 +22,6 @@ from .singlestep import (
     singlestep_step,
 )
 from .updates import (
-    SOLVER_TYPES,
     first_order_update,
     multistep_order,
     multistep_update,
@@ -33,7 +32,6 @@ __all__ = ["DPM_Solver"]
 
 ALGORITHM_TYPES = ("dpmsolver++", "dpmsolver", "sde-dpmsolver++")
 METHODS = ("multistep", "singlestep", "singlestep_fixed", "adaptive")
-_ = SOLVER_TYPES
 
 
 class DPM_Solver:
@@ -53,8 +51,9 @@ class DPM_Solver:
             with ``m = thresholding_max_val``) or a callable ``f(x0, t) -> x0``; dpmsolver++ only.
         correcting_xt_fn: optional ``f(x, t, step) -> x`` applied after every step.
 
-    After :meth:`sample`, ``self.nfe`` holds the number of model evaluations it made. Every model
-    output is checked for NaN/inf (``FloatingPointError`` naming the step index and t).
+    After :meth:`sample`, ``self.nfe`` holds the number of model evaluations it made. With
+    ``check_finite=True`` (new keyword, default) every model output is checked for NaN/inf
+    (``FloatingPointError`` naming the step index and t); this costs one device sync per evaluation.
     """
 
     def __init__(
@@ -66,6 +65,7 @@ class DPM_Solver:
         correcting_xt_fn: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor] | None = None,
         thresholding_max_val: float = 1.0,
         dynamic_thresholding_ratio: float = 0.995,
+        check_finite: bool = True,
     ) -> None:
         if not callable(model_fn):
             raise TypeError("model_fn must be callable")
@@ -93,6 +93,7 @@ class DPM_Solver:
         if not 0.0 < dynamic_thresholding_ratio <= 1.0:
             raise ValueError("dynamic_thresholding_ratio must lie in (0, 1]")
         self._raw_model_fn = model_fn
+        self.check_finite = bool(check_finite)
         self.model = self._checked_model
         self.nfe = 0
         self._step = 0
@@ -124,7 +125,7 @@ class DPM_Solver:
         """One model evaluation: counted in ``self.nfe`` and checked for NaN/inf."""
         out = self._raw_model_fn(x, t.reshape(-1).expand(x.shape[0]))
         self.nfe += 1
-        if not bool(torch.isfinite(out).all()):
+        if self.check_finite and not bool(torch.isfinite(out).all()):
             raise FloatingPointError(
                 f"model output contains NaN or inf at step {self._step} (t={float(t.reshape(-1)[0]):.6g}, "
                 f"model evaluation {self.nfe})"
@@ -504,7 +505,7 @@ class DPM_Solver:
                     x, s, t, step_order, solver_type=solver_type, r1=r1, r2=r2
                 )
                 if self.correcting_xt_fn is not None:
-                    x = self.correcting_xt_fn(x, t, step)
+                    x = self.correcting_xt_fn(x, t, step - 1)  # upstream: 0-based outer step index
                 if return_intermediate:
                     intermediates.append(x)
             step = len(orders)

@@ -8,7 +8,7 @@ Conventions shared by all functions:
 
 - ``x`` is the VP state at the current time s (``x = alpha x0 + sigma eps``).
 - ``alpha_*``, ``sigma_*``, ``lambda_*`` and ``h`` are 0-d tensors (or tensors broadcastable against
-  ``x``, e.g. shape ``(B, 1, ..., 1)``) in ``x``'s dtype.
+  ``x``, e.g. shape ``(B, 1, ..., 1)``) in ``x``'s dtype; Python numbers are accepted and converted.
 - ``algorithm_type="dpmsolver++"``: model outputs are data predictions ``x0 = (x - sigma eps)/alpha``;
   ``"dpmsolver"``: noise predictions ``eps``. SDE updates take data predictions only.
 - ``solver_type``: ``"dpmsolver"`` (upstream default; diffusers ``"midpoint"``) or ``"taylor"``
@@ -55,6 +55,13 @@ def normalize_solver_type(solver_type: str) -> str:
         ) from None
 
 
+def _tensors(x: torch.Tensor, *vals):
+    """Python numbers -> 0-d tensors in x's dtype/device (tensors pass through unchanged)."""
+    return tuple(
+        v if isinstance(v, torch.Tensor) else torch.tensor(v, dtype=x.dtype, device=x.device) for v in vals
+    )
+
+
 def _check_algorithm(algorithm_type: str) -> None:
     if algorithm_type not in ALGORITHM_TYPES:
         raise ValueError(f"algorithm_type must be one of {ALGORITHM_TYPES}, got {algorithm_type!r}")
@@ -77,6 +84,7 @@ def first_order_update(
     ``dpmsolver``: ``x_t = (alpha_t/alpha_s) x - sigma_t (e^h - 1) eps_s``.
     """
     _check_algorithm(algorithm_type)
+    alpha_s, sigma_s, alpha_t, sigma_t, h = _tensors(x, alpha_s, sigma_s, alpha_t, sigma_t, h)
     if algorithm_type == "dpmsolver++":
         return (sigma_t / sigma_s) * x - (alpha_t * torch.expm1(-h)) * model_s
     # sigma_t (e^h - 1) -> alpha_t sigma_s / alpha_s as sigma_t -> 0 (h -> inf): 0 * inf avoided
@@ -127,6 +135,8 @@ def multistep_update(
     """
     _check_algorithm(algorithm_type)
     solver_type = normalize_solver_type(solver_type)
+    lambda_t, alpha_s, sigma_s, alpha_t, sigma_t = _tensors(x, lambda_t, alpha_s, sigma_s, alpha_t, sigma_t)
+    lambdas = _tensors(x, *lambdas)
     if order not in (1, 2, 3):
         raise ValueError(f"multistep order must be 1, 2 or 3, got {order!r}")
     if len(model_outputs) < order or len(lambdas) < order:
@@ -201,6 +211,8 @@ def singlestep_update(
     """
     _check_algorithm(algorithm_type)
     solver_type = normalize_solver_type(solver_type)
+    lambda_t, alpha_s, sigma_s, alpha_t, sigma_t = _tensors(x, lambda_t, alpha_s, sigma_s, alpha_t, sigma_t)
+    lambdas = _tensors(x, *lambdas)
     if order not in (1, 2, 3):
         raise ValueError(f"singlestep order must be 1, 2 or 3, got {order!r}")
     if len(model_outputs) < order or len(lambdas) < order:
@@ -251,6 +263,7 @@ def sde_first_order_update(
     ``x_t = (sigma_t/sigma_s) e^{-h} x + alpha_t (1 - e^{-2h}) x0_s + sigma_t sqrt(1 - e^{-2h}) z``
     with ``z = noise`` ~ N(0, I).
     """
+    sigma_s, alpha_t, sigma_t, h = _tensors(x, sigma_s, alpha_t, sigma_t, h)
     one_m = -torch.expm1(-2.0 * h)  # 1 - e^{-2h}
     return (
         (sigma_t / sigma_s * torch.exp(-h)) * x
@@ -284,6 +297,8 @@ def sde_multistep_update(
     """
     del alpha_s
     solver_type = normalize_solver_type(solver_type)
+    lambda_t, sigma_s, alpha_t, sigma_t = _tensors(x, lambda_t, sigma_s, alpha_t, sigma_t)
+    lambdas = _tensors(x, *lambdas)
     if order not in (1, 2, 3):
         raise ValueError(f"SDE multistep order must be 1, 2 or 3, got {order!r}")
     if len(model_outputs) < order or len(lambdas) < order:
