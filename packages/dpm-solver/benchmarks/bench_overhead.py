@@ -1,0 +1,128 @@
+"""Solver overhead per step on the CPU, relative to one evaluation of the tiny digits UNet.
+
+The model is replaced by a constant (zero-cost) output, so the time per step is the solver's own work:
+coefficient computation, the update rule, the model-output conversion and the bookkeeping. Compared:
+our functional ``DPM_Solver.sample`` (multistep 2M / 3M, singlestep 3), our diffusers-compatible
+scheduler, and diffusers' ``DPMSolverMultistepScheduler``. Best of ``--repeats`` runs (the machine is
+shared; timings are noisy).
+
+Run: ``python packages/dpm-solver/benchmarks/bench_overhead.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from diffusers import DPMSolverMultistepScheduler
+from diffusers.utils import logging as diffusers_logging
+from dpm_solver import DPM_Solver, NoiseScheduleVP
+from dpm_solver.schedulers import MultistepDPMSolverScheduler, SinglestepDPMSolverScheduler
+
+RESULTS = Path(__file__).resolve().parent / "results"
+STEPS = 20
+
+
+def best_of(fn, repeats: int) -> float:
+    fn()  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def unet_eval(shape, repeats: int) -> float:
+    from bench_digits import make_unet  # same tiny UNet as the digits benchmark
+
+    unet = make_unet().eval()
+    x = torch.randn(shape)
+    t = torch.full((shape[0],), 500)
+    with torch.no_grad():
+        return best_of(lambda: unet(x, t).sample, repeats)
+
+
+def functional(shape, repeats: int, **kw) -> float:
+    ns = NoiseScheduleVP("discrete", betas=torch.linspace(1e-4, 0.02, 1000))
+    out = torch.randn(shape) * 0.1
+    solver = DPM_Solver(lambda x, t: out, ns, algorithm_type="dpmsolver++")
+    x = torch.randn(shape)
+    return best_of(lambda: solver.sample(x, steps=STEPS, **kw), repeats) / STEPS
+
+
+def scheduler(sched, shape, repeats: int) -> float:
+    out = torch.randn(shape) * 0.1
+    x0 = torch.randn(shape)
+
+    def run():
+        sched.set_timesteps(STEPS)
+        x = x0
+        for t in sched.timesteps:
+            x = sched.step(out, t, x).prev_sample
+
+    return best_of(run, repeats) / STEPS
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    warnings.filterwarnings("ignore")
+    diffusers_logging.set_verbosity_error()
+    torch.set_num_threads(args.threads)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    shapes = [(1, 1, 8, 8), (64, 1, 8, 8), (1, 4, 64, 64)]
+    cases = {
+        "ours DPM_Solver 2M": lambda s: functional(s, args.repeats, order=2, skip_type="logSNR"),
+        "ours DPM_Solver 3M": lambda s: functional(s, args.repeats, order=3, skip_type="logSNR"),
+        "ours DPM_Solver 3S": lambda s: functional(
+            s, args.repeats, order=3, skip_type="logSNR", method="singlestep"
+        ),
+        "ours scheduler 2M": lambda s: scheduler(MultistepDPMSolverScheduler(), s, args.repeats),
+        "ours scheduler 3S": lambda s: scheduler(
+            SinglestepDPMSolverScheduler(solver_order=3), s, args.repeats
+        ),
+        "diffusers DPMSolverMultistep 2M": lambda s: scheduler(
+            DPMSolverMultistepScheduler(), s, args.repeats
+        ),
+    }
+    rows = []
+    unet_t = {s: unet_eval(s, args.repeats) for s in shapes if s[1] == 1}
+    for shape in shapes:
+        for name, fn in cases.items():
+            t = fn(shape)
+            ratio = t / unet_t[shape] if shape in unet_t else float("nan")
+            rows.append(
+                dict(case=name, shape="x".join(map(str, shape)), us_per_step=1e6 * t, vs_unet_eval=ratio)
+            )
+    with open(RESULTS / "bench_overhead.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    lines = [
+        f"# bench_overhead ({datetime.date.today()}, {args.threads} thread(s), best of {args.repeats}, "
+        f"{STEPS} steps)",
+        "",
+        "Tiny digits UNet, one evaluation: "
+        + ", ".join(f"batch {s[0]} {1e3 * t:.2f} ms" for s, t in unet_t.items()),
+        "",
+        "| solver | shape | µs / step | × one UNet eval |",
+        "|---|---|---|---|",
+    ]
+    for r in rows:
+        ratio = "" if r["vs_unet_eval"] != r["vs_unet_eval"] else f"{r['vs_unet_eval']:.3f}"
+        lines.append(f"| {r['case']} | {r['shape']} | {r['us_per_step']:.0f} | {ratio} |")
+    text = "\n".join(lines)
+    (RESULTS / "bench_overhead.md").write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
