@@ -20,7 +20,9 @@ def _qkv(b=2, hq=8, hkv=2, nq=200, nk=130, d=96, dtype=torch.float32, seed=0):
 
 def _bound(v, hq, out_dtype, o):
     vmax = v.float().abs().amax(-2, keepdim=True).repeat_interleave(hq // v.shape[1], dim=1)
-    ulp = 0.0 if out_dtype == torch.float32 else torch.finfo(out_dtype).eps * o.float().abs()  # final rounding
+    ulp = (
+        0.0 if out_dtype == torch.float32 else torch.finfo(out_dtype).eps * o.float().abs()
+    )  # final rounding
     return 2**-9 * vmax + ulp
 
 
