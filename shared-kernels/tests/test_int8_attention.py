@@ -33,7 +33,8 @@ def _inputs(b=1, hq=2, hkv=1, nq=37, nk=70, d=64, dv=None, block_q=128, mask=Non
         m = 2 * torch.randn(nk, generator=g)  # broadcast over b, h and rows (stride 0 along rows)
     elif mask == "strided":
         m = torch.randn(b, hq, nk, nq, generator=g).transpose(-1, -2)  # non-unit key stride
-    return dict(q8=q8, k8=k8, q_scale=qs, k_scale=ks, v16=v.half(), v_scale=vs), m
+    vdt = (torch.float32, torch.bfloat16, torch.float16)[seed % 3]  # every V dtype the kernel takes
+    return dict(q8=q8, k8=k8, q_scale=qs, k_scale=ks, v=v.to(vdt), v_scale=vs), m
 
 
 def _matches(got, want, what):
@@ -52,7 +53,7 @@ def _native(args, mask, block_q, causal, force_scalar):
         a["k8"],
         a["q_scale"],
         a["k_scale"],
-        a["v16"],
+        a["v"],
         vs,
         mask,
         block_q,
@@ -103,7 +104,7 @@ def test_reference_close_to_float64_attention():
         qd = args["q8"].double() * args["q_scale"].double().repeat_interleave(128, -1)[..., :77, None]
         kd = args["k8"].double() * args["k_scale"].double().repeat_interleave(64, -1)[..., :150, None]
         kd = kd.repeat_interleave(2, dim=1)
-        vd = (args["v16"].double() * args["v_scale"].double()).repeat_interleave(2, dim=1)
+        vd = args["v"].double().repeat_interleave(2, dim=1)
         s = qd @ kd.transpose(-1, -2)
         if mask is not None:
             s = s + mask.double() * math.log2(math.e)
@@ -112,9 +113,10 @@ def test_reference_close_to_float64_attention():
         lse = torch.logsumexp(s * math.log(2), -1) / math.log(2)
         p = torch.exp2(s - lse[..., None])
         want = torch.nan_to_num(p) @ vd
-        # fp16 P: relative error <= 2^-11 per element; output error <= 2^-11 · Σ p |v| <= 2^-11 · max|v|
+        # fp16 P and fp16 V / v_scale: relative error <= 2^-11 each per product, so the output error
+        # is <= 2^-10 · Σ p |v| / Σ p <= 2^-10 · max|v| (plus float32 rounding of the sums)
         vmax = vd.abs().amax(-2, keepdim=True)
-        assert ((o.double() - want).abs() <= 2**-10 * vmax + 1e-6).all()
+        assert ((o.double() - want).abs() <= (2**-10 + 1e-5) * vmax + 1e-6).all()
         assert (lse2.double() - lse).abs().max() < 1e-5 * (1 + lse.abs().max())
 
 
@@ -151,7 +153,7 @@ def test_fully_masked_rows_zero_blocks_and_nan_policy():
     args["q8"][0, 1, 16:32] = 0  # an all-zero query block (its scale 0 too)
     args["q_scale"][0, 1, 1] = 0.0
     args["q_scale"][0, 0, 3] = float("nan")  # NaN scale: the rows 48..63 of head 0 are NaN
-    args["v16"][0, 0, 100, 5] = float("nan")  # NaN in v: channel 5 of the rows that read key 100
+    args["v"][0, 0, 100, 5] = float("nan")  # NaN in v: channel 5 of the rows that read key 100
     for backend in ("cpu", "torch"):
         o, lse2 = sk.int8_attention(**args, attn_mask=mask, block_q=16, backend=backend)
         assert (o[0, 0, 3] == 0).all() and lse2[0, 0, 3] == float("-inf")
@@ -163,7 +165,7 @@ def test_fully_masked_rows_zero_blocks_and_nan_policy():
         )
         assert torch.isfinite(o[0, 1]).all() and torch.isfinite(lse2[0, 1]).all()
         # zero query block: uniform attention over the 64 visible keys of head 1
-        want = (args["v16"][0, 1, :64].float() * args["v_scale"][0, 1]).mean(0)
+        want = args["v"][0, 1, :64].float().mean(0)
         torch.testing.assert_close(o[0, 1, 16:32], want.expand(16, -1), rtol=1e-3, atol=1e-3)
         if backend == "cpu":
             cpu = (o, lse2)
@@ -193,8 +195,8 @@ def _bad(name):
         "q8": dict(q8=args["q8"].float()),
         "k8": dict(k8=args["k8"][..., :32].contiguous()),
         "heads": dict(k8=torch.zeros(1, 3, 70, 64, dtype=torch.int8)),
-        "v16": dict(v16=args["v16"].float()),
-        "v16 shape": dict(v16=args["v16"][:, :, :69].contiguous()),
+        "v": dict(v=args["v"].double()),
+        "v shape": dict(v=args["v"][:, :, :69].contiguous()),
         "q_scale": dict(q_scale=torch.ones(1, 2, 2)),
         "k_scale": dict(k_scale=torch.ones(1, 1, 1)),
         "v_scale": dict(v_scale=torch.ones(1, 1, 1, 3)),
@@ -214,8 +216,8 @@ def _bad(name):
         ("q8", TypeError, "q8"),
         ("k8", ValueError, "k8"),
         ("heads", ValueError, "heads"),
-        ("v16", TypeError, "v16"),
-        ("v16 shape", ValueError, "v16"),
+        ("v", TypeError, "v"),
+        ("v shape", ValueError, "v must"),
         ("q_scale", ValueError, "q_scale"),
         ("k_scale", ValueError, "k_scale"),
         ("v_scale", ValueError, "v_scale"),
@@ -236,14 +238,14 @@ def test_bad_input(case, exc, word):
 def test_opcheck(backend):
     args, m = _inputs(1, 2, 1, 20, 70, 16, 8, 16, "additive", seed=11)
     vs = args["v_scale"].reshape(1, 1, 8).contiguous()
-    a = (args["q8"], args["k8"], args["q_scale"], args["k_scale"], args["v16"], vs, m, 16, True, backend)
+    a = (args["q8"], args["k8"], args["q_scale"], args["k_scale"], args["v"], vs, m, 16, True, backend)
     torch.library.opcheck(torch.ops.shared_kernels.int8_attention.default, a)
     a = (
         args["q8"],
         args["k8"],
         args["q_scale"],
         args["k_scale"],
-        args["v16"],
+        args["v"],
         None,
         None,
         16,
@@ -256,8 +258,8 @@ def test_opcheck(backend):
 def test_torch_compile_fullgraph():
     args, _ = _inputs(1, 2, 1, 20, 70, 32, 32, 128, None, seed=12)
 
-    def fn(q8, k8, qs, ks, v16, vs):
-        o, lse2 = sk.int8_attention(q8, k8, qs, ks, v16, vs, is_causal=True)
+    def fn(q8, k8, qs, ks, v, vs):
+        o, lse2 = sk.int8_attention(q8, k8, qs, ks, v, vs, is_causal=True)
         return o * 2, lse2
 
     eager = fn(*args.values())

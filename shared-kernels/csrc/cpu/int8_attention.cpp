@@ -1,5 +1,5 @@
 // Fused INT8 attention forward on the CPU (SageAttention2: INT8 per-block Q.K^T, online exp2 softmax,
-// fp16 P.V with float32 accumulation), see include/shared_kernels/int8_attention.h for the numerics.
+// fp16 P.V with float32 accumulation; V divided by its channel scale and rounded to fp16 in the packing pass), see include/shared_kernels/int8_attention.h for the numerics.
 // Flash-style: per (b, q head, tile of kTileQ query rows) a loop over blocks of 64 keys; S is never
 // materialised beyond one [kTileQ, 64] tile. OpenMP over (b, head, tile); an AVX-512 VNNI path
 // (vpdpbusd for Q.K^T like int8_gemm.cpp, exp2 and P.V in AVX-512) and a scalar fallback that gives
@@ -38,14 +38,15 @@ struct AttnArgs {
   const int8_t* k;     // [B, Hkv, Nk, D]
   const float* qs;     // [B, Hq, ceil(Nq / block_q)]
   const float* ks;     // [B, Hkv, ceil(Nk / 64)]
-  const uint16_t* v;   // fp16 [B, Hkv, Nk, Dv]
-  const float* vs;     // [B, Hkv, Dv] or nullptr (1)
+  const void* v;       // [B, Hkv, Nk, Dv], dtype code v_dtype (conv::DType)
+  const float* vs;     // [B, Hkv, Dv] or nullptr (1): V is divided by it before the fp16 rounding
   const float* mask;   // additive, element strides ms_*, or nullptr
   int64_t ms_b, ms_h, ms_i, ms_j;
   float* o;    // [B, Hq, Nq, Dv]
   float* lse;  // [B, Hq, Nq], log2 units
   int64_t B, Hq, Hkv, Nq, Nk, D, Dv, block_q;
   bool causal;
+  int v_dtype;
 
   int64_t group() const { return Hq / Hkv; }
   int64_t nkb() const { return (Nk + kBK - 1) / kBK; }
@@ -62,6 +63,20 @@ inline float row_sum_scalar(const float* p) {
   for (int w = 8; w >= 1; w /= 2)
     for (int c = 0; c < w; ++c) t[c] = t[c] + t[c + w];
   return t[0];
+}
+
+// v16[j, c] = fp16(float32(v[j, c]) / v_scale[c]) as a float32 value (exact), for all (b, kv head).
+template <int DT>
+void v16_scalar(const AttnArgs& a, float* out) {
+  const int64_t rows = a.B * a.Hkv * a.Nk;
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* vs = a.vs ? a.vs + (r / a.Nk) * a.Dv : nullptr;
+    for (int64_t c = 0; c < a.Dv; ++c) {
+      const float x = conv::load<DT>(a.v, r * a.Dv + c);
+      out[r * a.Dv + c] = conv::f16_to_f32(conv::f32_to_f16(vs ? x / vs[c] : x));
+    }
+  }
 }
 
 inline void finish_row(const AttnArgs& a, int64_t b, int64_t h, int64_t i, float m, float l, const float* acc) {
@@ -81,6 +96,12 @@ inline void finish_row(const AttnArgs& a, int64_t b, int64_t h, int64_t i, float
 
 void attention_scalar(const AttnArgs& a) {
   const int64_t tiles = a.tiles(), nkb = a.nkb();
+  std::vector<float> v16(static_cast<size_t>(a.B * a.Hkv * a.Nk * a.Dv));
+  switch (a.v_dtype) {
+    case conv::kFloat32: v16_scalar<conv::kFloat32>(a, v16.data()); break;
+    case conv::kFloat16: v16_scalar<conv::kFloat16>(a, v16.data()); break;
+    default: v16_scalar<conv::kBFloat16>(a, v16.data()); break;
+  }
 #pragma omp parallel
   {
     std::vector<float> acc(static_cast<size_t>(a.Dv)), pv(static_cast<size_t>(a.Dv));
@@ -90,7 +111,7 @@ void attention_scalar(const AttnArgs& a) {
       const int64_t b = t / (a.Hq * tiles), h = (t / tiles) % a.Hq, hk = h / a.group();
       const int64_t i0 = (t % tiles) * kTileQ, i1 = std::min(i0 + kTileQ, a.Nq);
       const int8_t* kbase = a.k + (b * a.Hkv + hk) * a.Nk * a.D;
-      const uint16_t* vbase = a.v + (b * a.Hkv + hk) * a.Nk * a.Dv;
+      const float* vbase = v16.data() + (b * a.Hkv + hk) * a.Nk * a.Dv;
       const float* ksb = a.ks + (b * a.Hkv + hk) * nkb;
       for (int64_t i = i0; i < i1; ++i) {
         const int8_t* qrow = a.q + ((b * a.Hq + h) * a.Nq + i) * a.D;
@@ -124,8 +145,8 @@ void attention_scalar(const AttnArgs& a) {
           std::fill(pv.begin(), pv.end(), 0.0f);
           for (int64_t jj = 0; jj < jn; ++jj) {
             const float p16 = conv::f16_to_f32(conv::f32_to_f16(p[jj]));
-            const uint16_t* vrow = vbase + (j0 + jj) * a.Dv;
-            for (int64_t c = 0; c < a.Dv; ++c) pv[c] += p16 * conv::f16_to_f32(vrow[c]);  // exact product
+            const float* vrow = vbase + (j0 + jj) * a.Dv;
+            for (int64_t c = 0; c < a.Dv; ++c) pv[c] += p16 * vrow[c];  // exact product
           }
           for (int64_t c = 0; c < a.Dv; ++c) acc[c] = ia::add_rn(ia::mul_rn(acc[c], alpha), pv[c]);
         }
@@ -171,13 +192,21 @@ SK_TARGET_AVX512VNNI inline float row_sum16x4(__m512 p0, __m512 p1, __m512 p2, _
 
 struct Packed {
   // K of each (b, kv head, key block) as u8 = k ^ 0x80 in [ceil(D/4)][64 keys][4] panels, zero padded;
-  // V as float32 (exact fp16 values) [Nk rounded up to 64][Dv rounded up to 16], zero padded.
+  // V as float32 holding fp16(v / v_scale) [Nk rounded up to 64][Dv rounded up to 16], zero padded.
   std::vector<uint8_t> k;
   std::vector<float> v;
   int64_t dq, dvp;
   int64_t kpanel() const { return dq * kBK * 4; }
   int64_t vblock() const { return kBK * dvp; }
 };
+
+template <int DT>
+SK_TARGET_AVX512VNNI inline __m512 v16_load(const AttnArgs& a, int64_t bh, int64_t j, int64_t c0) {
+  const __mmask16 m = conv::tail_mask(a.Dv - c0);
+  __m512 x = conv::load16<DT>(a.v, (bh * a.Nk + j) * a.Dv + c0, m);
+  if (a.vs) x = _mm512_maskz_div_ps(m, x, _mm512_maskz_loadu_ps(m, a.vs + bh * a.Dv + c0));
+  return _mm512_cvtph_ps(_mm512_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
 
 SK_TARGET_AVX512VNNI void pack_kv(const AttnArgs& a, Packed& pk) {
   const int64_t nkb = a.nkb();
@@ -195,8 +224,11 @@ SK_TARGET_AVX512VNNI void pack_kv(const AttnArgs& a, Packed& pk) {
       float* dst = vd + jj * pk.dvp;
       for (int64_t c0 = 0; c0 < pk.dvp; c0 += 16) {
         __m512 x = _mm512_setzero_ps();
-        if (jj < jn && c0 < a.Dv)
-          x = conv::load16<conv::kFloat16>(a.v + (bh * a.Nk + j0 + jj) * a.Dv, c0, conv::tail_mask(a.Dv - c0));
+        if (jj < jn && c0 < a.Dv) {
+          if (a.v_dtype == conv::kFloat32) x = v16_load<conv::kFloat32>(a, bh, j0 + jj, c0);
+          else if (a.v_dtype == conv::kFloat16) x = v16_load<conv::kFloat16>(a, bh, j0 + jj, c0);
+          else x = v16_load<conv::kBFloat16>(a, bh, j0 + jj, c0);
+        }
         _mm512_storeu_ps(dst + c0, x);
       }
     }
@@ -377,17 +409,20 @@ void int8_attention_cpu(std::uintptr_t q, std::uintptr_t k, std::uintptr_t q_sca
                         std::uintptr_t v, std::uintptr_t v_scale, std::uintptr_t mask, int64_t ms_b, int64_t ms_h,
                         int64_t ms_i, int64_t ms_j, std::uintptr_t o, std::uintptr_t lse, int64_t B, int64_t Hq,
                         int64_t Hkv, int64_t Nq, int64_t Nk, int64_t D, int64_t Dv, int64_t block_q, bool causal,
-                        bool force_scalar) {
+                        int v_dtype, bool force_scalar) {
   if (B < 0 || Hq < 1 || Hkv < 1 || Hq % Hkv || Nq < 0 || Nk < 1 || D < 1 || D > ig::kMaxK || Dv < 1 ||
       block_q < 1 || Nk > (int64_t{1} << 30)) {
     throw std::invalid_argument("int8_attention_cpu: bad sizes");
   }
+  if (v_dtype != conv::kFloat32 && v_dtype != conv::kFloat16 && v_dtype != conv::kBFloat16) {
+    throw std::invalid_argument("int8_attention_cpu: v_dtype code must be 0, 1 or 2");
+  }
   const AttnArgs a{reinterpret_cast<const int8_t*>(q), reinterpret_cast<const int8_t*>(k),
                    reinterpret_cast<const float*>(q_scale), reinterpret_cast<const float*>(k_scale),
-                   reinterpret_cast<const uint16_t*>(v), reinterpret_cast<const float*>(v_scale),
+                   reinterpret_cast<const void*>(v), reinterpret_cast<const float*>(v_scale),
                    reinterpret_cast<const float*>(mask), ms_b, ms_h, ms_i, ms_j,
                    reinterpret_cast<float*>(o), reinterpret_cast<float*>(lse),
-                   B, Hq, Hkv, Nq, Nk, D, Dv, block_q, causal};
+                   B, Hq, Hkv, Nq, Nk, D, Dv, block_q, causal, v_dtype};
   if (B == 0 || Nq == 0) return;
   const bool vnni = !force_scalar && vnni_available();
   py::gil_scoped_release release;
@@ -409,10 +444,11 @@ SK_REGISTER_BINDINGS(int8_attention) {
         py::arg("q_scale"), py::arg("k_scale"), py::arg("v"), py::arg("v_scale"), py::arg("mask"), py::arg("ms_b"),
         py::arg("ms_h"), py::arg("ms_i"), py::arg("ms_j"), py::arg("o"), py::arg("lse"), py::arg("B"), py::arg("Hq"),
         py::arg("Hkv"), py::arg("Nq"), py::arg("Nk"), py::arg("D"), py::arg("Dv"), py::arg("block_q"),
-        py::arg("causal"), py::arg("force_scalar") = false,
+        py::arg("causal"), py::arg("v_dtype"), py::arg("force_scalar") = false,
         "Fused INT8 attention forward: q int8 [B,Hq,Nq,D], k int8 [B,Hkv,Nk,D], q_scale [B,Hq,ceil(Nq/block_q)], "
-        "k_scale [B,Hkv,ceil(Nk/64)], v fp16 [B,Hkv,Nk,Dv], v_scale fp32 [B,Hkv,Dv] (0: none), mask fp32 with "
-        "element strides (0: none); writes o fp32 [B,Hq,Nq,Dv] and lse fp32 [B,Hq,Nq] (log2 units).");
+        "k_scale [B,Hkv,ceil(Nk/64)], v [B,Hkv,Nk,Dv] (v_dtype 0 fp32, 1 fp16, 2 bf16), v_scale fp32 [B,Hkv,Dv] "
+        "(0: none; V / v_scale is rounded to fp16, the output multiplied by v_scale), mask fp32 with element "
+        "strides (0: none); writes o fp32 [B,Hq,Nq,Dv] and lse fp32 [B,Hq,Nq] (log2 units).");
   m.def("int8_attention_cpu_vnni", &shared_kernels::cpu::vnni_available,
         "True when int8_attention_cpu takes the AVX-512 VNNI path (unless force_scalar).");
 }

@@ -8,7 +8,8 @@
 //   m'    = max(m, max_j s_j)  (NaN propagates),  mu = (m' == -inf ? 0 : m')
 //   p_j   = exp2_neg(s_j - mu),  alpha = exp2_neg(m - mu)
 //   l     = add_rn(mul_rn(l, alpha), row_sum(p))     (row_sum: fixed tree, see int8_attention.cpp)
-//   pv_c  = sum_j fp16(p_j) * v16[j, c]              (j ascending, float32; products are exact)
+//   pv_c  = sum_j fp16(p_j) * v16[j, c]              (j ascending, float32; products are exact),
+//           v16[j, c] = fp16(float32(v[j, c]) / v_scale[c])   (v_scale: optional per-channel divisor)
 //   acc_c = add_rn(mul_rn(acc_c, alpha), pv_c)
 // Finally o_c = (acc_c / l) * v_scale_c and lse2 = m + float(log2(double(l))) (log2 units), o = 0 and
 // lse2 = -inf where l == 0 (every key masked).

@@ -85,9 +85,10 @@ def _attention_cpu(q, k, v, sm_scale, is_causal, mask, smooth_k):
     ``|o_cpu - o_torch| <= 2^-9 · max_j |v[j, c]|`` per output channel (tested)."""
     q8, qs, _ = quantize_int8_per_block(q.contiguous(), ref.BLKQ, multiplier=sm_scale * ref.LOG2E)
     k8, ks, km = quantize_int8_per_block(k.contiguous(), ref.BLKK, subtract_mean=smooth_k)
-    vs = ref.v_channel_scale(v)
-    v16 = (v.float() / vs).half().contiguous()
-    o, lse2 = int8_attention(q8, k8, qs, ks, v16, vs, attn_mask=mask, is_causal=is_causal, block_q=ref.BLKQ)
+    vs = ref.v_channel_scale(v)  # the kernel rounds v / vs to fp16 and multiplies the output by vs
+    o, lse2 = int8_attention(
+        q8, k8, qs, ks, v.contiguous(), vs, attn_mask=mask, is_causal=is_causal, block_q=ref.BLKQ
+    )
     return o, ref.lse_natural(lse2, q, km, sm_scale)
 
 

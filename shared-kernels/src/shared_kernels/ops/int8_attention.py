@@ -20,27 +20,31 @@ _backend.register_op(
 )
 
 
-def _new_outputs(q8, v16):
+_V_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_DTYPE_CODE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+
+
+def _new_outputs(q8, v):
     b, hq, nq, _ = q8.shape
-    o = _alloc.new_empty((b, hq, nq, v16.shape[-1]), torch.float32, q8.device)
+    o = _alloc.new_empty((b, hq, nq, v.shape[-1]), torch.float32, q8.device)
     lse = _alloc.new_empty((b, hq, nq), torch.float32, q8.device)
     return o, lse
 
 
-def _run_native(q8, k8, q_scale, k_scale, v16, v_scale, mask, block_q, is_causal, force_scalar: bool = False):
+def _run_native(q8, k8, q_scale, k_scale, v, v_scale, mask, block_q, is_causal, force_scalar: bool = False):
     """The compiled CPU kernel; ``force_scalar`` skips its AVX-512 VNNI path (tests compare both)."""
-    o, lse = _new_outputs(q8, v16)
+    o, lse = _new_outputs(q8, v)
     b, hq, nq, d = q8.shape
-    hkv, nk, dv = k8.shape[1], k8.shape[2], v16.shape[-1]
+    hkv, nk, dv = k8.shape[1], k8.shape[2], v.shape[-1]
     if mask is not None:
         mask = mask.expand(b, hq, nq, nk)
     strides = mask.stride() if mask is not None else (0, 0, 0, 0)
     if o.numel() or lse.numel():
         _lib.launch(
             "int8_attention", q8,
-            _lib.ptr(q8), _lib.ptr(k8), _lib.ptr(q_scale), _lib.ptr(k_scale), _lib.ptr(v16), _lib.ptr(v_scale),
+            _lib.ptr(q8), _lib.ptr(k8), _lib.ptr(q_scale), _lib.ptr(k_scale), _lib.ptr(v), _lib.ptr(v_scale),
             _lib.ptr(mask), *strides, _lib.ptr(o), _lib.ptr(lse),
-            b, hq, hkv, nq, nk, d, dv, block_q, is_causal,
+            b, hq, hkv, nq, nk, d, dv, block_q, is_causal, _DTYPE_CODE[v.dtype],
             force_scalar=force_scalar,
         )  # fmt: skip
     return o, lse
@@ -52,7 +56,7 @@ def _int8_attention_op(
     k8: torch.Tensor,
     q_scale: torch.Tensor,
     k_scale: torch.Tensor,
-    v16: torch.Tensor,
+    v: torch.Tensor,
     v_scale: torch.Tensor | None,
     mask: torch.Tensor | None,
     block_q: int,
@@ -60,14 +64,14 @@ def _int8_attention_op(
     backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     if backend == "cpu":
-        return _run_native(q8, k8, q_scale, k_scale, v16, v_scale, mask, block_q, is_causal)
-    return _ref.int8_attention(q8, k8, q_scale, k_scale, v16, v_scale, mask, block_q, is_causal)
+        return _run_native(q8, k8, q_scale, k_scale, v, v_scale, mask, block_q, is_causal)
+    return _ref.int8_attention(q8, k8, q_scale, k_scale, v, v_scale, mask, block_q, is_causal)
 
 
 @_int8_attention_op.register_fake
-def _(q8, k8, q_scale, k_scale, v16, v_scale, mask, block_q, is_causal, backend):
+def _(q8, k8, q_scale, k_scale, v, v_scale, mask, block_q, is_causal, backend):
     b, hq, nq, _ = q8.shape
-    return q8.new_empty((b, hq, nq, v16.shape[-1]), dtype=torch.float32), q8.new_empty(
+    return q8.new_empty((b, hq, nq, v.shape[-1]), dtype=torch.float32), q8.new_empty(
         (b, hq, nq), dtype=torch.float32
     )
 
@@ -82,7 +86,7 @@ def int8_attention(
     k8: torch.Tensor,
     q_scale: torch.Tensor,
     k_scale: torch.Tensor,
-    v16: torch.Tensor,
+    v: torch.Tensor,
     v_scale: torch.Tensor | None = None,
     *,
     attn_mask: torch.Tensor | None = None,
@@ -98,9 +102,10 @@ def int8_attention(
     ``q8`` int8 ``[B, Hq, Nq, D]`` (``sm_scale·log2 e`` folded in before quantization) with
     ``q_scale`` float32 ``[B, Hq, ceil(Nq / block_q)]``; ``k8`` int8 ``[B, Hkv, Nk, D]`` (smoothed or
     not) with ``k_scale`` float32 ``[B, Hkv, ceil(Nk / 64)]`` (what ``quantize_int8_per_block``
-    returns with blocks ``block_q`` and 64); ``v16`` float16 ``[B, Hkv, Nk, Dv]`` and optional
-    ``v_scale`` float32 broadcastable to ``[B, Hkv, 1, Dv]`` multiplying the output. GQA/MQA: query
-    head ``h`` reads kv head ``h // (Hq // Hkv)``. ``attn_mask``: float32 additive mask in natural-log
+    returns with blocks ``block_q`` and 64); ``v`` float32/float16/bfloat16 ``[B, Hkv, Nk, Dv]`` and
+    optional ``v_scale`` float32 broadcastable to ``[B, Hkv, 1, Dv]``: the kernel rounds
+    ``v / v_scale`` to fp16 and multiplies the output by ``v_scale`` (a power of two per channel keeps
+    large V finite in fp16 without changing its rounding). GQA/MQA: query head ``h`` reads kv head ``h // (Hq // Hkv)``. ``attn_mask``: float32 additive mask in natural-log
     units (``-inf`` = masked) broadcastable to ``[B, Hq, Nq, Nk]`` (never expanded in memory);
     ``is_causal``: key ``j`` visible to query ``i`` iff ``j <= i`` (top-left, like SDPA).
 
@@ -110,29 +115,27 @@ def int8_attention(
     identical bits) and ``"torch"`` agree bit for bit (NaN payloads aside).
 
     Cost: ``2·B·Hq·Nq·Nk·(D + Dv)`` ops (int8 for Q·Kᵀ, float32 for P·V) and ``B·Hq·Nq·Nk`` exp2
-    (half with ``is_causal``); bytes moved ``B·(Hq·Nq·(D + 4·Dv + 8) + Hkv·Nk·(D + 2·Dv))`` plus the
-    mask as stored.
+    (half with ``is_causal``); bytes moved ``B·(Hq·Nq·(D + 4·Dv + 8) + Hkv·Nk·(D + s·Dv))`` (``s``
+    the itemsize of v) plus the mask as stored.
     """
     _validate.check_tensor("q8", q8, dtypes=(torch.int8,), ndim=4, contiguous=True)
     dev = q8.device
     _validate.check_tensor("k8", k8, dtypes=(torch.int8,), ndim=4, contiguous=True, device=dev)
     _validate.check_tensor("q_scale", q_scale, dtypes=(torch.float32,), ndim=3, contiguous=True, device=dev)
     _validate.check_tensor("k_scale", k_scale, dtypes=(torch.float32,), ndim=3, contiguous=True, device=dev)
-    _validate.check_tensor("v16", v16, dtypes=(torch.float16,), ndim=4, contiguous=True, device=dev)
+    _validate.check_tensor("v", v, dtypes=_V_DTYPES, ndim=4, contiguous=True, device=dev)
     block_q = _validate.check_int("block_q", block_q, minimum=1)
     is_causal = _validate.check_bool("is_causal", is_causal)
     b, hq, nq, d = q8.shape
-    hkv, nk, dv = k8.shape[1], k8.shape[2], v16.shape[-1]
+    hkv, nk, dv = k8.shape[1], k8.shape[2], v.shape[-1]
     if k8.shape[0] != b or k8.shape[3] != d:
         raise ValueError(f"k8 must be [B={b}, Hkv, Nk, D={d}] like q8, got {tuple(k8.shape)}")
     if hkv < 1 or hq % hkv:
         raise ValueError(f"the q heads ({hq}) must be a multiple of the k heads ({hkv}) (GQA/MQA)")
-    if tuple(v16.shape[:3]) != (b, hkv, nk):
-        raise ValueError(
-            f"v16 must be [B, Hkv, Nk, Dv] = [{b}, {hkv}, {nk}, Dv] like k8, got {tuple(v16.shape)}"
-        )
+    if tuple(v.shape[:3]) != (b, hkv, nk):
+        raise ValueError(f"v must be [B, Hkv, Nk, Dv] = [{b}, {hkv}, {nk}, Dv] like k8, got {tuple(v.shape)}")
     if d < 1 or dv < 1 or nk < 1:
-        raise ValueError(f"q8/k8 need D >= 1 and Nk >= 1 and v16 Dv >= 1, got D={d}, Nk={nk}, Dv={dv}")
+        raise ValueError(f"q8/k8 need D >= 1 and Nk >= 1 and v Dv >= 1, got D={d}, Nk={nk}, Dv={dv}")
     if d > MAX_D:
         raise ValueError(f"q8 has D = {d}; at most {MAX_D} keeps the int32 accumulation exact")
     _check_shape("q_scale", q_scale, (b, hq, -(-nq // block_q)), f"one scale per {block_q} queries")
@@ -158,5 +161,5 @@ def int8_attention(
             )
     resolved = _backend.resolve_backend(_OP, backend, dev)
     return torch.ops.shared_kernels.int8_attention(
-        q8, k8, q_scale, k_scale, v16, v_scale, attn_mask, block_q, is_causal, resolved
+        q8, k8, q_scale, k_scale, v, v_scale, attn_mask, block_q, is_causal, resolved
     )

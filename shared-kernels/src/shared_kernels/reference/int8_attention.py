@@ -12,8 +12,8 @@ of ``BLOCK_K = 64`` (``jb``):
 2. online softmax: ``m' = max(m, max_j s)`` (NaN propagates), ``mu = m'`` (0 when ``-inf``),
    ``p = exp2(s - mu)``, ``alpha = exp2(m - mu)``, ``l = l·alpha + Σ p`` (Σ over the 64 keys in the
    fixed tree of ``row_sum``);
-3. ``acc = acc·alpha + Σ_j fp16(p_j)·v16_j`` (float32; the block sum runs over ``j`` ascending, each
-   product of two fp16 values is exact in float32);
+3. ``acc = acc·alpha + Σ_j fp16(p_j)·v16_j`` with ``v16 = fp16(v / v_scale)`` (float32; the block
+   sum runs over ``j`` ascending, each product of two fp16 values is exact in float32);
 4. ``o = acc / l · v_scale`` and ``lse2 = m + log2(l)`` (log2 units; the caller converts), 0 and
    ``-inf`` on rows whose keys are all masked.
 
@@ -72,7 +72,7 @@ def int8_attention(
     k8: torch.Tensor,
     q_scale: torch.Tensor,
     k_scale: torch.Tensor,
-    v16: torch.Tensor,
+    v: torch.Tensor,
     v_scale: torch.Tensor | None = None,
     mask: torch.Tensor | None = None,
     block_q: int = 128,
@@ -82,9 +82,13 @@ def int8_attention(
     float32 ``[B, Hkv, Dv]`` or broadcastable to ``[B, Hkv, 1, Dv]``; ``mask`` float32 broadcastable
     to ``[B, Hq, Nq, Nk]``."""
     b, hq, nq, _ = q8.shape
-    hkv, nk, dv = k8.shape[1], k8.shape[2], v16.shape[-1]
+    hkv, nk, dv = k8.shape[1], k8.shape[2], v.shape[-1]
     g = hq // hkv
-    k8, v16 = k8.repeat_interleave(g, dim=1), v16.repeat_interleave(g, dim=1).float()
+    vs = None
+    if v_scale is not None:
+        vs = (v_scale[:, :, None, :] if v_scale.dim() == 3 else v_scale).expand(b, hkv, 1, dv)
+    v16 = (v.float() / vs if vs is not None else v.float()).half().float()
+    k8, v16 = k8.repeat_interleave(g, dim=1), v16.repeat_interleave(g, dim=1)
     ks = k_scale.repeat_interleave(g, dim=1)
     qs = q_scale[..., torch.arange(nq) // block_q][..., None]  # [B, Hq, Nq, 1]
     rows = torch.arange(nq)
@@ -116,8 +120,7 @@ def int8_attention(
         acc = torch.where(live[..., None], acc_new, acc)
     empty = lsum == 0
     o = torch.where(empty[..., None], 0.0, acc / torch.where(empty, 1.0, lsum)[..., None])
-    if v_scale is not None:
-        vs = v_scale[:, :, None, :] if v_scale.dim() == 3 else v_scale  # [B, Hkv, Dv] or [B, Hkv, 1, Dv]
-        o = o * vs.expand(b, hkv, 1, dv).repeat_interleave(g, dim=1)
+    if vs is not None:
+        o = o * vs.repeat_interleave(g, dim=1)
     lse2 = torch.where(empty, float("-inf"), m + torch.log2(lsum.double()).float())
     return o, lse2
