@@ -210,7 +210,8 @@ SK_TARGET_AVX512VNNI inline __m512 v16_load(const AttnArgs& a, int64_t bh, int64
 
 SK_TARGET_AVX512VNNI void pack_kv(const AttnArgs& a, Packed& pk) {
   const int64_t nkb = a.nkb();
-#pragma omp for schedule(static)
+  // dynamic: on a loaded machine a thread that is not running yet does not hold up the others
+#pragma omp for schedule(dynamic)
   for (int64_t t = 0; t < a.B * a.Hkv * nkb; ++t) {
     const int64_t bh = t / nkb, jb = t % nkb, j0 = jb * kBK, jn = std::min(kBK, a.Nk - j0);
     uint8_t* kd = pk.k.data() + t * pk.kpanel();
