@@ -79,17 +79,21 @@ void v16_scalar(const AttnArgs& a, float* out) {
   }
 }
 
+inline void store_lse(const AttnArgs& a, int64_t b, int64_t h, int64_t i, float m, float l) {
+  a.lse[(b * a.Hq + h) * a.Nq + i] =
+      l == 0.0f ? kNegInf : ia::add_rn(m, static_cast<float>(std::log2(static_cast<double>(l))));
+}
+
+// o = (acc / l) * v_scale (0 where l == 0) and lse2 = m + log2(l).
 inline void finish_row(const AttnArgs& a, int64_t b, int64_t h, int64_t i, float m, float l, const float* acc) {
-  const int64_t hk = h / a.group();
   float* orow = a.o + ((b * a.Hq + h) * a.Nq + i) * a.Dv;
-  const float* vs = a.vs ? a.vs + (b * a.Hkv + hk) * a.Dv : nullptr;
+  const float* vs = a.vs ? a.vs + (b * a.Hkv + h / a.group()) * a.Dv : nullptr;
   const bool empty = l == 0.0f;
   for (int64_t c = 0; c < a.Dv; ++c) {
     const float y = empty ? 0.0f : acc[c] / l;
     orow[c] = vs ? y * vs[c] : y;
   }
-  a.lse[(b * a.Hq + h) * a.Nq + i] =
-      empty ? kNegInf : ia::add_rn(m, static_cast<float>(std::log2(static_cast<double>(l))));
+  store_lse(a, b, h, i, m, l);
 }
 
 // ---- scalar path ------------------------------------------------------------------------------
@@ -318,6 +322,23 @@ SK_TARGET_AVX512VNNI inline void pv_rows(const float* pbuf, const float* vblk, i
   for (; c0 < dvp; c0 += 16) pv_tile<MR, 1>(pbuf, vblk, dvp, jn, c0, accbuf, alpha, live);
 }
 
+// Vector twin of finish_row (IEEE division and product, so identical bits); acc holds >= Dv
+// rounded up to 16 floats.
+SK_TARGET_AVX512VNNI inline void finish_row16(const AttnArgs& a, int64_t b, int64_t h, int64_t i, float m, float l,
+                                              const float* acc) {
+  float* orow = a.o + ((b * a.Hq + h) * a.Nq + i) * a.Dv;
+  const float* vs = a.vs ? a.vs + (b * a.Hkv + h / a.group()) * a.Dv : nullptr;
+  const bool empty = l == 0.0f;
+  const __m512 lv = _mm512_set1_ps(l);
+  for (int64_t c0 = 0; c0 < a.Dv; c0 += 16) {
+    const __mmask16 m16 = conv::tail_mask(a.Dv - c0);
+    __m512 y = empty ? _mm512_setzero_ps() : _mm512_div_ps(_mm512_loadu_ps(acc + c0), lv);
+    if (vs) y = mulr(y, _mm512_maskz_loadu_ps(m16, vs + c0));
+    _mm512_mask_storeu_ps(orow + c0, m16, y);
+  }
+  store_lse(a, b, h, i, m, l);
+}
+
 SK_TARGET_AVX512VNNI void attention_vnni(const AttnArgs& a) {
   const int64_t nkb = a.nkb(), tiles = a.tiles();
   Packed pk;
@@ -398,7 +419,7 @@ SK_TARGET_AVX512VNNI void attention_vnni(const AttnArgs& a) {
           pv_rows<4>(pbuf + r * kBK, vblk, pk.dvp, jn, accbuf.data() + r * pk.dvp, alpha + r, live + r);
         for (; r < rows; ++r) pv_rows<1>(pbuf + r * kBK, vblk, pk.dvp, jn, accbuf.data() + r * pk.dvp, alpha + r, live + r);
       }
-      for (int64_t r = 0; r < rows; ++r) finish_row(a, b, h, i0 + r, m[r], l[r], accbuf.data() + r * pk.dvp);
+      for (int64_t r = 0; r < rows; ++r) finish_row16(a, b, h, i0 + r, m[r], l[r], accbuf.data() + r * pk.dvp);
     }
   }
 }
