@@ -260,7 +260,8 @@ def sageattn(
     ``[B, Hq, Nq]`` (float32) of the un-smoothed scores. Inputs are never modified.
 
     ``backend``: ``"torch"`` runs ``reference.sage_attention`` (per-block INT8 QK, fp16 PV, plain
-    PyTorch, any device); ``"cpu"`` runs the shared-kernels CPU path (the same maths, see ``_attention_cpu``);
+    PyTorch, any device); ``"cpu"`` runs the fused shared-kernels INT8 CPU kernel (AVX-512 VNNI; the same maths
+    to within one fp16 ulp of P: ``|o_cpu - o_torch| <= 2^-9·max|v|`` per channel, see ``_attention_cpu``);
     ``"auto"`` picks ``"cpu"`` on the CPU and, on CUDA, the variant upstream picks for the device's
     compute capability (:func:`cuda_dispatch`; sm100 too) when this build has that variant's
     compiled kernel, else the Triton kernel (``sageattn_qk_int8_pv_fp16_triton`` with per-warp Q
