@@ -1,12 +1,12 @@
 """torch.compile(fullgraph=True) of a small attention module that calls ``sageattn`` (CPU backend).
 
-Static shapes: one graph, no graph breaks (the shared-kernels quantizer and INT8 GEMM are custom ops
-with fake implementations and appear as such in the graph); with the ``aot_eager`` backend the output
+Static shapes: one graph, no graph breaks (the shared-kernels quantizer and fused INT8 attention
+kernel are custom ops with fake implementations and appear as such in the graph); with the ``aot_eager`` backend the output
 is bit-identical to eager. Inductor regenerates the softmax arithmetic (exp2, sums) with its own
 vectorised code, so P differs by float32 ulps before its fp16 rounding: close, not bit-identical.
 A tiny diffusers DiT with ``SageAttnProcessor`` compiles the same way (the transformers route is
-tested in test_integrations_transformers.py). Known limits (documented, see the xfail below): a new sequence length recompiles (Python loops over
-query/key blocks specialise the length), and ``dynamic=True`` breaks the graph.
+tested in test_integrations_transformers.py). Known limits (documented, see the xfail below): a new sequence length may recompile, and
+``dynamic=True`` breaks the graph.
 """
 
 import pytest
@@ -73,7 +73,7 @@ def test_one_graph_no_breaks_and_custom_ops_in_graph():
     explained = torch._dynamo.explain(model)(*args)
     assert explained.graph_count == 1 and explained.graph_break_count == 0, explained.break_reasons
     targets = {str(n.target) for g in explained.graphs for n in g.graph.nodes if n.op == "call_function"}
-    assert {"shared_kernels.quantize_int8_per_block", "shared_kernels.int8_gemm"} <= targets
+    assert {"shared_kernels.quantize_int8_per_block", "shared_kernels.int8_attention"} <= targets
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -126,9 +126,7 @@ def test_dit_with_processor_compiles_fullgraph():
     strict=True,
     raises=torch._dynamo.exc.Unsupported,
     reason="dynamic=True: sm_scale = D**-0.5 becomes a SymFloat and shared_kernels/ops/int8_quant.py "
-    "(quantize_int8_per_block: `math.isfinite(multiplier)`) breaks the graph; with only the length "
-    "dynamic, core.py `_attention_cpu` (`for i0 in range(0, nq, BLKQ)`) and reference.py "
-    "`blocked_softmax_pv` (`for j0 in range(0, nk, BLKK)`) specialise it",
+    "(quantize_int8_per_block: `math.isfinite(multiplier)`) breaks the graph",
 )
 @torch.no_grad()
 def test_dynamic_shapes_fullgraph():

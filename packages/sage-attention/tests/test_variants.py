@@ -306,3 +306,17 @@ def test_torch_compile_fullgraph(fn, kw):
 
     torch._dynamo.reset()
     assert torch.equal(torch.compile(f, fullgraph=True, backend="aot_eager")(q, k, v), f(q, k, v))
+
+
+def test_dispatch_without_triton_falls_back_to_the_reference(monkeypatch):
+    """CUDA without Triton installed: `_dispatch_cuda` returns None (sageattn then runs the reference)."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    monkeypatch.setattr(variants, "KERNELS", {})
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "triton" else real(name, *a)
+    )
+    q, k, v = _qkv()
+    assert core_mod._dispatch_cuda(q, k, v, "HND", False, None, False, None, True) is None

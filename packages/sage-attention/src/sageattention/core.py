@@ -4,6 +4,7 @@ device dispatch, and the input validation shared by every public function of the
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 
 import torch
@@ -199,11 +200,11 @@ def _dispatch_cuda(q, k, v, tensor_layout, is_causal, sm_scale, return_lse, attn
         # Triton INT8 QK (per-warp Q scales, at least as accurate as per-block) with fp16 P·V.
         name, kw = "sageattn_qk_int8_pv_fp16_triton", {"qk_quant_gran": "per_warp"}
     if name == "sageattn_qk_int8_pv_fp16_triton":
-        try:
-            from .triton_api import sageattn_qk_int8_pv_fp16_triton as fn
-        except ImportError:  # no Triton kernel in this build: the same per-block maths, reference
+        if importlib.util.find_spec("triton") is None:  # no Triton installed: the reference maths
             name = "reference"
         else:
+            from .triton_api import sageattn_qk_int8_pv_fp16_triton as fn
+
             return fn(
                 q, k, v, tensor_layout=tensor_layout, is_causal=is_causal, attn_mask=attn_mask,
                 sm_scale=sm_scale, smooth_k=smooth_k, return_lse=return_lse, **kw,
