@@ -97,3 +97,15 @@ def test_unknown_keyword_is_type_error():
     q, k, v, cq, ck = _packed()
     with pytest.raises(TypeError, match="foo"):
         sageattn_varlen(q, k, v, cq, ck, 130, 130, foo=1)
+
+
+@pytest.mark.cuda
+def test_auto_on_cuda_is_the_triton_varlen_kernel():
+    from sageattention import sageattn_varlen_triton
+
+    q, k, v, cq, ck = (x.cuda() for x in _packed(dtype=torch.float16))
+    o, lse = sageattn_varlen(q, k, v, cq, ck, max(LQ), max(LK), is_causal=True, return_lse=True)
+    o_t, lse_t = sageattn_varlen_triton(q, k, v, cq, ck, max(LQ), max(LK), is_causal=True, return_lse=True)
+    assert torch.equal(o, o_t) and torch.equal(lse, lse_t)
+    o_ref = sageattn_varlen(q, k, v, cq, ck, max(LQ), max(LK), is_causal=True, backend="torch")
+    assert float((o.float() - o_ref.float()).abs().max()) <= 1e-2 * float(v.float().abs().max())

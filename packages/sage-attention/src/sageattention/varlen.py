@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 
 import torch
@@ -63,8 +64,8 @@ def sageattn_varlen(
     ``max_seqlen_*`` must be at least the longest sequence. ``is_causal`` is top-left aligned per
     sequence (like SDPA and ``sageattn``). Unlike upstream, ``smooth_k`` subtracts each sequence's
     own K mean (upstream's mean is over the whole packed batch); both are exact, this one quantizes
-    better. ``backend``: ``"auto"`` (``"cpu"`` on the CPU, ``"torch"`` elsewhere), ``"cpu"``,
-    ``"torch"``. Cost: ``2·Hq·Σ_i Nq_i·Nk_i·(D + Dv)`` FLOPs.
+    better. ``backend``: ``"auto"`` (``"cpu"`` on the CPU; on CUDA the Triton varlen kernel
+    :func:`sageattn_varlen_triton`, the same maths, or ``"torch"`` without Triton), ``"cpu"``, ``"torch"``. Cost: ``2·Hq·Σ_i Nq_i·Nk_i·(D + Dv)`` FLOPs.
     """
     for name, x in (("q", q), ("k", k), ("v", v)):
         if not isinstance(x, torch.Tensor):
@@ -86,6 +87,13 @@ def sageattn_varlen(
     _check_max("max_seqlen_q", max_seqlen_q, lq)
     _check_max("max_seqlen_k", max_seqlen_k, lk)
     if backend == "auto":
+        if q.device.type == "cuda" and importlib.util.find_spec("triton") is not None:
+            from .triton_api import sageattn_varlen_triton  # the same per-block, per-sequence maths
+
+            return sageattn_varlen_triton(
+                q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, is_causal=is_causal,
+                sm_scale=sm_scale, smooth_k=smooth_k, return_lse=return_lse,
+            )  # fmt: skip
         backend = "cpu" if q.device.type == "cpu" else "torch"
     outs, lses = [], []
     for i in range(len(lq)):
