@@ -1,4 +1,4 @@
-"""Our schedulers inside a latent text-to-image pipeline: diffusers' ``StableDiffusionPipeline`` assembled from
+"""Our schedulers (multistep, singlestep, v3) inside a latent text-to-image pipeline: diffusers' ``StableDiffusionPipeline`` assembled from
 tiny randomly initialised parts (``AutoencoderKL``, ``UNet2DConditionModel``, a CLIP text encoder from a config
 and a CLIP tokenizer written from a 54-token vocabulary): no downloads.
 
@@ -13,13 +13,13 @@ from __future__ import annotations
 import json
 import string
 
-import dpm_solver.schedulers  # noqa: F401 - a saved pipeline reloads only if the module is imported
 import numpy as np
 import pytest
 import torch
 from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
 from dpm_solver import DPM_Solver, NoiseScheduleVP, model_wrapper
 from dpm_solver.schedulers import MultistepDPMSolverScheduler, SinglestepDPMSolverScheduler
+from dpm_solver.v3_scheduler import DPMSolverV3Scheduler
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 SD = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, steps_offset=1)
@@ -111,10 +111,18 @@ def generate(pipe, steps: int, output_type: str = "np", guidance_scale: float = 
             **SD, solver_order=3, use_karras_sigmas=True, final_sigmas_type="sigma_min"
         ),
         SinglestepDPMSolverScheduler(**SD, solver_order=3, timestep_spacing="logSNR"),
+        DPMSolverV3Scheduler(
+            beta_schedule="scaled_linear",
+            beta_start=0.00085,
+            beta_end=0.012,
+            degenerated=True,
+            skip_type="logSNR",
+        ),
     ],
-    ids=["2M", "3M-karras-sigma_min", "3S-logSNR"],
+    ids=["2M", "3M-karras-sigma_min", "3S-logSNR", "v3-degenerated"],
 )
 def test_stable_diffusion_pipeline_nfe_finite_and_reload(scheduler, tmp_path):
+    # a saved pipeline reloads a third-party scheduler only if its module is imported (it is, above)
     pipe = tiny_pipeline(tmp_path / "tok", scheduler)
     batches = []
     pipe.unet.register_forward_hook(lambda m, args, out: batches.append(args[0].shape[0]))
