@@ -1,5 +1,5 @@
-"""Our schedulers (multistep, singlestep, v3) inside a latent text-to-image pipeline: diffusers' ``StableDiffusionPipeline`` assembled from
-tiny randomly initialised parts (``AutoencoderKL``, ``UNet2DConditionModel``, a CLIP text encoder from a config
+"""Our schedulers (multistep, singlestep, v3) inside a latent text-to-image pipeline: diffusers'
+``StableDiffusionPipeline`` assembled from tiny randomly initialised parts (``AutoencoderKL``, ``UNet2DConditionModel``, a CLIP text encoder from a config
 and a CLIP tokenizer written from a 54-token vocabulary): no downloads.
 
 Checked: NFE (UNet calls) = ``num_inference_steps`` with classifier-free guidance batched into one call;
