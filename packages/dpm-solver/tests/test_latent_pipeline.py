@@ -1,6 +1,7 @@
 """Our schedulers (multistep, singlestep, v3) inside a latent text-to-image pipeline: diffusers'
-``StableDiffusionPipeline`` assembled from tiny randomly initialised parts (``AutoencoderKL``, ``UNet2DConditionModel``, a CLIP text encoder from a config
-and a CLIP tokenizer written from a 54-token vocabulary): no downloads.
+``StableDiffusionPipeline`` assembled from tiny randomly initialised parts (``AutoencoderKL``,
+``UNet2DConditionModel``, a CLIP text encoder from a config and a CLIP tokenizer written from a 54-token
+vocabulary): no downloads.
 
 Checked: NFE (UNet calls) = ``num_inference_steps`` with classifier-free guidance batched into one call;
 finite images of the right shape; the pipeline's latents equal the functional ``DPM_Solver`` with
