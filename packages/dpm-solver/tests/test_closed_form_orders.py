@@ -177,7 +177,12 @@ CASES = [
     (f"{MS}-dpmsolver-3-exact", lambda: functional("dpmsolver", MS, 3, exact_3m=True), ladder(512), 3),
     (f"{MS}-dpmsolver++-3-exact", lambda: functional("dpmsolver++", MS, 3, exact_3m=True), ladder(384), 3),
     *[
-        (f"{m}-{alg}-{o}", lambda alg=alg, m=m, o=o: functional(alg, m, o), ladder(48, k), o)
+        (
+            f"{m}-{alg}-{o}-nfe{'odd' if k else 'even'}",
+            lambda alg=alg, m=m, o=o: functional(alg, m, o),
+            ladder(48, k),
+            o,
+        )
         for alg, m, (o, k) in itertools.product(
             ("dpmsolver", "dpmsolver++"), (SS, SSF), ((1, 0), (2, 0), (2, 1))
         )
@@ -194,7 +199,7 @@ CASES = [
     ("v3-degenerated-3", lambda: v3_degenerated(3), ladder(384), 3),
     *[
         (
-            f"sched-{c.__name__[:10]}-{alg}-{o}",
+            f"sched-{c.__name__.removesuffix('DPMSolverScheduler')}-{alg}-{o}",
             lambda c=c, alg=alg, o=o: scheduler(c, SD_CFG, solver_order=o, algorithm_type=alg),
             ladder(60),
             o,
@@ -252,6 +257,7 @@ CASES = [
 ]
 
 
+assert len({c[0] for c in CASES}) == len(CASES), "case names must be unique"
 _MEASURED: dict[str, tuple[list[float], float]] = {}
 
 
