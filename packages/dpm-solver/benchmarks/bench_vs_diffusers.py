@@ -36,6 +36,8 @@ from dpm_solver import DPM_Solver, NoiseScheduleVP
 from dpm_solver.analytic import DiagonalGaussianMixture, GaussianMixture, reference_flow
 from dpm_solver.grids import SKIP_TYPES
 from dpm_solver.schedulers import MultistepDPMSolverScheduler, SinglestepDPMSolverScheduler
+from dpm_solver.statistics import compute_statistics
+from dpm_solver.v3 import DPM_Solver_v3
 
 RESULTS = Path(__file__).resolve().parent / "results"
 NFES = (5, 6, 8, 10, 12, 15, 20, 25, 50)
@@ -88,6 +90,77 @@ def our_configs() -> dict[str, dict]:
         cfg["ours 3S karras"] = dict(order=3, skip_type="karras", method="singlestep")
         cfg["ours 3S time_uniform"] = dict(order=3, skip_type="time_uniform", method="singlestep")
     return cfg
+
+
+# DPM-Solver-v3 with EMS computed by our tool (``compute_statistics``) on the same analytic model: data
+# and Hutchinson probes from their own seed (EMS_SEED), never the evaluation noise (seed 1234).
+EMS_SEED = 7
+EMS_LAMBDAS, EMS_SAMPLES = 1200, 1024
+# predictor order, corrector: "c" = exact polynomial fit (c_pseudo=False), "C" = pseudo-order + 1 (c_pseudo=True)
+_V3_3c = dict(order=3, p_pseudo=False, use_corrector=True, c_pseudo=False, lower_order_final=True)
+_V3_2C = dict(order=2, p_pseudo=False, use_corrector=True, c_pseudo=True, lower_order_final=True)
+_V3_3C = dict(order=3, p_pseudo=False, use_corrector=True, c_pseudo=True, lower_order_final=True)
+
+
+def v3_configs() -> dict[str, tuple[str, dict | None]]:
+    """name -> (skip_type, sample() kwargs; None = upstream's recommended settings by NFE).
+
+    ``v3-3c`` (order 3, exact corrector) was chosen in ``bench_v3.py`` on validation noise of another
+    problem (d = 8, seed 0 mixture); ``v3-2C``/``v3-3C`` are upstream's README defaults (c_pseudo=True)."""
+    cfg = {f"ours v3-3c {grid}": (grid, _V3_3c) for grid in ("logSNR", "time_uniform", "time_quadratic")}
+    cfg["ours v3-2C time_uniform"] = ("time_uniform", _V3_2C)
+    cfg["ours v3-3C time_quadratic"] = ("time_quadratic", _V3_3C)
+    cfg["ours v3-upstream time_uniform"] = ("time_uniform", None)
+    return cfg
+
+
+def upstream_v3_settings(nfe: int) -> dict:
+    """Upstream's recommended v3 settings by step count (ScoreSDE ``sample.sh``), order 3."""
+    if nfe <= 5:
+        return dict(order=3, p_pseudo=True, use_corrector=True, c_pseudo=True, lower_order_final=False)
+    if nfe <= 8:
+        return dict(order=3, p_pseudo=False, use_corrector=True, c_pseudo=True, lower_order_final=True)
+    if nfe <= 10:
+        return dict(order=3, p_pseudo=False, use_corrector=False, c_pseudo=False, lower_order_final=True)
+    return dict(order=3, p_pseudo=False, use_corrector=True, c_pseudo=True, lower_order_final=True)
+
+
+def our_ems(gm, ns, n_samples: int = EMS_SAMPLES, n_lambda: int = EMS_LAMBDAS):
+    x0 = gm.sample_ve(n_samples, 0.0, torch.Generator().manual_seed(EMS_SEED))
+    return compute_statistics(
+        lambda x, t: gm.prediction("noise", x, t, ns),
+        ns,
+        x0,
+        n_lambda=n_lambda,
+        batch_size=16384,
+        seed=EMS_SEED,
+        progress=False,
+        common_noise=True,  # smooth Monte-Carlo error along lambda (see bench_v3.py and the README)
+    )
+
+
+def run_v3(gm, ns, stats, xT_ve, n: int, grid: str, kwargs: dict | None, cache: dict):
+    """Returns (x~ at the endpoint ``1/N``, sigma~ of the endpoint, counted NFE); None if the grid puts two
+    steps on one EMS grid point."""
+    if (grid, n) not in cache:
+        try:
+            cache[(grid, n)] = DPM_Solver_v3(stats, ns, steps=n, skip_type=grid)
+        except ValueError:
+            cache[(grid, n)] = None
+    v3 = cache[(grid, n)]
+    if v3 is None:
+        return None
+    calls = [0]
+
+    def model_fn(x, t):
+        calls[0] += 1
+        return gm.prediction("noise", x, t, ns)
+
+    t_T = torch.tensor(ns.T, dtype=torch.float64)
+    t_end = torch.tensor(1.0 / ns.total_N, dtype=torch.float64)
+    x = v3.sample(xT_ve * ns.marginal_alpha(t_T), model_fn, **(kwargs or upstream_v3_settings(n)))
+    a_end, s_end = ns.marginal_alpha(t_end), ns.marginal_std(t_end)
+    return x / a_end, float(s_end / a_end), calls[0]
 
 
 def diffusers_grid_t(n: int) -> torch.Tensor:
@@ -261,7 +334,8 @@ def main() -> None:
         probs = {k: probs[k] for k in list(probs)[:1]}
         scheds = {"sd": SCHEDULES["sd"]}
         nfe_list = list(NFES)
-    ours, theirs = our_configs(), diffusers_configs()  # "theirs" also holds our scheduler classes
+    ours, v3s = our_configs(), v3_configs()
+    theirs = diffusers_configs()  # also holds our scheduler classes
     rows: list[dict] = []
     ref_check: list[str] = []
     for pname, gm in probs.items():
@@ -274,11 +348,29 @@ def main() -> None:
             g = torch.Generator().manual_seed(1234)
             xT = gm.sample_ve(args.samples, sig_max, g)
             ref_for = References(gm, xT, sig_max, sig_min, args.ref_steps, f"{pname}/{sname}", ref_check)
+            t0 = time.time()
+            stats = our_ems(gm, ns)
+            ref_check.append(
+                f"EMS {pname}/{sname}: {EMS_LAMBDAS + 1} lambdas x {EMS_SAMPLES} samples (common noise) in {time.time() - t0:.1f} s"
+            )
+            v3_cache: dict = {}
             for n in nfe_list:
                 for name, kw in ours.items():
                     if n < kw.get("order", 1):
                         continue
                     x, s_end, nfe = run_ours(gm, ns, xT, n, kw)
+                    assert nfe == n, (name, n, nfe)
+                    rows.append(
+                        dict(problem=pname, schedule=sname, solver=name, nfe=n, sigma_end=s_end)
+                        | errors(x, ref_for(s_end))
+                    )
+                for name, (grid, kw) in v3s.items():
+                    if n < (kw or {}).get("order", 3):
+                        continue
+                    res = run_v3(gm, ns, stats, xT, n, grid, kw, v3_cache)
+                    if res is None:
+                        continue
+                    x, s_end, nfe = res
                     assert nfe == n, (name, n, nfe)
                     rows.append(
                         dict(problem=pname, schedule=sname, solver=name, nfe=n, sigma_end=s_end)
@@ -318,7 +410,7 @@ def report_from_csv(args) -> None:
         ]
     meta = (args.out / "bench_vs_diffusers.md").read_text().splitlines()
     runtime = float(meta[0].split("runtime ")[1].split(" s")[0])
-    ref_check = meta[2].removeprefix("Reference accuracy: ").split("; ")
+    ref_check = meta[2].split(": ", 1)[1].split("; ")
     write_outputs(rows, ref_check, args, runtime)
 
 
@@ -335,7 +427,7 @@ def write_outputs(rows, ref_check, args, runtime) -> None:
     lines = [
         f"# bench_vs_diffusers ({datetime.date.today()}, {args.samples} samples, runtime {runtime:.0f} s)",
         "",
-        "Reference accuracy: " + "; ".join(ref_check),
+        "Reference accuracy and EMS cost: " + "; ".join(ref_check),
         "",
     ]
     # median error tables
@@ -355,6 +447,7 @@ def write_outputs(rows, ref_check, args, runtime) -> None:
             lines.append(f"| {sv} | {end} | " + " | ".join(cells) + f" | {slope:.2f} |")
         lines.append("")
     lines += checks(key, combos, solvers)
+    lines += summary(key, combos, solvers)
     text = "\n".join(lines)
     (out / "bench_vs_diffusers.md").write_text(text + "\n")
     print(text)
@@ -390,48 +483,112 @@ def checks(key, combos, solvers) -> list[str]:
         "error by ~1%."
     )
     ours = [sv for sv in solvers if sv.startswith("ours") and sv != "ours 2M diffusers-grid"]
+    ours_no_v3 = [sv for sv in ours if not sv.startswith("ours v3")]
+    v3 = [sv for sv in ours if sv.startswith("ours v3")]
     # the brief's list of diffusers schedulers in their default settings; the sigma_min variants are
     # consistency configs (same endpoint as ours) and are reported, not targeted
     theirs = [sv for sv in solvers if sv.startswith("diffusers") and "sigma_min" not in sv]
     low = [n for n in NFES if 5 <= n <= 20]
+
+    def best(names, p, s, n, metric):
+        vals = [(key[(p, s, sv, n)][metric], sv) for sv in names if (p, s, sv, n) in key]
+        vals = [v for v in vals if np.isfinite(v[0])]
+        return min(vals) if vals else (float("inf"), "-")
+
     for metric in ("median", "mean"):
-        fails, best_single = [], {}
-        for sv in ours:
-            ok = all(
-                key[(p, s, sv, n)][metric]
-                < min(key[(p, s, d, n)][metric] for d in theirs if np.isfinite(key[(p, s, d, n)][metric]))
-                for p, s in combos
-                for n in low
-                if (p, s, sv, n) in key
-            )
-            best_single[sv] = ok
-        for p, s in combos:
-            for n in low:
-                ob = min((key[(p, s, sv, n)][metric], sv) for sv in ours if (p, s, sv, n) in key)
-                db = min(
-                    (key[(p, s, d, n)][metric], d) for d in theirs if np.isfinite(key[(p, s, d, n)][metric])
+        for label, group in (
+            ("our best incl. v3", ours),
+            ("our best without v3", ours_no_v3),
+            ("v3 alone", v3),
+        ):
+            if not group:
+                continue
+            fails = []
+            for p, s in combos:
+                for n in low:
+                    ob, db = best(group, p, s, n, metric), best(theirs, p, s, n, metric)
+                    if not ob[0] < db[0]:
+                        fails.append(f"{p}/{s}/NFE {n}: {ob[1]} {ob[0]:.2e} vs {db[1]} {db[0]:.2e}")
+            winners = [
+                sv
+                for sv in group
+                if all(
+                    (p, s, sv, n) in key and key[(p, s, sv, n)][metric] < best(theirs, p, s, n, metric)[0]
+                    for p, s in combos
+                    for n in low
                 )
-                if not ob[0] < db[0]:
-                    fails.append(f"{p}/{s}/NFE {n}: {ob[1]} {ob[0]:.2e} vs {db[1]} {db[0]:.2e}")
-        winners = [sv for sv, ok in best_single.items() if ok]
-        per_combo = {}
-        for f in fails:
-            c = f.split("/NFE")[0]
-            per_combo[c] = per_combo.get(c, 0) + 1
-        lines.append(
-            f"- Points (of {len(low)} NFE per problem/schedule) where our best {metric} error is not below every "
-            "diffusers scheduler: " + (", ".join(f"{c}: {k}" for c, k in sorted(per_combo.items())) or "none")
-        )
-        lines.append(
-            f"- Best-of-ours beats every diffusers scheduler at each NFE 5..20 ({metric} error): "
-            + ("PASS" if not fails else f"FAIL at {len(fails)} points: " + "; ".join(fails[:8]))
-            + (
-                f". Single configs that win everywhere: {', '.join(winners)}"
-                if winners
-                else ". No single config wins everywhere"
+            ]
+            per_combo: dict[str, int] = {}
+            for f in fails:
+                c = f.split("/NFE")[0]
+                per_combo[c] = per_combo.get(c, 0) + 1
+            lines.append(
+                f"- {metric} error, {label}: beats every diffusers scheduler at each NFE 5..20: "
+                + ("PASS" if not fails else f"FAIL at {len(fails)} of {len(combos) * len(low)} points")
+                + " ("
+                + (", ".join(f"{c}: {k}" for c, k in sorted(per_combo.items())) or "no misses")
+                + ")"
+                + (f"; misses: {'; '.join(fails[:12])}" if fails else "")
+                + (
+                    f". Single configs that win everywhere: {', '.join(winners)}"
+                    if winners
+                    else ". No single config wins everywhere"
+                )
+            )
+    return [*lines, ""]
+
+
+def summary(key, combos, solvers) -> list[str]:
+    """Median error at NFE 5..20: best of ours without v3, best v3, best diffusers scheduler (defaults)."""
+    groups = {
+        "ours w/o v3": [sv for sv in solvers if sv.startswith("ours") and not sv.startswith("ours v3")],
+        "ours v3": [sv for sv in solvers if sv.startswith("ours v3")],
+        "diffusers": [sv for sv in solvers if sv.startswith("diffusers") and "sigma_min" not in sv],
+    }
+    groups["ours w/o v3"].remove("ours 2M diffusers-grid")
+    low = [n for n in NFES if 5 <= n <= 20]
+    lines = [
+        "## Summary: best median error per group at NFE 5..20 (v3 / best diffusers in the last column)",
+        "",
+        "| problem / schedule | NFE | best ours without v3 | best v3 | best diffusers | v3 / diffusers |",
+        "|---|---|---|---|---|---|",
+    ]
+    for p, s in combos:
+        for n in low:
+            best = {}
+            for g, names in groups.items():
+                vals = [(key[(p, s, sv, n)]["median"], sv) for sv in names if (p, s, sv, n) in key]
+                vals = [v for v in vals if np.isfinite(v[0])]
+                best[g] = min(vals) if vals else (float("nan"), "-")
+            cells = [
+                f"{best[g][0]:.2e} ({best[g][1].removeprefix('ours ').removeprefix('diffusers ')})"
+                for g in groups
+            ]
+            ratio = best["ours v3"][0] / best["diffusers"][0]
+            lines.append(f"| {p} / {s} | {n} | " + " | ".join(cells) + f" | {ratio:.2f} |")
+    # how often each single v3 configuration beats every diffusers scheduler
+    counts = []
+    for sv in groups["ours v3"]:
+        wins = sum(
+            1
+            for p, s in combos
+            for n in low
+            if (p, s, sv, n) in key
+            and key[(p, s, sv, n)]["median"]
+            < min(
+                key[(p, s, d, n)]["median"]
+                for d in groups["diffusers"]
+                if (p, s, d, n) in key and np.isfinite(key[(p, s, d, n)]["median"])
             )
         )
-    return [*lines, ""]
+        counts.append(f"{sv.removeprefix('ours ')} {wins}/{len(combos) * len(low)}")
+    lines += [
+        "",
+        "Points won against every diffusers scheduler (median), per single v3 configuration: "
+        + ", ".join(counts),
+        "",
+    ]
+    return lines
 
 
 PLOTTED = (  # a readable subset (every configuration is in the CSV and the tables)
@@ -442,12 +599,16 @@ PLOTTED = (  # a readable subset (every configuration is in the CSV and the tabl
     "ours 3S logSNR",
     "ours 3S time_uniform",
     "ours sched 2M logSNR",
+    "ours v3-3c logSNR",
+    "ours v3-3c time_uniform",
+    "ours v3-2C time_uniform",
     "diffusers DPM++2M",
     "diffusers DPM++2M Karras",
     "diffusers DPM++3M",
     "diffusers DPM++3M Karras",
     "diffusers DPM++3S singlestep",
     "diffusers UniPC bh2",
+    "diffusers UniPC-3 bh2",
     "diffusers DDIM trailing",
     "diffusers Euler trailing",
 )

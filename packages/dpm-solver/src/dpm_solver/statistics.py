@@ -347,6 +347,7 @@ def compute_statistics(
     extra_metadata: dict[str, Any] | None = None,
     jvp: str = "forward",
     fd_step: float = 1e-3,
+    common_noise: bool = False,
 ) -> EMSStatistics:
     """Estimate the EMS of ``model_fn(x, t_continuous) -> eps`` (e.g. from :func:`model_wrapper`).
 
@@ -365,6 +366,11 @@ def compute_statistics(
             classic ``AttnProcessor`` instead of SDPA on the CPU) or ``"finite_difference"`` (central
             differences with step ``fd_step`` along the tangent: 2 extra evaluations per JVP, works for any
             model, O(fd_step^2) bias).
+        common_noise: reuse the same noise ``z``, probes ``v`` (and sampler draws) at every grid point
+            (common random numbers; new, not in the paper). Each point's estimate is unchanged in law, but
+            the Monte-Carlo error becomes a smooth function of lambda instead of independent noise from
+            point to point, which the solver's polynomial fit of ``g`` along lambda would otherwise see
+            as roughness (an NFE-independent error floor). Default ``False``: the paper's independent draws.
 
     Cost: ``(n_lambda + 1) * n_samples * (1 + n_probes)`` JVPs (each about 2-3 model evaluations).
     """
@@ -408,6 +414,8 @@ def compute_statistics(
         "schedule": schedule_signature(ns),
         "data_shape": list(data_shape),
     }
+    if common_noise:
+        settings["common_noise"] = True
     shape = (n_lambda + 1, *data_shape)
     acc = {k: torch.zeros(shape, dtype=torch.float64) for k in _MOMENTS}
     lsum = torch.zeros(shape, dtype=torch.float64)
@@ -445,7 +453,8 @@ def compute_statistics(
     for batch in batches:
         xs, vs, rows_lam = [], [], []
         for i, j0, nb in batch:
-            gen = gens.setdefault(i, torch.Generator().manual_seed(seed * 1_000_003 + i))
+            gseed = seed * 1_000_003 + (0 if common_noise else i)
+            gen = gens.setdefault(i, torch.Generator().manual_seed(gseed))
             x0 = data[j0 : j0 + nb] if isinstance(data, torch.Tensor) else data(nb, gen)
             x0 = x0.to(device="cpu", dtype=dtype)
             z = torch.randn(x0.shape, generator=gen, dtype=dtype)
@@ -512,6 +521,8 @@ def compute_statistics(
     l, s, b = _finish(acc, lsum, n_samples, lambdas)
     meta = _metadata(ns, data_shape, t_start, t_end, n_lambda, n_samples, extra_metadata)
     meta["extra"].update(n_probes=n_probes, seed=seed)
+    if common_noise:
+        meta["extra"]["common_noise"] = True
     stats = EMSStatistics(l, s, b, lambdas, meta)
     if ckpt is not None and os.path.isfile(ckpt):
         os.remove(ckpt)
