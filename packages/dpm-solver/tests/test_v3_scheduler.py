@@ -169,3 +169,31 @@ def test_bad_input(setup):
         s.step(torch.full((1, 1, 8, 8), float("nan")), s.timesteps[0], torch.zeros(1, 1, 8, 8))
     with pytest.raises(ValueError, match="below solver_order"):
         DPMSolverV3Scheduler(statistics_path=path, solver_order=3).set_timesteps(2)
+
+
+def test_statistics_of_a_float32_betas_schedule_are_accepted(setup, tmp_path):
+    """A schedule built from float32 betas matches the scheduler's float64 one to ~1e-7 in lambda:
+    its statistics are accepted (the file's schedule check allows rtol 1e-5; the lambda range check
+    used 1e-9 and refused them) and sample like the float64 schedule's statistics."""
+    from dpm_solver import NoiseScheduleVP
+
+    unet, _, _, _, path64 = setup
+    ns32 = NoiseScheduleVP("discrete", betas=torch.linspace(1e-4, 0.02, 1000, dtype=torch.float32))
+    model_fn = model_wrapper(lambda x, t: unet(x, t).sample, ns32, model_type="noise")
+    x0 = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    stats = compute_statistics(
+        model_fn, ns32, x0, n_lambda=24, dtype=torch.float32, batch_size=64, progress=False
+    )
+    path32 = tmp_path / "f32.safetensors"
+    save_statistics(stats, path32)
+    outs = []
+    for path in (str(path32), path64):
+        s = DPMSolverV3Scheduler(beta_schedule="linear", statistics_path=path)
+        s.set_timesteps(5)
+        x = torch.randn(1, 1, 8, 8, generator=torch.Generator().manual_seed(3))
+        with torch.no_grad():
+            for t in s.timesteps:
+                x = s.step(unet(x, t).sample, t, x).prev_sample
+        outs.append(x)
+    assert torch.isfinite(outs[0]).all()
+    assert float((outs[0] - outs[1]).abs().max()) <= 1e-2 * float(outs[1].abs().max())

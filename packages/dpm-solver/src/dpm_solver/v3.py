@@ -191,12 +191,15 @@ class DPM_Solver_v3:
         self.statistics_steps = lambdas.numel() - 1
         self.lambdas = lambdas.to(torch.float64)
         lam_T, lam_0 = (float(v) for v in ns.marginal_lambda(torch.tensor([t_T, t_0], dtype=torch.float64)))
-        tol = 1e-9 * max(1.0, abs(float(self.lambdas[0])), abs(float(self.lambdas[-1])))
+        # The statistics file matches schedules to rtol 1e-5 (a float32 betas table passes), so the
+        # lambda range is compared with the same relative tolerance and then clamped onto the grid.
+        tol = 1e-5 * max(1.0, abs(float(self.lambdas[0])), abs(float(self.lambdas[-1])))
         if lam_T < float(self.lambdas[0]) - tol or lam_0 > float(self.lambdas[-1]) + tol:
             raise ValueError(
                 f"t range [{t_0}, {t_T}] (lambda [{lam_T:.6g}, {lam_0:.6g}]) is outside the statistics' lambda "
                 f"range [{float(self.lambdas[0]):.6g}, {float(self.lambdas[-1]):.6g}]"
             )
+        lam_T, lam_0 = max(lam_T, float(self.lambdas[0])), min(lam_0, float(self.lambdas[-1]))
         self.lambda_T, self.lambda_0 = lam_T, lam_0
         tables = _ems_integrals(self.lambdas, l, s, b, quad_nodes)
         self.l, self.s, self.b = l, s, b
