@@ -39,3 +39,13 @@ def test_cli_tensor_file_and_factory(tmp_path, monkeypatch):
     assert main(argv) == 0
     st = load_statistics(out, NoiseScheduleVP("discrete", betas=torch.linspace(1e-4, 0.02, 1000)), (2, 2, 2))
     assert torch.isfinite(st.l).all() and torch.isfinite(st.s).all()
+
+
+def test_cli_common_noise_flag_matches_the_python_api(tmp_path):
+    base = ["--model", "gmm", "--schedule", "linear", "--t-start", "1", "--t-end", "1e-3", "--n-lambda", "8",
+            "--n-samples", "16", "--dtype", "float64", "--no-progress"]  # fmt: skip
+    a, b = tmp_path / "a.npz", tmp_path / "b.npz"
+    assert main([*base, "--out", str(a)]) == 0
+    assert main([*base, "--common-noise", "--out", str(b)]) == 0
+    la, lb = load_statistics(a).l, load_statistics(b).l
+    assert la.shape == lb.shape and not torch.equal(la, lb)  # the flag reaches compute_statistics

@@ -71,6 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     p.add_argument("--device", default="cpu")
     p.add_argument("--jvp", default="forward", choices=["forward", "finite_difference"])
+    p.add_argument(
+        "--common-noise",
+        action="store_true",
+        help="reuse the same noise and probes at every lambda point (smooth statistics; see compute_statistics)",
+    )
     p.add_argument("--checkpoint", default=None, help="partial file (.safetensors/.npz) for resume")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--out", required=True, help="output .safetensors or .npz")
@@ -143,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         progress=not args.no_progress,
         extra_metadata=extra,
         jvp=args.jvp,
+        common_noise=args.common_noise,
     )
     save_statistics(stats, args.out)
     print(
