@@ -41,7 +41,7 @@ def test_cli_tensor_file_and_factory(tmp_path, monkeypatch):
     assert torch.isfinite(st.l).all() and torch.isfinite(st.s).all()
 
 
-def test_cli_common_noise_flag_matches_the_python_api(tmp_path):
+def test_cli_common_noise_flag_reaches_compute_statistics(tmp_path):
     base = ["--model", "gmm", "--schedule", "linear", "--t-start", "1", "--t-end", "1e-3", "--n-lambda", "8",
             "--n-samples", "16", "--dtype", "float64", "--no-progress"]  # fmt: skip
     a, b = tmp_path / "a.npz", tmp_path / "b.npz"
