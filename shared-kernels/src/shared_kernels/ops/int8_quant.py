@@ -115,11 +115,12 @@ def quantize_int8_per_block(
     _validate.check_tensor("x", x, dtypes=_DTYPES, min_ndim=2, contiguous=True)
     block_size = _validate.check_int("block_size", block_size, minimum=1)
     subtract_mean = _validate.check_bool("subtract_mean", subtract_mean)
-    if isinstance(multiplier, bool) or not isinstance(multiplier, (int, float)):
+    if isinstance(multiplier, bool) or not isinstance(multiplier, (int, float, torch.SymFloat)):
         raise TypeError(f"multiplier must be a float, got {type(multiplier).__name__}")
-    multiplier = float(multiplier)
-    if not math.isfinite(multiplier):
-        raise ValueError(f"multiplier must be finite, got {multiplier}")
+    if not torch.compiler.is_compiling():  # traced with dynamic shapes it may be a symbol: no checks
+        multiplier = float(multiplier)
+        if not math.isfinite(multiplier):
+            raise ValueError(f"multiplier must be finite, got {multiplier}")
     if x.shape[-2] < 1 or x.shape[-1] < 1:
         raise ValueError(
             f"x must have at least one token (dim -2) and one channel (dim -1), got shape {tuple(x.shape)}"
