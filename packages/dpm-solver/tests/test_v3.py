@@ -176,6 +176,12 @@ def test_nfe_corrector_half_and_intermediates(problem, ems):
     ts = v3.timesteps[:-1]
     assert Spy.n_corr == int((ts[1:] > 0.5).sum())  # half: only while the current time is > 0.5
     assert 0 < Spy.n_corr < 7
+    n_upstream = Spy.n_corr
+    Spy.n_corr = 0
+    v3.sample(x_T, fn, order=3, use_corrector=True, c_pseudo=True, half="paper")
+    assert Spy.n_corr == int((ts[1:] <= 0.5).sum()) == 7 - n_upstream  # the paper: only while t <= 0.5
+    with pytest.raises(ValueError, match="half"):
+        v3.sample(x_T, fn, order=3, half="t<=0.5")
 
 
 def test_float32_close_to_float64(problem, ems):

@@ -167,6 +167,8 @@ def test_bad_input(setup):
         s.step(torch.zeros(1, 3, 8, 8), s.timesteps[0], torch.zeros(1, 3, 8, 8))
     with pytest.raises(FloatingPointError, match="step 0"):
         s.step(torch.full((1, 1, 8, 8), float("nan")), s.timesteps[0], torch.zeros(1, 1, 8, 8))
+    with pytest.raises(ValueError, match="half_corrector"):
+        DPMSolverV3Scheduler(statistics_path=path, half_corrector="yes")
     with pytest.raises(ValueError, match="below solver_order"):
         DPMSolverV3Scheduler(statistics_path=path, solver_order=3).set_timesteps(2)
 

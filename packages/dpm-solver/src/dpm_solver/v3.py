@@ -360,9 +360,19 @@ class DPM_Solver_v3:
         l_i = self._on("l", i, x_old).to(x_old.dtype)
         return (sigma * eps_old - l_i * x_old + l_i * x_new) / sigma
 
-    def corrector_active(self, t_prev: float, use_corrector: bool, half: bool) -> bool:
-        """Upstream's rule: with ``half`` the corrector runs only while the current time is > 0.5."""
-        return bool(use_corrector) and (float(t_prev) > 0.5 or not half)
+    def corrector_active(self, t_prev: float, use_corrector: bool, half: bool | str) -> bool:
+        """Whether the corrector runs at a step whose current time is ``t_prev``.
+
+        ``half=False``: always (full corrector). ``half="paper"``: the half-corrector of the paper
+        (section 3.3: "using the corrector only in the time region t <= 0.5"). ``half=True``: upstream's
+        code, which does the opposite (corrector only while t > 0.5) and is kept so that upstream
+        scripts reproduce upstream's results.
+        """
+        if not use_corrector:
+            return False
+        if half == "paper":
+            return float(t_prev) <= 0.5
+        return float(t_prev) > 0.5 or not half
 
     @staticmethod
     def predictor_order(step: int, steps: int, order: int, lower_order_final: bool) -> int:
@@ -379,13 +389,14 @@ class DPM_Solver_v3:
         use_corrector: bool = True,
         c_pseudo: bool = True,
         lower_order_final: bool = True,
-        half: bool = False,
+        half: bool | str = False,
         return_intermediate: bool = False,
     ):
         """Sample with ``self.steps`` model evaluations (the corrector reuses the next evaluation).
 
         Per step (upstream order of operations): evaluate the model at the current point; if the corrector
-        is active (``use_corrector`` and, with ``half``, current time > 0.5) and its order
+        is active (``use_corrector``; with ``half=True`` only while the current time is > 0.5, upstream's
+        code; with ``half="paper"`` only while it is <= 0.5, the paper's half-corrector) and its order
         ``p_prev + c_pseudo`` exceeds 1, recompute the current point from the previous one including the
         new evaluation and adjust the cached output without a new NFE; then predict the next point with
         order ``min(step, order)``, lowered to ``steps + 1 - step`` at the end if ``lower_order_final``
@@ -398,6 +409,9 @@ class DPM_Solver_v3:
             raise ValueError(f"order must be 1, 2 or 3, got {order!r}")
         if self.steps < order:
             raise ValueError(f"steps={self.steps} is below the solver order {order}")
+        if half not in (False, True, "paper"):
+            raise ValueError(f"half must be False, True (upstream's code: corrector while t > 0.5) or 'paper' "
+                             f"(the paper's half-corrector: corrector while t <= 0.5), got {half!r}")  # fmt: skip
         if self.l.dim() > 1 and self.l.shape[1:] != x.shape[1:] and self.l.shape[1:] != (1,):
             raise ValueError(
                 f"statistics are for data of shape {tuple(self.l.shape[1:])}, got {tuple(x.shape[1:])}"

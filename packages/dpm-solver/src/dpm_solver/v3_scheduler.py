@@ -55,7 +55,7 @@ class DPMSolverV3Scheduler(SchedulerMixin, ConfigMixin):
     Config: ``num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas`` (the VP schedule,
     as diffusers), ``prediction_type`` (``epsilon``, ``sample``, ``v_prediction``), ``statistics_path``
     (EMS file; ``None`` needs ``degenerated=True``), ``solver_order`` (1-3), ``predictor_pseudo``,
-    ``use_corrector``, ``corrector_pseudo``, ``lower_order_final``, ``half_corrector`` (upstream
+    ``use_corrector``, ``corrector_pseudo``, ``lower_order_final``, ``half_corrector`` (``"paper"``: corrector only while t <= 0.5; ``True``: upstream's code, t > 0.5) (upstream
     ``sample`` arguments), ``skip_type`` (``time_uniform``, ``logSNR``, ``time_quadratic``, ``edm``),
     ``degenerated`` (``l = 1, s = b = 0``: DPM-Solver++), ``t_start`` / ``t_end`` (default: the
     statistics' range).
@@ -79,7 +79,7 @@ class DPMSolverV3Scheduler(SchedulerMixin, ConfigMixin):
         use_corrector: bool = True,
         corrector_pseudo: bool = True,
         lower_order_final: bool = True,
-        half_corrector: bool = False,
+        half_corrector: bool | str = False,
         skip_type: str = "time_uniform",
         degenerated: bool = False,
         t_start: float | None = None,
@@ -91,6 +91,10 @@ class DPMSolverV3Scheduler(SchedulerMixin, ConfigMixin):
             raise ValueError(f"solver_order must be 1, 2 or 3, got {solver_order!r}")
         if statistics_path is None and not degenerated:
             raise ValueError("statistics_path is required (or degenerated=True)")
+        if half_corrector not in (False, True, "paper"):
+            raise ValueError(
+                f"half_corrector must be False, True (upstream's code) or 'paper', got {half_corrector!r}"
+            )
         betas = betas_for_schedule(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas)
         self.noise_schedule = NoiseScheduleVP("discrete", betas=betas)
         self.betas = betas.float()
