@@ -4,12 +4,16 @@
    1797 digits scaled to [-1, 1]; weights + EMA + optimizer state are cached as safetensors under
    ``benchmarks/results/cache`` and training resumes from the last checkpoint.
 2. Reference: 1000-step ancestral DDPM samples (diffusers ``DDPMScheduler``), cached.
-3. Sample from the same initial noise with each solver at 10 and 20 NFE (our functional DPM_Solver, our
-   schedulers, diffusers' schedulers) and report the Frechet distance to the ancestral samples (and to
+3. Empirical model statistics (EMS) for DPM-Solver-v3, computed by our tool (``compute_statistics``,
+   forward-mode JVPs, ``common_noise=True``) from the training digits; cached as safetensors next to the
+   checkpoint (an interrupted run resumes from its partial file).
+4. Sample from the same initial noise with each solver at 10 and 20 NFE (our functional DPM_Solver and
+   DPM_Solver_v3, our schedulers, diffusers' schedulers) and report the Frechet distance to the ancestral samples (and to
    held-out real digits) in a fixed feature space: the hidden layer of a small MLP classifier trained
    on the digits (sklearn, fixed seed). PNG grid of samples.
 
-Run: ``python packages/dpm-solver/benchmarks/bench_digits.py [--train-steps 3000] [--samples 512]``.
+Run: ``python packages/dpm-solver/benchmarks/bench_digits.py [--train-steps 3000] [--samples 512]
+[--ems-lambda 200] [--ems-samples 512]``.
 """
 
 from __future__ import annotations
@@ -31,9 +35,11 @@ from diffusers import (
     UNet2DModel,
     UniPCMultistepScheduler,
 )
+from diffusers.models.attention_processor import Attention, AttnProcessor
 from diffusers.utils import logging as diffusers_logging
-from dpm_solver import DPM_Solver, NoiseScheduleVP, model_wrapper
+from dpm_solver import DPM_Solver, DPM_Solver_v3, NoiseScheduleVP, model_wrapper
 from dpm_solver.schedulers import MultistepDPMSolverScheduler, SinglestepDPMSolverScheduler
+from dpm_solver.statistics import EMSStatistics, compute_statistics, load_statistics, save_statistics
 from safetensors.torch import load_file, save_file
 from scipy import linalg
 from sklearn.datasets import load_digits
@@ -176,17 +182,77 @@ def run_scheduler(unet, sched, noise: torch.Tensor, n: int) -> tuple[torch.Tenso
     return x, calls
 
 
-@torch.no_grad()
-def run_functional(unet, noise: torch.Tensor, n: int, **kw) -> tuple[torch.Tensor, int]:
-    ns = NoiseScheduleVP("discrete", betas=DDPMScheduler(num_train_timesteps=1000, **BETAS).betas)
-    calls = [0]
+def noise_schedule() -> NoiseScheduleVP:
+    return NoiseScheduleVP("discrete", betas=DDPMScheduler(num_train_timesteps=1000, **BETAS).betas)
+
+
+def eps_fn(unet, calls: list[int] | None = None):
+    """The UNet as a continuous-time noise-prediction model ``(x, t) -> eps`` (``model_wrapper``)."""
 
     def net(x, t):
-        calls[0] += 1
+        if calls is not None:
+            calls[0] += 1
         return unet(x, t).sample
 
-    fn = model_wrapper(net, ns, model_type="noise")
-    x = DPM_Solver(fn, ns, algorithm_type="dpmsolver++").sample(noise.clone(), steps=n, **kw)
+    return model_wrapper(net, noise_schedule(), model_type="noise")
+
+
+# -- DPM-Solver-v3 ----------------------------------------------------------------------------------
+def ems_statistics(unet, n_lambda: int, n_samples: int, path: Path) -> tuple[EMSStatistics, float, bool]:
+    """EMS of the digits UNet from the first ``n_samples`` training digits (cached at ``path``).
+
+    Returns ``(stats, seconds, cached)``; ``seconds`` is the wall time of the computation (stored in the
+    file's metadata, so a cached file still reports it). The attention blocks are switched to diffusers'
+    classic ``AttnProcessor`` for the forward-mode JVPs (SDPA on the CPU has no forward AD) and restored
+    afterwards, so the other solvers see the unchanged model.
+    """
+    ns = noise_schedule()
+    if path.exists():
+        stats = load_statistics(path, ns, (1, 8, 8))
+        return stats, float(stats.metadata["extra"].get("seconds", float("nan"))), True
+    attn = [m for m in unet.modules() if isinstance(m, Attention)]
+    saved = [m.processor for m in attn]
+    for m in attn:
+        m.set_processor(AttnProcessor())
+    x0, _ = digits()
+    t0 = time.time()
+    try:
+        stats = compute_statistics(
+            eps_fn(unet),
+            ns,
+            x0,
+            n_lambda=n_lambda,
+            n_samples=n_samples,
+            batch_size=256,
+            dtype=torch.float32,  # the UNet's weights are float32; the moments accumulate in float64
+            seed=7,
+            common_noise=True,
+            checkpoint_path=path.with_name(path.stem + ".partial.safetensors"),
+            checkpoint_every=30.0,
+            extra_metadata={"model": path.stem},
+        )
+    finally:
+        for m, p in zip(attn, saved, strict=True):
+            m.set_processor(p)
+    seconds = time.time() - t0
+    stats.metadata["extra"]["seconds"] = seconds
+    save_statistics(stats, path)
+    return stats, seconds, False
+
+
+@torch.no_grad()
+def run_v3(unet, noise: torch.Tensor, n: int, stats: EMSStatistics, skip_type: str, **kw):
+    calls = [0]
+    solver = DPM_Solver_v3(stats, noise_schedule(), steps=n, skip_type=skip_type)
+    x = solver.sample(noise.clone(), eps_fn(unet, calls), **kw)
+    return x, calls[0]
+
+
+@torch.no_grad()
+def run_functional(unet, noise: torch.Tensor, n: int, **kw) -> tuple[torch.Tensor, int]:
+    calls = [0]
+    fn = eps_fn(unet, calls)
+    x = DPM_Solver(fn, noise_schedule(), algorithm_type="dpmsolver++").sample(noise.clone(), steps=n, **kw)
     return x, calls[0]
 
 
@@ -198,6 +264,12 @@ def solvers() -> dict[str, tuple]:
         "ours 2M time_uniform": ("f", dict(order=2, skip_type="time_uniform")),
         "ours 3S logSNR": ("f", dict(order=3, skip_type="logSNR", method="singlestep")),
         "ours 2M logSNR + denoise": ("f", dict(order=2, skip_type="logSNR", denoise_to_zero=True)),
+        # DPM-Solver-v3 with our EMS; corrector by the exact fit (c_pseudo=False, dpm-bench's finding)
+        "ours v3-2c logSNR": ("v3", dict(order=2, skip_type="logSNR", c_pseudo=False)),
+        "ours v3-3c logSNR": ("v3", dict(order=3, skip_type="logSNR", c_pseudo=False)),
+        "ours v3-2c time_uniform": ("v3", dict(order=2, skip_type="time_uniform", c_pseudo=False)),
+        "ours v3-3c time_uniform": ("v3", dict(order=3, skip_type="time_uniform", c_pseudo=False)),
+        "ours v3-2C time_uniform (upstream)": ("v3", dict(order=2, skip_type="time_uniform", c_pseudo=True)),
         "ours sched 2M": ("s", m(**BETAS)),
         "ours sched 3M karras": ("s", m(**BETAS, solver_order=3, use_karras_sigmas=True)),
         "ours sched 3S logSNR": ("s", s(**BETAS, solver_order=3, timestep_spacing="logSNR")),
@@ -221,6 +293,8 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=512)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--train-only", action="store_true")
+    ap.add_argument("--ems-lambda", type=int, default=200, help="EMS lambda intervals")
+    ap.add_argument("--ems-samples", type=int, default=512, help="training digits per EMS grid point")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
     diffusers_logging.set_verbosity_error()
@@ -247,6 +321,9 @@ def main() -> None:
     feats = Features()
     f_ref, f_real = feats(ref.numpy()), feats.heldout
     f_real = np.maximum(f_real @ feats.clf.coefs_[0] + feats.clf.intercepts_[0], 0.0)
+    ems_path = CACHE / f"digits_ems_{tag}_L{args.ems_lambda}_n{args.ems_samples}_common.safetensors"
+    stats, t_ems, ems_cached = ems_statistics(unet, args.ems_lambda, args.ems_samples, ems_path)
+    ems_jvps = (args.ems_lambda + 1) * args.ems_samples * 2  # n_probes = 1: diagonal JVP + d/dlambda JVP
     t1 = time.time()
     # converged ODE solution from the same noise: per-sample solver error on a real network
     # (two end points: t = 1/N, sigma~ = 0.01, for the functional solver; sigma = 0 for the schedulers and
@@ -280,6 +357,10 @@ def main() -> None:
             if kind == "f":
                 to_zero = obj.get("denoise_to_zero", False)
                 x, calls = run_functional(unet, noise, n - int(to_zero), **obj)
+            elif kind == "v3":
+                kw = dict(obj)
+                x, calls = run_v3(unet, noise, n, stats, kw.pop("skip_type"), **kw)
+                to_zero = False  # ends at t = 1/N like DPM_Solver
             else:
                 x, calls = run_scheduler(unet, obj, noise, n)
                 end = obj.final_alpha_cumprod if isinstance(obj, DDIMScheduler) else obj.sigmas[-1]
@@ -312,6 +393,15 @@ def main() -> None:
         f"digits: {rows[0]['fd_real']:.3f}; converged ODE (200 NFE) vs ancestral: {rows[1]['fd_ancestral']:.3f}, "
         f"vs real: {rows[1]['fd_real']:.3f}. RMSE = per-pixel RMS distance (pixels in [-1, 1]) to the converged "
         "ODE solution from the same noise and to the same end point (the solver error on this network).",
+        "",
+        f"DPM-Solver-v3 EMS: our `compute_statistics` on the first {args.ems_samples} training digits, "
+        f"{args.ems_lambda} lambda intervals (t = 1 .. 1/N), 1 Hutchinson probe, `common_noise=True`, seed 7; "
+        f"{ems_jvps} JVPs (batched 256 rows) in {t_ems:.0f} s wall on 1 thread"
+        + (" (computed in an earlier run, loaded from the cache)" if ems_cached else "")
+        + f"; for comparison one 10-NFE sampling run of the {args.samples} samples is {10 * args.samples} "
+        "UNet rows. Not counted in NFE (as in the paper). `v3-2c`/`v3-3c`: order 2/3, corrector by the exact "
+        "fit (`c_pseudo=False`); `v3-2C (upstream)`: upstream's default `c_pseudo=True`; all with "
+        "`lower_order_final=True`, end at t = 1/N.",
         "",
         "| solver | FD to ancestral, 10 NFE | 20 NFE | FD to real, 10 NFE | 20 NFE | RMSE to ODE, 10 NFE | 20 NFE |",
         "|---|---|---|---|---|---|---|",

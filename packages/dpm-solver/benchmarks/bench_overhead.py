@@ -2,9 +2,11 @@
 
 The model is replaced by a constant (zero-cost) output, so the time per step is the solver's own work:
 coefficient computation, the update rule, the model-output conversion and the bookkeeping. Compared:
-our functional ``DPM_Solver.sample`` (multistep 2M / 3M, singlestep 3), our diffusers-compatible
-scheduler, and diffusers' ``DPMSolverMultistepScheduler``. Best of ``--repeats`` runs (the machine is
-shared; timings are noisy).
+our functional ``DPM_Solver.sample`` (multistep 2M / 3M, singlestep 3), ``DPM_Solver_v3.sample`` (order
+2 / 3, corrector on), our diffusers-compatible schedulers (DPM-Solver++ and ``DPMSolverV3Scheduler``), and
+diffusers' ``DPMSolverMultistepScheduler``. v3 uses per-pixel statistics of the sample's shape on a
+1200-interval lambda grid (the values do not change the cost; ``EMSStatistics.degenerated``). Best of
+``--repeats`` runs (the machine is shared; timings are noisy).
 
 Run: ``python packages/dpm-solver/benchmarks/bench_overhead.py``.
 """
@@ -14,6 +16,8 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime
+import shutil
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -21,8 +25,10 @@ from pathlib import Path
 import torch
 from diffusers import DPMSolverMultistepScheduler
 from diffusers.utils import logging as diffusers_logging
-from dpm_solver import DPM_Solver, NoiseScheduleVP
+from dpm_solver import DPM_Solver, DPM_Solver_v3, NoiseScheduleVP
 from dpm_solver.schedulers import MultistepDPMSolverScheduler, SinglestepDPMSolverScheduler
+from dpm_solver.statistics import EMSStatistics, save_statistics
+from dpm_solver.v3_scheduler import DPMSolverV3Scheduler
 
 RESULTS = Path(__file__).resolve().parent / "results"
 STEPS = 20
@@ -56,6 +62,31 @@ def functional(shape, repeats: int, **kw) -> float:
     return best_of(lambda: solver.sample(x, steps=STEPS, **kw), repeats) / STEPS
 
 
+def v3_stats(shape) -> EMSStatistics:
+    """Per-pixel EMS of the sample's shape on upstream's 1200-interval grid (values: l = 1, s = b = 0)."""
+    ns = NoiseScheduleVP("discrete", betas=torch.linspace(1e-4, 0.02, 1000))
+    return EMSStatistics.degenerate(ns, 1.0, 1.0 / 1000, 1200, shape[1:])
+
+
+def functional_v3(shape, repeats: int, setup: dict, **kw) -> float:
+    ns = NoiseScheduleVP("discrete", betas=torch.linspace(1e-4, 0.02, 1000))
+    stats = v3_stats(shape)
+    t0 = time.perf_counter()
+    solver = DPM_Solver_v3(stats, ns, steps=STEPS, skip_type="time_uniform")
+    setup[shape] = time.perf_counter() - t0  # one-off: EMS integral tables + grid
+    out = torch.randn(shape) * 0.1
+    x = torch.randn(shape)
+    return best_of(lambda: solver.sample(x, lambda x_, t_: out, **kw), repeats) / STEPS
+
+
+def scheduler_v3(shape, repeats: int, tmp: Path, order: int) -> float:
+    path = tmp / f"ems_{'x'.join(map(str, shape[1:]))}.safetensors"
+    if not path.exists():
+        save_statistics(v3_stats(shape), path)
+    sched = DPMSolverV3Scheduler(statistics_path=str(path), solver_order=order, corrector_pseudo=False)
+    return scheduler(sched, shape, repeats)
+
+
 def scheduler(sched, shape, repeats: int) -> float:
     out = torch.randn(shape) * 0.1
     x0 = torch.randn(shape)
@@ -79,6 +110,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     RESULTS.mkdir(parents=True, exist_ok=True)
     shapes = [(1, 1, 8, 8), (64, 1, 8, 8), (1, 4, 64, 64)]
+    tmp = Path(tempfile.mkdtemp(prefix="bench_overhead_"))
+    v3_setup: dict = {}
     cases = {
         "ours DPM_Solver 2M": lambda s: functional(s, args.repeats, order=2, skip_type="logSNR"),
         "ours DPM_Solver 3M": lambda s: functional(s, args.repeats, order=3, skip_type="logSNR"),
@@ -89,6 +122,14 @@ def main() -> None:
         "ours scheduler 3S": lambda s: scheduler(
             SinglestepDPMSolverScheduler(solver_order=3), s, args.repeats
         ),
+        "ours DPM_Solver_v3 order 2": lambda s: functional_v3(
+            s, args.repeats, v3_setup, order=2, c_pseudo=False
+        ),
+        "ours DPM_Solver_v3 order 3": lambda s: functional_v3(
+            s, args.repeats, v3_setup, order=3, c_pseudo=False
+        ),
+        "ours v3 scheduler order 2": lambda s: scheduler_v3(s, args.repeats, tmp, 2),
+        "ours v3 scheduler order 3": lambda s: scheduler_v3(s, args.repeats, tmp, 3),
         "diffusers DPMSolverMultistep 2M": lambda s: scheduler(
             DPMSolverMultistepScheduler(), s, args.repeats
         ),
@@ -102,6 +143,7 @@ def main() -> None:
             rows.append(
                 dict(case=name, shape="x".join(map(str, shape)), us_per_step=1e6 * t, vs_unet_eval=ratio)
             )
+    shutil.rmtree(tmp, ignore_errors=True)
     with open(RESULTS / "bench_overhead.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         w.writeheader()
@@ -112,6 +154,13 @@ def main() -> None:
         "",
         "Tiny digits UNet, one evaluation: "
         + ", ".join(f"batch {s[0]} {1e3 * t:.2f} ms" for s, t in unet_t.items()),
+        "",
+        "Schedulers: `set_timesteps` + the steps, per step (the v3 scheduler builds its `DPM_Solver_v3`, i.e. "
+        "the EMS integral tables and the exponential coefficients, in every `set_timesteps`). Functional "
+        "v3: `sample` only (coefficients cached after the first call); its one-off constructor (EMS integral "
+        "tables, 1200 intervals x 4 Gauss nodes): "
+        + ", ".join(f"{'x'.join(map(str, s))} {1e3 * t:.1f} ms" for s, t in v3_setup.items())
+        + ". v3 rows: corrector on, `c_pseudo=False`, time_uniform grid.",
         "",
         "| solver | shape | µs / step | × one UNet eval |",
         "|---|---|---|---|",
