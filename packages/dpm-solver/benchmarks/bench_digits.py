@@ -241,9 +241,9 @@ def ems_statistics(unet, n_lambda: int, n_samples: int, path: Path) -> tuple[EMS
 
 
 @torch.no_grad()
-def run_v3(unet, noise: torch.Tensor, n: int, stats: EMSStatistics, skip_type: str, **kw):
+def run_v3(unet, noise, n: int, stats: EMSStatistics, skip_type: str, degenerated: bool = False, **kw):
     calls = [0]
-    solver = DPM_Solver_v3(stats, noise_schedule(), steps=n, skip_type=skip_type)
+    solver = DPM_Solver_v3(stats, noise_schedule(), steps=n, skip_type=skip_type, degenerated=degenerated)
     x = solver.sample(noise.clone(), eps_fn(unet, calls), **kw)
     return x, calls[0]
 
@@ -270,6 +270,15 @@ def solvers() -> dict[str, tuple]:
         "ours v3-2c time_uniform": ("v3", dict(order=2, skip_type="time_uniform", c_pseudo=False)),
         "ours v3-3c time_uniform": ("v3", dict(order=3, skip_type="time_uniform", c_pseudo=False)),
         "ours v3-2C time_uniform (upstream)": ("v3", dict(order=2, skip_type="time_uniform", c_pseudo=True)),
+        # control: the same v3 code, grid and corrector without the EMS (l = 1, s = b = 0)
+        "control v3-2c logSNR, no EMS": (
+            "v3",
+            dict(order=2, skip_type="logSNR", c_pseudo=False, degenerated=True),
+        ),
+        "control v3-2c time_uniform, no EMS": (
+            "v3",
+            dict(order=2, skip_type="time_uniform", c_pseudo=False, degenerated=True),
+        ),
         "ours sched 2M": ("s", m(**BETAS)),
         "ours sched 3M karras": ("s", m(**BETAS, solver_order=3, use_karras_sigmas=True)),
         "ours sched 3S logSNR": ("s", s(**BETAS, solver_order=3, timestep_spacing="logSNR")),
@@ -401,7 +410,8 @@ def main() -> None:
         + f"; for comparison one 10-NFE sampling run of the {args.samples} samples is {10 * args.samples} "
         "UNet rows. Not counted in NFE (as in the paper). `v3-2c`/`v3-3c`: order 2/3, corrector by the exact "
         "fit (`c_pseudo=False`); `v3-2C (upstream)`: upstream's default `c_pseudo=True`; all with "
-        "`lower_order_final=True`, end at t = 1/N.",
+        "`lower_order_final=True`, end at t = 1/N. `control ... no EMS`: the same v3 code, snapped grid and "
+        "corrector with `degenerated=True` (l = 1, s = b = 0), i.e. what the statistics add.",
         "",
         "| solver | FD to ancestral, 10 NFE | 20 NFE | FD to real, 10 NFE | 20 NFE | RMSE to ODE, 10 NFE | 20 NFE |",
         "|---|---|---|---|---|---|---|",

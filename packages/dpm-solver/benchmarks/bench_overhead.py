@@ -68,23 +68,39 @@ def v3_stats(shape) -> EMSStatistics:
     return EMSStatistics.degenerate(ns, 1.0, 1.0 / 1000, 1200, shape[1:])
 
 
-def functional_v3(shape, repeats: int, setup: dict, **kw) -> float:
-    ns = NoiseScheduleVP("discrete", betas=torch.linspace(1e-4, 0.02, 1000))
-    stats = v3_stats(shape)
-    t0 = time.perf_counter()
-    solver = DPM_Solver_v3(stats, ns, steps=STEPS, skip_type="time_uniform")
-    setup[shape] = time.perf_counter() - t0  # one-off: EMS integral tables + grid
+def functional_v3(shape, repeats: int, setup: dict, solvers: dict, **kw) -> float:
+    if shape not in solvers:  # one solver per shape (order is a `sample` argument)
+        ns = NoiseScheduleVP("discrete", betas=torch.linspace(1e-4, 0.02, 1000))
+        stats = v3_stats(shape)
+        t0 = time.perf_counter()
+        solvers[shape] = DPM_Solver_v3(stats, ns, steps=STEPS, skip_type="time_uniform")
+        setup[shape] = time.perf_counter() - t0  # one-off: EMS integral tables + grid
+    solver = solvers[shape]
     out = torch.randn(shape) * 0.1
     x = torch.randn(shape)
     return best_of(lambda: solver.sample(x, lambda x_, t_: out, **kw), repeats) / STEPS
 
 
-def scheduler_v3(shape, repeats: int, tmp: Path, order: int) -> float:
+def scheduler_v3(shape, repeats: int, tmp: Path, order: int, setup: dict) -> float:
+    """``step`` only: ``set_timesteps`` (which builds a ``DPM_Solver_v3``) is timed once into ``setup``."""
     path = tmp / f"ems_{'x'.join(map(str, shape[1:]))}.safetensors"
-    if not path.exists():
-        save_statistics(v3_stats(shape), path)
+    save_statistics(v3_stats(shape), path)
     sched = DPMSolverV3Scheduler(statistics_path=str(path), solver_order=order, corrector_pseudo=False)
-    return scheduler(sched, shape, repeats)
+    sched.statistics  # noqa: B018 (load the file outside the timings)
+    t0 = time.perf_counter()
+    sched.set_timesteps(STEPS)
+    setup[shape] = time.perf_counter() - t0
+    out = torch.randn(shape) * 0.1
+    x0 = torch.randn(shape)
+
+    def run():
+        # restart the same grid without rebuilding the solver (what set_timesteps resets)
+        sched._step_index, sched._cache, sched._p_order = None, ([], [], []), 0
+        x = x0
+        for t in sched.timesteps:
+            x = sched.step(out, t, x).prev_sample
+
+    return best_of(run, repeats) / STEPS
 
 
 def scheduler(sched, shape, repeats: int) -> float:
@@ -112,6 +128,8 @@ def main() -> None:
     shapes = [(1, 1, 8, 8), (64, 1, 8, 8), (1, 4, 64, 64)]
     tmp = Path(tempfile.mkdtemp(prefix="bench_overhead_"))
     v3_setup: dict = {}
+    v3_solvers: dict = {}
+    v3_sched_setup: dict = {}
     cases = {
         "ours DPM_Solver 2M": lambda s: functional(s, args.repeats, order=2, skip_type="logSNR"),
         "ours DPM_Solver 3M": lambda s: functional(s, args.repeats, order=3, skip_type="logSNR"),
@@ -123,13 +141,14 @@ def main() -> None:
             SinglestepDPMSolverScheduler(solver_order=3), s, args.repeats
         ),
         "ours DPM_Solver_v3 order 2": lambda s: functional_v3(
-            s, args.repeats, v3_setup, order=2, c_pseudo=False
+            s, args.repeats, v3_setup, v3_solvers, order=2, c_pseudo=False
         ),
         "ours DPM_Solver_v3 order 3": lambda s: functional_v3(
-            s, args.repeats, v3_setup, order=3, c_pseudo=False
+            s, args.repeats, v3_setup, v3_solvers, order=3, c_pseudo=False
         ),
-        "ours v3 scheduler order 2": lambda s: scheduler_v3(s, args.repeats, tmp, 2),
-        "ours v3 scheduler order 3": lambda s: scheduler_v3(s, args.repeats, tmp, 3),
+        "ours v3 scheduler order 2 (step only)": lambda s: scheduler_v3(
+            s, args.repeats, tmp, 2, v3_sched_setup
+        ),
         "diffusers DPMSolverMultistep 2M": lambda s: scheduler(
             DPMSolverMultistepScheduler(), s, args.repeats
         ),
@@ -155,11 +174,13 @@ def main() -> None:
         "Tiny digits UNet, one evaluation: "
         + ", ".join(f"batch {s[0]} {1e3 * t:.2f} ms" for s, t in unet_t.items()),
         "",
-        "Schedulers: `set_timesteps` + the steps, per step (the v3 scheduler builds its `DPM_Solver_v3`, i.e. "
-        "the EMS integral tables and the exponential coefficients, in every `set_timesteps`). Functional "
-        "v3: `sample` only (coefficients cached after the first call); its one-off constructor (EMS integral "
-        "tables, 1200 intervals x 4 Gauss nodes): "
+        "DPM-Solver++ schedulers: `set_timesteps` + the steps, per step. v3 (functional `sample` and the "
+        "scheduler's `step`): per step, with the solver built once (its exponential coefficients are cached "
+        "after the first run). The build is a one-off per grid: the `DPM_Solver_v3` constructor (EMS "
+        "integral tables, per pixel, 1200 intervals x 4 Gauss nodes): "
         + ", ".join(f"{'x'.join(map(str, s))} {1e3 * t:.1f} ms" for s, t in v3_setup.items())
+        + "; the v3 scheduler's `set_timesteps` (builds a new `DPM_Solver_v3` every call): "
+        + ", ".join(f"{'x'.join(map(str, s))} {1e3 * t:.1f} ms" for s, t in v3_sched_setup.items())
         + ". v3 rows: corrector on, `c_pseudo=False`, time_uniform grid.",
         "",
         "| solver | shape | µs / step | × one UNet eval |",
