@@ -439,7 +439,11 @@ def save_grid(grid: dict[str, torch.Tensor], path: Path) -> None:
         row = torch.cat(list(x[:, 0].clamp(-1, 1)), dim=1).numpy()
         ax.imshow(row, cmap="gray_r", vmin=-1, vmax=1)
         ax.set_axis_off()
-        ax.set_title(f"{name} (10 NFE)" if "ancestral" not in name else name, fontsize=7, loc="left")
+        ax.set_title(
+            name if name in ("DDPM ancestral 1000", "ODE 200 NFE") else f"{name} (10 NFE)",
+            fontsize=7,
+            loc="left",
+        )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
