@@ -5,6 +5,7 @@ One program per ``BLOCK_M`` queries of one (batch, query head); it walks the key
 
     S   = float32(int32(Q8 · K8ᵀ)) · q_scale[row] · k_scale[block]      (log2 units: Q carries
           (+ mask · log2 e; bool masks and padded/causal keys give -inf)   sm_scale·log2 e)
+          (``KS_PER_COL``: k_scale[column]; ``POST_SCALE``: S · sm_scale·log2 e after dequantizing)
     m'  = max(m, rowmax S);  P = exp2(S - m');  α = exp2(m - m');  l = l·α + rowsum P
     fp16 PV: O = O·α + fp16(P) · fp16(V / v_pow2)      fp32 accumulation (tensor-core MMA), or
              O = O·α + fp16(fp16(P) · fp16(V / v_pow2))  fp16 accumulation per key block (PV_ACC16)
@@ -75,6 +76,7 @@ def sage_attn_fwd_kernel(
     stride_mb,
     stride_mh,
     stride_mm,
+    score_mul,
     QGROUP: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -87,6 +89,8 @@ def sage_attn_fwd_kernel(
     INTERPRET: tl.constexpr,  # Triton interpreter: exact fp8 rounding emulated, exact fp32 dots
     STORE_LSE: tl.constexpr,
     VARLEN: tl.constexpr,  # packed sequences: B = 1, rows/keys of sequence s in [cu[s], cu[s+1])
+    KS_PER_COL: tl.constexpr = False,  # one K scale per key (ks [.., NKB = NK]) instead of per block
+    POST_SCALE: tl.constexpr = False,  # scores times score_mul (sm_scale·log2 e) after dequantizing
 ):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
@@ -159,8 +163,14 @@ def sage_attn_fwd_kernel(
             s_int = tl.dot(q.to(tl.float32), kt.to(tl.float32)).to(tl.int32)
         else:
             s_int = tl.dot(q, kt, out_dtype=tl.int32)
-        ks = tl.load(ks_ptr + bhk64 * NKB + kg0 + start // BLOCK_N)
-        s = (s_int.to(tl.float32) * qs[:, None]) * ks
+        if KS_PER_COL:
+            ks = tl.load(ks_ptr + bhk64 * NKB + kg0 + cols, mask=cmask, other=0.0)
+            s = (s_int.to(tl.float32) * qs[:, None]) * ks[None, :]
+        else:
+            ks = tl.load(ks_ptr + bhk64 * NKB + kg0 + start // BLOCK_N)
+            s = (s_int.to(tl.float32) * qs[:, None]) * ks
+        if POST_SCALE:
+            s = s * score_mul
         keep = cmask[None, :] & rmask[:, None]
         if MASK_MODE == 1:
             mk = tl.load(m_base + tr[:, None] * stride_mm + kb[None, :], mask=keep, other=0.0)
@@ -217,14 +227,21 @@ def sage_attn_fwd_kernel(
 
 
 def tile_m(
-    d: int, dv: int, has_mask: bool, interp: bool, acc16: bool = False, cc: tuple[int, int] = (9, 0)
+    d: int,
+    dv: int,
+    has_mask: bool,
+    interp: bool,
+    acc16: bool = False,
+    cc: tuple[int, int] = (9, 0),
+    k_per_col: bool = False,
 ) -> int:
     """Query rows per program. Register budgets checked by tools/kernel_report (kernel_specs.py):
     128 x 64 keys with 8 warps; 64 for head dims > 128, whenever a mask tile is loaded, and for the
-    fp16-accumulator PV on sm100 (which spill at 128)."""
+    fp16-accumulator PV or per-key K scales on sm100 (which spill at 128)."""
     if interp:
         return 128
-    return 128 if (max(d, dv) <= 128 and not has_mask and not (acc16 and cc >= (10, 0))) else 64
+    sm100_tight = (acc16 or k_per_col) and cc >= (10, 0)
+    return 128 if (max(d, dv) <= 128 and not has_mask and not sm100_tight) else 64
 
 
 def launch(
@@ -243,6 +260,8 @@ def launch(
     pv_fp8: bool,
     pv_acc16: bool = False,
     varlen: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    k_per_col: bool = False,
+    score_mul: float | None = None,
 ) -> None:
     """Run the kernel.
 
@@ -256,6 +275,11 @@ def launch(
     ``[B, Hkv, Dv]`` float32 = ``1 / v_pow2`` (fp16 PV) or ``v_scale / 448`` (FP8 PV); mask None or
     ``[B, Hq, Nq, Nk]`` (expanded view; float32 additive or bool); out ``[B, Hq, Nq, Dv]`` strided
     view; lse2 ``[B, Hq, Nq]`` float32 contiguous or None.
+
+    Scale vectors: ``q_group=1`` with ``q_scale [B, Hq, Nq]`` is one scale per query row;
+    ``k_per_col`` with ``k_scale [B, Hkv, Nk]`` one scale per key (per_thread / per_token modes).
+    ``score_mul`` (float32 ``sm_scale·log2 e``): scores are multiplied by it after dequantizing
+    (``modes.SageConfig(prescale_q=False)``, upstream's CUDA kernels); None: Q carries it.
     """
     b, hq, nq, d = q8.shape
     hkv, nk, dv = k8.shape[1], k8.shape[2], v.shape[3]
@@ -263,7 +287,7 @@ def launch(
     block_d = max(32, triton.next_power_of_2(d))
     block_dv = max(32, triton.next_power_of_2(dv))
     cc = (0, 0) if interp else torch.cuda.get_device_capability(q8.device)
-    block_m = tile_m(d, dv, mask is not None, interp, pv_acc16, cc)
+    block_m = tile_m(d, dv, mask is not None, interp, pv_acc16, cc, k_per_col)
     num_warps = 8
     if mask is None:
         mode, mptr, mstr = 0, q_scale, (0, 0, 0)
@@ -308,6 +332,7 @@ def launch(
         *v.stride()[:3],
         *dst.stride()[:3],
         *mstr,
+        float(score_mul) if score_mul is not None else 1.0,
         QGROUP=q_group,
         BLOCK_M=block_m,
         BLOCK_N=BLOCK_N_KEYS,
@@ -320,6 +345,8 @@ def launch(
         INTERPRET=interp,
         STORE_LSE=lse2 is not None,
         VARLEN=varlen is not None,
+        KS_PER_COL=k_per_col,
+        POST_SCALE=score_mul is not None,
         num_warps=num_warps,
         num_stages=1 if interp else 3,
     )

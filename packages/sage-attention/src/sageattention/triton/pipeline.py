@@ -135,3 +135,43 @@ def run_varlen(q, k, v, cu_q, cu_k, is_causal, sm_scale, smooth_k, q_group):
         corr = torch.matmul(q.float()[:, :, None, :], km_tok[:, :, :, None])[..., 0, 0] * sm_scale
         lse = lse + corr.transpose(0, 1)
     return o, lse
+
+
+def _quant_qk(x, mean, groups, multiplier, add_eps):
+    """INT8 of a ``[B, H, N, D]`` view: ``groups`` an int (one scale per ``groups`` tokens,
+    ``[B, H, ceil(N / groups)]``) or ``(tile, t, c)`` (one scale per token, ``[B, H, N]``)."""
+    b, h, n, d = x.shape
+    x8 = _new_empty((b, h, n, d), torch.int8, x.device)
+    if isinstance(groups, int):
+        sc = _new_empty((b, h, -(-n // groups)), torch.float32, x.device)
+        quant.quant_int8(x, mean, x8, sc, groups, multiplier)
+    else:
+        sc = _new_empty((b, h, n), torch.float32, x.device)
+        quant.quant_int8_rows(x, mean, x8, sc, groups, multiplier, add_eps)
+    return x8, sc
+
+
+def run_modes(qh, kh, vh, mask, is_causal, sm_scale, smooth_k, *, q_groups, k_groups, add_eps, prescale_q):
+    """``modes.sage_attention_mode`` (fp16 P·V, fp32 accumulation) on HND views (last dim
+    contiguous). ``q_groups``: an int (per_block/per_warp Q, scales per group) or ``(tile, t, c)``
+    (per_thread/per_token, a scale per row); ``k_groups``: 64 (a scale per key block) or
+    ``(tile, t, c)`` (a scale per key). ``prescale_q``: ``sm_scale·log2 e`` folded into Q before
+    quantizing, else the dequantized scores are multiplied by it. Returns float32 ``(o [B, Hq, Nq,
+    Dv], lse natural [B, Hq, Nq])``; Nq, Nk > 0."""
+    b, hq, nq, _ = qh.shape
+    hkv, nk, d, dv = kh.shape[1], kh.shape[2], kh.shape[3], vh.shape[3]
+    c = sm_scale * ref.LOG2E
+    km = quant.token_reduce(kh, _new_empty((b, hkv, d), torch.float32, qh.device), True) if smooth_k else None
+    q8, qs = _quant_qk(qh, None, q_groups, c if prescale_q else 1.0, add_eps)
+    k8, ks = _quant_qk(kh, km, k_groups, 1.0, add_eps)
+    if isinstance(k_groups, int) and k_groups != attn.BLOCK_N_KEYS:
+        raise ValueError(f"per-block K scales need groups of {attn.BLOCK_N_KEYS} keys, got {k_groups}")
+    amax = quant.token_reduce(vh, _new_empty((b, hkv, dv), torch.float32, qh.device), False)
+    o = _new_empty((b, hq, nq, dv), torch.float32, qh.device)
+    lse2 = _new_empty((b, hq, nq), torch.float32, qh.device)
+    attn.launch(
+        q8, k8, vh, qs, ks, 1.0 / v_pow2(amax), None if mask is None else mask.expand(b, hq, nq, nk),
+        o, lse2, q_group=1 if not isinstance(q_groups, int) else q_groups, is_causal=is_causal,
+        pv_fp8=False, k_per_col=not isinstance(k_groups, int), score_mul=None if prescale_q else c,
+    )  # fmt: skip
+    return o, ref.lse_natural(lse2, qh, km[:, :, None, :] if km is not None else None, sm_scale)
