@@ -174,7 +174,7 @@ TRITON_KERNELS = [
         archs=(100,),
         BLOCK_M=64,
         **_ROWS,
-    ),  # fmt: skip
+    ),
     _attn_spec(
         "sage_attn_fwd_int8_fp16pv_d128_perthread_addmask", o="*fp32", MASK_MODE=1, BLOCK_M=64, **_ROWS
     ),
