@@ -131,6 +131,37 @@ def test_per_block_per_warp_bit_identical_to_triton_api(gran):
     assert torch.equal(o1, o2) and torch.equal(l1, l2)
 
 
+@pytest.mark.parametrize(
+    "gran, kw",
+    [
+        ("per_thread", dict(smooth_q=True)),
+        ("per_block", dict(smooth_q=True, prescale_q=True)),
+        ("per_token", dict(qk_rotation="hadamard")),
+        ("per_thread", dict(qk_rotation="random_hadamard", smooth_q=True, smooth_k=False)),
+    ],
+)
+@pytest.mark.parametrize("is_causal", [False, True])
+def test_smooth_q_and_rotation_match_modes(gran, kw, is_causal):
+    """Q/K transforms quantized by modes itself, the mean(Q)·Kᵀ correction added in the kernel."""
+    cfg = modes.SageConfig(qk_quant_gran=gran, **{**UPSTREAM, **kw})
+    q, k, v = _qkv(nq=200, nk=170, d=72)
+    q = q + 3.0 * torch.randn(1, 1, 1, 72, generator=torch.Generator().manual_seed(5)).half()  # Q bias
+    p = core.prepare_inputs(q, k, v, "HND", is_causal, None, True, cfg.smooth_k)
+    o, lse = tv.triton_attention(p, cfg)
+    _compare(p, cfg, o, lse)
+
+
+@pytest.mark.parametrize("kw", [dict(smooth_q=True), dict(qk_rotation="hadamard")])
+def test_registered_kernel_with_q_transforms(monkeypatch, kw):
+    (q, k, v), cfg, (eo, el) = _upstream_cfg(monkeypatch, **kw)
+    p = core.prepare_inputs(q, k, v, "HND", False, None, True, True)
+    assert tv.supported(p, cfg) is None
+    o, lse = tv.qk_int8_pv_fp16_kernel(p, cfg)
+    tol = ATOL_REL * float(v.float().abs().max()) + 2**-7 * float(eo.float().abs().max())
+    assert (o.float() - eo.float()).abs().max() <= tol
+    assert (lse - el).abs().max() <= LSE_ATOL * max(1.0, float(el.abs().max()))
+
+
 def test_empty_sequence():
     q, k, v = _qkv(nk=0)
     p = core.prepare_inputs(q, k, v, "HND", False, None, True, True)
@@ -176,8 +207,6 @@ def test_registered_kernel_on_cpu_through_interpreter(monkeypatch, kw):
 @pytest.mark.parametrize(
     "kw, word",
     [
-        ({"smooth_q": True}, "smooth_q"),
-        ({"qk_rotation": "hadamard"}, "qk_rotation"),
         ({"pv_accum_dtype": "fp16+fp32"}, "pv_accum_dtype"),
         ({"pv_accum_dtype": "fp16", "smooth_v": True}, "pv_accum_dtype"),
     ],
@@ -199,6 +228,7 @@ def test_bad_configs_name_the_option():
         (small, modes.SageConfig(smooth_v=True), "smooth_v"),
         (small, modes.SageConfig(pv_block=128), "pv_block"),
         (small, modes.SageConfig(blkk=128), "blkk"),
+        (small, modes.SageConfig(smooth_q=True, blkq=64), "smooth_q"),
         (small, modes.SageConfig(qk_quant_gran="per_thread", blkq=96, warpq=24), "warpq"),
         (wide, modes.SageConfig(), "head dim"),
     ):

@@ -67,7 +67,7 @@ def _attn_spec(
     constexprs = dict(
         QGROUP=128, BLOCK_M=128, BLOCK_N=64, BLOCK_D=d, BLOCK_DV=d, IS_CAUSAL=False, MASK_MODE=0,
         PV_FP8=pv_fp8, PV_ACC16=False, INTERPRET=False, STORE_LSE=True, VARLEN=False,
-        KS_PER_COL=False, POST_SCALE=False,
+        KS_PER_COL=False, POST_SCALE=False, QC_BLK=0,
     )  # fmt: skip
     constexprs.update(cx)
     signature = {
@@ -75,6 +75,7 @@ def _attn_spec(
         "vs_ptr": "*fp32", "mask_ptr": mask, "o_ptr": o, "lse_ptr": "*fp32",
         **dict.fromkeys(("cu_q_ptr", "cu_k_ptr", "blk_ptr", "goff_ptr"), "*i32"),
         **dict.fromkeys(_ATTN_INTS + _ATTN_STRIDES + _MASK_STRIDES, "i32"), "score_mul": "fp32",
+        "qc_ptr": "*fp32",
     }  # fmt: skip
     return TritonKernelSpec(
         name=name,
@@ -177,6 +178,17 @@ TRITON_KERNELS = [
     ),
     _attn_spec(
         "sage_attn_fwd_int8_fp16pv_d128_perthread_addmask", o="*fp32", MASK_MODE=1, BLOCK_M=64, **_ROWS
+    ),
+    _attn_spec(
+        "sage_attn_fwd_int8_fp16pv_d128_perthread_smoothq", o="*fp32", QC_BLK=128, archs=(80, 89, 90), **_ROWS
+    ),
+    _attn_spec(
+        "sage_attn_fwd_int8_fp16pv_d128_perthread_smoothq_m64",
+        o="*fp32",
+        QC_BLK=128,
+        archs=(100,),
+        BLOCK_M=64,
+        **_ROWS,
     ),
     _quant_spec(
         "sage_quant_int8_rows_q_per_thread_d128",

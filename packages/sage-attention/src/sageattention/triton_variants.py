@@ -14,10 +14,13 @@ same key blocks of 64 for the online softmax; the attention output differs only 
   (the ``mma`` fragment groups of ``modes.py``), ``per_token``; K groups of ``blkk = 64`` (or any
   ``warpk`` for per_thread);
 * ``smooth_k`` on/off, ``prescale_q`` either way, causal, additive/bool masks, GQA/MQA, Nq ≠ Nk,
-  head dims ≤ 256, fp16/bf16/fp32 inputs, HND/NHD.
+  head dims ≤ 256, fp16/bf16/fp32 inputs, HND/NHD;
+* ``smooth_q`` (``blkq`` a multiple of 128) and ``qk_rotation``: Q/K are then transformed and
+  quantized by ``modes._prepare_qk`` itself (PyTorch, ``O(N·D)``, bit-exact by construction), the
+  ``mean(Q)·K'ᵀ`` correction is one float32 matmul per 128-query block, added to the scores inside
+  the Triton kernel (``QC_BLK``).
 
-Anything else (``smooth_q``, ``qk_rotation``, ``smooth_v``, FP8 P·V, other accumulators, other tile
-sizes, head dims > 256) makes :func:`triton_attention` raise ``NotImplementedError`` naming the
+Anything else (``smooth_v``, FP8 P·V, other accumulators, other tile sizes, head dims > 256) makes :func:`triton_attention` raise ``NotImplementedError`` naming the
 option; the registered :func:`qk_int8_pv_fp16_kernel` then runs ``modes.sage_attention_mode`` (the
 same maths ``backend="torch"`` runs: slower, never different) and logs that at DEBUG level.
 CPU tensors run the kernel only under ``TRITON_INTERPRET=1`` (tests); otherwise the reference.
@@ -50,6 +53,13 @@ def _groups(role: str, cfg: modes.SageConfig):
     return cfg.blkk
 
 
+def _dim(d: int, cfg: modes.SageConfig) -> int:
+    """Q/K head dim the kernel sees (the Hadamard rotation zero-pads to 64, 128 or k·128)."""
+    if cfg.qk_rotation is None:
+        return d
+    return 64 if d <= 64 else 128 if d <= 128 else -(-d // 128) * 128
+
+
 def _pow2(n: int) -> bool:
     return n > 0 and n & (n - 1) == 0
 
@@ -60,14 +70,17 @@ def supported(p: Prepared, cfg: modes.SageConfig) -> str | None:
     checks = (
         ("pv_dtype", cfg.pv_dtype, cfg.pv_dtype == "fp16"),
         ("pv_accum_dtype", cfg.pv_accum_dtype, cfg.pv_accum_dtype == "fp32"),
-        ("smooth_q", cfg.smooth_q, not cfg.smooth_q),
-        ("qk_rotation", cfg.qk_rotation, cfg.qk_rotation is None),
+        ("smooth_q", f"{cfg.smooth_q} with blkq={cfg.blkq}", not cfg.smooth_q or cfg.blkq % 128 == 0),
         ("smooth_v", cfg.smooth_v, not cfg.smooth_v),
         ("pv_block", cfg.pv_block, cfg.pv_block == 64),
         ("blkk", cfg.blkk, cfg.blkk == 64 or cfg.qk_quant_gran in ("per_thread", "per_token")),
         ("warpq", cfg.warpq, cfg.qk_quant_gran != "per_thread" or _pow2(cfg.warpq)),
         ("warpk", cfg.warpk, cfg.qk_quant_gran != "per_thread" or _pow2(cfg.warpk)),
-        ("head dim", max(p.q.shape[3], p.v.shape[3]), max(p.q.shape[3], p.v.shape[3]) <= _MAX_D),
+        (
+            "head dim",
+            max(_dim(p.q.shape[3], cfg), p.v.shape[3]),
+            max(_dim(p.q.shape[3], cfg), p.v.shape[3]) <= _MAX_D,
+        ),
         ("device", p.q.device, p.q.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"),
     )
     for name, val, ok in checks:
@@ -93,6 +106,9 @@ def triton_attention(p: Prepared, cfg: modes.SageConfig):
     from .triton import pipeline  # lazy: sageattention imports without triton
 
     q, k, v = (_last_contiguous(x) for x in (p.q, p.k, p.v))
+    if cfg.smooth_q or cfg.qk_rotation is not None:
+        o, lse = pipeline.run_torch_quantized(q, k, v, p.mask, p.is_causal, p.sm_scale, cfg)
+        return p.finish(o, lse)
     o, lse = pipeline.run_modes(
         q, k, v, p.mask, p.is_causal, p.sm_scale, cfg.smooth_k,
         q_groups=_groups("q", cfg), k_groups=_groups("k", cfg),

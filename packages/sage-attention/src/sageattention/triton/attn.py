@@ -77,6 +77,7 @@ def sage_attn_fwd_kernel(
     stride_mh,
     stride_mm,
     score_mul,
+    qc_ptr,
     QGROUP: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -91,6 +92,7 @@ def sage_attn_fwd_kernel(
     VARLEN: tl.constexpr,  # packed sequences: B = 1, rows/keys of sequence s in [cu[s], cu[s+1])
     KS_PER_COL: tl.constexpr = False,  # one K scale per key (ks [.., NKB = NK]) instead of per block
     POST_SCALE: tl.constexpr = False,  # scores times score_mul (sm_scale·log2 e) after dequantizing
+    QC_BLK: tl.constexpr = 0,  # > 0: add qc[b, h, row // QC_BLK, key] (smooth_q's mean(Q)·Kᵀ, log2 units)
 ):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
@@ -171,6 +173,10 @@ def sage_attn_fwd_kernel(
             s = (s_int.to(tl.float32) * qs[:, None]) * ks
         if POST_SCALE:
             s = s * score_mul
+        if QC_BLK > 0:  # BLOCK_M divides QC_BLK: one Q block per program
+            qc_row = (bh64 * tl.cdiv(NQ, QC_BLK) + row0 // QC_BLK) * NK
+            qc = tl.load(qc_ptr + qc_row + cols, mask=cmask, other=0.0)
+            s = s + qc[None, :]
         keep = cmask[None, :] & rmask[:, None]
         if MASK_MODE == 1:
             mk = tl.load(m_base + tr[:, None] * stride_mm + kb[None, :], mask=keep, other=0.0)
@@ -262,6 +268,7 @@ def launch(
     varlen: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
     k_per_col: bool = False,
     score_mul: float | None = None,
+    q_corr: tuple[torch.Tensor, int] | None = None,
 ) -> None:
     """Run the kernel.
 
@@ -280,6 +287,8 @@ def launch(
     ``k_per_col`` with ``k_scale [B, Hkv, Nk]`` one scale per key (per_thread / per_token modes).
     ``score_mul`` (float32 ``sm_scale·log2 e``): scores are multiplied by it after dequantizing
     (``modes.SageConfig(prescale_q=False)``, upstream's CUDA kernels); None: Q carries it.
+    ``q_corr = (qc, blk)``: float32 ``qc [B, Hq, ceil(Nq / blk), Nk]`` contiguous added to the scores
+    of the queries of each ``blk``-row block (smooth_q; ``blk`` a multiple of 128), not with varlen.
     """
     b, hq, nq, d = q8.shape
     hkv, nk, dv = k8.shape[1], k8.shape[2], v.shape[3]
@@ -333,6 +342,7 @@ def launch(
         *dst.stride()[:3],
         *mstr,
         float(score_mul) if score_mul is not None else 1.0,
+        q_corr[0] if q_corr is not None else q_scale,
         QGROUP=q_group,
         BLOCK_M=block_m,
         BLOCK_N=BLOCK_N_KEYS,
@@ -347,6 +357,7 @@ def launch(
         VARLEN=varlen is not None,
         KS_PER_COL=k_per_col,
         POST_SCALE=score_mul is not None,
+        QC_BLK=q_corr[1] if q_corr is not None else 0,
         num_warps=num_warps,
         num_stages=1 if interp else 3,
     )

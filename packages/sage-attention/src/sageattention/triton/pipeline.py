@@ -158,20 +158,52 @@ def run_modes(qh, kh, vh, mask, is_causal, sm_scale, smooth_k, *, q_groups, k_gr
     ``(tile, t, c)`` (a scale per key). ``prescale_q``: ``sm_scale·log2 e`` folded into Q before
     quantizing, else the dequantized scores are multiplied by it. Returns float32 ``(o [B, Hq, Nq,
     Dv], lse natural [B, Hq, Nq])``; Nq, Nk > 0."""
-    b, hq, nq, _ = qh.shape
-    hkv, nk, d, dv = kh.shape[1], kh.shape[2], kh.shape[3], vh.shape[3]
+    b, hkv, _, d = kh.shape
     c = sm_scale * ref.LOG2E
     km = quant.token_reduce(kh, _new_empty((b, hkv, d), torch.float32, qh.device), True) if smooth_k else None
     q8, qs = _quant_qk(qh, None, q_groups, c if prescale_q else 1.0, add_eps)
     k8, ks = _quant_qk(kh, km, k_groups, 1.0, add_eps)
     if isinstance(k_groups, int) and k_groups != attn.BLOCK_N_KEYS:
         raise ValueError(f"per-block K scales need groups of {attn.BLOCK_N_KEYS} keys, got {k_groups}")
-    amax = quant.token_reduce(vh, _new_empty((b, hkv, dv), torch.float32, qh.device), False)
-    o = _new_empty((b, hq, nq, dv), torch.float32, qh.device)
-    lse2 = _new_empty((b, hq, nq), torch.float32, qh.device)
-    attn.launch(
-        q8, k8, vh, qs, ks, 1.0 / v_pow2(amax), None if mask is None else mask.expand(b, hq, nq, nk),
-        o, lse2, q_group=1 if not isinstance(q_groups, int) else q_groups, is_causal=is_causal,
-        pv_fp8=False, k_per_col=not isinstance(k_groups, int), score_mul=None if prescale_q else c,
+    o, lse2 = _attend(
+        q8, k8, vh, qs, ks, mask, is_causal, q_group=1 if not isinstance(q_groups, int) else q_groups,
+        k_per_col=not isinstance(k_groups, int), score_mul=None if prescale_q else c,
     )  # fmt: skip
     return o, ref.lse_natural(lse2, qh, km[:, :, None, :] if km is not None else None, sm_scale)
+
+
+def _attend(q8, k8, vh, qs, ks, mask, is_causal, *, q_group, k_per_col, score_mul, q_corr=None):
+    """fp16 P·V attention of quantized Q/K; float32 ``(o [B, Hq, Nq, Dv], lse2 [B, Hq, Nq])``."""
+    b, hq, nq, _ = q8.shape
+    hkv, nk, dv = vh.shape[1], vh.shape[2], vh.shape[3]
+    amax = quant.token_reduce(vh, _new_empty((b, hkv, dv), torch.float32, q8.device), False)
+    o = _new_empty((b, hq, nq, dv), torch.float32, q8.device)
+    lse2 = _new_empty((b, hq, nq), torch.float32, q8.device)
+    attn.launch(
+        q8, k8, vh, qs, ks, 1.0 / v_pow2(amax), None if mask is None else mask.expand(b, hq, nq, nk),
+        o, lse2, q_group=q_group, is_causal=is_causal, pv_fp8=False, k_per_col=k_per_col,
+        score_mul=score_mul, q_corr=q_corr,
+    )  # fmt: skip
+    return o, lse2
+
+
+def run_torch_quantized(qh, kh, vh, mask, is_causal, sm_scale, cfg):
+    """``modes.sage_attention_mode`` (fp16 P·V, fp32 accumulation) for the Q/K transforms the Triton
+    quantizers lack (``smooth_q``, ``qk_rotation``): Q/K are transformed and quantized by
+    ``modes._prepare_qk`` itself (PyTorch, ``O(N·D)``), the
+    ``mean(Q)·K'ᵀ`` correction is one float32 matmul per Q block, and the attention runs on the
+    Triton kernel. ``cfg.blkq`` a multiple of 128 when ``cfg.smooth_q``. Returns as :func:`run_modes`."""
+    from .. import modes
+
+    # per-head maths: the K heads need no expansion to the Q heads (GQA) except in the correction
+    q8, qs, k8, ks, kf, qmean, km, c = modes._prepare_qk(qh, kh, sm_scale, cfg)
+    q_corr = None
+    if qmean is not None:
+        corr = torch.matmul(qmean, ref._expand_heads(kf, qh.shape[1]).transpose(-1, -2))
+        q_corr = ((corr * c if c != 1.0 else corr).contiguous(), cfg.blkq)  # [B, Hq, ceil(Nq/blkq), Nk]
+    o, lse2 = _attend(
+        q8.to(torch.int8).contiguous(), k8.to(torch.int8).contiguous(), vh, qs.contiguous(),
+        ks.contiguous(), mask, is_causal, q_group=1, k_per_col=True,
+        score_mul=c if c != 1.0 else None, q_corr=q_corr,
+    )  # fmt: skip
+    return o, ref.lse_natural(lse2, qh, km, sm_scale)
