@@ -2,6 +2,7 @@
 ``modes.sage_attention_mode`` (interpreter): per-row/per-column scale quantizers bit-exact, attention
 within ``1e-3·max|V|``, the registered kernel, the fallback for unsupported configs."""
 
+import dataclasses
 import math
 
 import pytest
@@ -172,7 +173,7 @@ def test_empty_sequence():
 # ------------------------------------------------------------------------------------ registered fn
 
 
-def _upstream_cfg(monkeypatch, **kw):
+def _upstream_cfg(monkeypatch, shape=None, **kw):
     """The SageConfig ``variants.sageattn_qk_int8_pv_fp16_cuda(**kw)`` builds, and its torch result."""
     seen = {}
     real = variants.sage_attention_mode
@@ -182,7 +183,7 @@ def _upstream_cfg(monkeypatch, **kw):
         return real(*a, cfg=cfg, **k)
 
     monkeypatch.setattr(variants, "sage_attention_mode", spy)
-    q, k, v = _qkv(dtype=torch.bfloat16)
+    q, k, v = _qkv(**{"dtype": torch.bfloat16, **(shape or {})})
     out = variants.sageattn_qk_int8_pv_fp16_cuda(q, k, v, return_lse=True, backend="torch", **kw)
     monkeypatch.setattr(variants, "sage_attention_mode", real)
     return (q, k, v), seen["cfg"], out
@@ -205,16 +206,33 @@ def test_registered_kernel_on_cpu_through_interpreter(monkeypatch, kw):
 
 
 @pytest.mark.parametrize(
-    "kw, word",
+    "kw",
     [
-        ({"pv_accum_dtype": "fp16+fp32"}, "pv_accum_dtype"),
-        ({"pv_accum_dtype": "fp16", "smooth_v": True}, "pv_accum_dtype"),
+        {"pv_accum_dtype": "fp16+fp32"},
+        {"pv_accum_dtype": "fp16", "smooth_v": True},
+        {"pv_accum_dtype": "fp16", "is_causal": True, "qk_quant_gran": "per_token"},
     ],
 )
-def test_unsupported_config_raises_and_registered_fn_falls_back(monkeypatch, kw, word):
-    (q, k, v), cfg, (eo, el) = _upstream_cfg(monkeypatch, **kw)
+def test_registered_kernel_fp16_accumulators(monkeypatch, kw):
+    """The fp16 accumulators are emulated per 16-key k-step as modes does: the kernel is far closer
+    to modes with that accumulator than to modes with fp32 accumulation."""
+    (q, k, v), cfg, (eo, el) = _upstream_cfg(monkeypatch, shape=dict(dtype=torch.float32, nk=170), **kw)
+    p = core.prepare_inputs(q, k, v, "HND", kw.get("is_causal", False), None, True, True)
+    assert tv.supported(p, cfg) is None
+    o, lse = tv.qk_int8_pv_fp16_kernel(p, cfg)
+    assert (o - eo).abs().max() <= ATOL_REL * float(v.abs().max())
+    assert (lse - el).abs().max() <= LSE_ATOL * max(1.0, float(el.abs().max()))
+    f32, _ = modes.sage_attention_mode(
+        p.q, p.k, p.v, sm_scale=p.sm_scale, cfg=dataclasses.replace(cfg, pv_accum_dtype="fp32", smooth_v=False),
+        is_causal=p.is_causal,
+    )  # fmt: skip
+    assert (o - eo).abs().mean() < 0.1 * (o - f32).abs().mean()
+
+
+def test_unsupported_config_raises_and_registered_fn_falls_back(monkeypatch):
+    (q, k, v), cfg, (eo, el) = _upstream_cfg(monkeypatch, shape=dict(d=300, nq=40, nk=30))
     p = core.prepare_inputs(q, k, v, "HND", False, None, True, True)
-    with pytest.raises(NotImplementedError, match=word):
+    with pytest.raises(NotImplementedError, match="head dim"):
         tv.triton_attention(p, cfg)
     o, lse = tv.qk_int8_pv_fp16_kernel(p, cfg)  # the reference maths, bit for bit
     assert torch.equal(o, eo) and torch.equal(lse, el)
@@ -225,7 +243,7 @@ def test_bad_configs_name_the_option():
     wide = core.prepare_inputs(*_qkv(d=300), "HND", False, None, False, True)
     for p, cfg, word in (
         (small, modes.SageConfig(pv_dtype="fp8"), "pv_dtype"),
-        (small, modes.SageConfig(smooth_v=True), "smooth_v"),
+        (small, modes.SageConfig(pv_dtype="fp8", pv_accum_dtype="fp32+fp16"), "pv_dtype"),
         (small, modes.SageConfig(pv_block=128), "pv_block"),
         (small, modes.SageConfig(blkk=128), "blkk"),
         (small, modes.SageConfig(smooth_q=True, blkq=64), "smooth_q"),

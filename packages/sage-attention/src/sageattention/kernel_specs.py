@@ -67,7 +67,7 @@ def _attn_spec(
     constexprs = dict(
         QGROUP=128, BLOCK_M=128, BLOCK_N=64, BLOCK_D=d, BLOCK_DV=d, IS_CAUSAL=False, MASK_MODE=0,
         PV_FP8=pv_fp8, PV_ACC16=False, INTERPRET=False, STORE_LSE=True, VARLEN=False,
-        KS_PER_COL=False, POST_SCALE=False, QC_BLK=0,
+        KS_PER_COL=False, POST_SCALE=False, QC_BLK=0, ACC_KSTEP=0,
     )  # fmt: skip
     constexprs.update(cx)
     signature = {
@@ -187,6 +187,17 @@ TRITON_KERNELS = [
         o="*fp32",
         QC_BLK=128,
         archs=(100,),
+        BLOCK_M=64,
+        **_ROWS,
+    ),
+    _attn_spec(
+        "sage_attn_fwd_int8_fp16pv_d128_perthread_kstep16_acc16", o="*fp32", ACC_KSTEP=1, BLOCK_M=64, **_ROWS
+    ),
+    _attn_spec(
+        "sage_attn_fwd_int8_fp16pv_d64_perthread_kstep16_allfp16",
+        o="*fp32",
+        d=64,
+        ACC_KSTEP=2,
         BLOCK_M=64,
         **_ROWS,
     ),

@@ -69,9 +69,8 @@ def supported(p: Prepared, cfg: modes.SageConfig) -> str | None:
     name and value of the first unsupported option."""
     checks = (
         ("pv_dtype", cfg.pv_dtype, cfg.pv_dtype == "fp16"),
-        ("pv_accum_dtype", cfg.pv_accum_dtype, cfg.pv_accum_dtype == "fp32"),
+        ("pv_accum_dtype", cfg.pv_accum_dtype, cfg.pv_accum_dtype in ("fp32", "fp16+fp32", "fp16")),
         ("smooth_q", f"{cfg.smooth_q} with blkq={cfg.blkq}", not cfg.smooth_q or cfg.blkq % 128 == 0),
-        ("smooth_v", cfg.smooth_v, not cfg.smooth_v),
         ("pv_block", cfg.pv_block, cfg.pv_block == 64),
         ("blkk", cfg.blkk, cfg.blkk == 64 or cfg.qk_quant_gran in ("per_thread", "per_token")),
         ("warpq", cfg.warpq, cfg.qk_quant_gran != "per_thread" or _pow2(cfg.warpq)),
@@ -112,7 +111,8 @@ def triton_attention(p: Prepared, cfg: modes.SageConfig):
     o, lse = pipeline.run_modes(
         q, k, v, p.mask, p.is_causal, p.sm_scale, cfg.smooth_k,
         q_groups=_groups("q", cfg), k_groups=_groups("k", cfg),
-        add_eps=cfg.qk_quant_gran == "per_thread", prescale_q=cfg.prescale_q,
+        add_eps=cfg.qk_quant_gran == "per_thread", prescale_q=cfg.prescale_q, pv_accum=cfg.pv_accum_dtype,
+        smooth_v=cfg.smooth_v,
     )  # fmt: skip
     return p.finish(o, lse)
 
