@@ -248,6 +248,8 @@ def test_bad_configs_name_the_option():
         (small, modes.SageConfig(blkk=128), "blkk"),
         (small, modes.SageConfig(smooth_q=True, blkq=64), "smooth_q"),
         (small, modes.SageConfig(qk_quant_gran="per_thread", blkq=96, warpq=24), "warpq"),
+        (small, modes.SageConfig(qk_quant_gran="per_warp", blkq=96, warpq=24), "warpq"),
+        (small, modes.SageConfig(blkq=96, warpq=24), "blkq"),
         (wide, modes.SageConfig(), "head dim"),
     ):
         with pytest.raises(NotImplementedError, match=word):

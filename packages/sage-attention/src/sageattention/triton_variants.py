@@ -73,7 +73,8 @@ def supported(p: Prepared, cfg: modes.SageConfig) -> str | None:
         ("smooth_q", f"{cfg.smooth_q} with blkq={cfg.blkq}", not cfg.smooth_q or cfg.blkq % 128 == 0),
         ("pv_block", cfg.pv_block, cfg.pv_block == 64),
         ("blkk", cfg.blkk, cfg.blkk == 64 or cfg.qk_quant_gran in ("per_thread", "per_token")),
-        ("warpq", cfg.warpq, cfg.qk_quant_gran != "per_thread" or _pow2(cfg.warpq)),
+        ("warpq", cfg.warpq, cfg.qk_quant_gran not in ("per_thread", "per_warp") or _pow2(cfg.warpq)),
+        ("blkq", cfg.blkq, cfg.qk_quant_gran != "per_block" or _pow2(cfg.blkq)),
         ("warpk", cfg.warpk, cfg.qk_quant_gran != "per_thread" or _pow2(cfg.warpk)),
         (
             "head dim",
