@@ -163,6 +163,20 @@ def test_registered_kernel_with_q_transforms(monkeypatch, kw):
     assert (lse - el).abs().max() <= LSE_ATOL * max(1.0, float(el.abs().max()))
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy on NaN in the interpreter
+@pytest.mark.parametrize("where", ["q", "k", "v"])
+@pytest.mark.parametrize("gran", ["per_thread", "per_token"])
+def test_nan_propagates_as_in_modes(where, gran):
+    """A NaN poisons its quantization group's rows (q), every row (k: smoothing mean), a channel (v)."""
+    q, k, v = _qkv(dtype=torch.float32, hkv=4, nk=90)
+    {"q": q, "k": k, "v": v}[where][0, 1, 37, 5] = float("nan")
+    cfg = modes.SageConfig(qk_quant_gran=gran, **UPSTREAM)
+    p = core.prepare_inputs(q, k, v, "HND", False, None, True, True)
+    o, lse = tv.triton_attention(p, cfg)
+    e, le = modes.sage_attention_mode(q, k, v, sm_scale=p.sm_scale, cfg=cfg)
+    assert o.isnan().any() and torch.equal(o.isnan(), e.isnan()) and torch.equal(lse.isnan(), le.isnan())
+
+
 def test_empty_sequence():
     q, k, v = _qkv(nk=0)
     p = core.prepare_inputs(q, k, v, "HND", False, None, True, True)
