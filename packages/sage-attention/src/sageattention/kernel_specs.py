@@ -28,6 +28,12 @@ def _quant_int8():
     return quant_int8_kernel
 
 
+def _quant_rows():
+    from .triton.quant import quant_int8_rows_kernel
+
+    return quant_int8_rows_kernel
+
+
 def _quant_fp8():
     from .triton.quant import quant_fp8_kernel
 
@@ -61,13 +67,15 @@ def _attn_spec(
     constexprs = dict(
         QGROUP=128, BLOCK_M=128, BLOCK_N=64, BLOCK_D=d, BLOCK_DV=d, IS_CAUSAL=False, MASK_MODE=0,
         PV_FP8=pv_fp8, PV_ACC16=False, INTERPRET=False, STORE_LSE=True, VARLEN=False,
+        KS_PER_COL=False, POST_SCALE=False, QC_BLK=0, ACC_KSTEP=0,
     )  # fmt: skip
     constexprs.update(cx)
     signature = {
         "q_ptr": "*i8", "k_ptr": "*i8", "v_ptr": v, "qs_ptr": "*fp32", "ks_ptr": "*fp32",
         "vs_ptr": "*fp32", "mask_ptr": mask, "o_ptr": o, "lse_ptr": "*fp32",
         **dict.fromkeys(("cu_q_ptr", "cu_k_ptr", "blk_ptr", "goff_ptr"), "*i32"),
-        **dict.fromkeys(_ATTN_INTS + _ATTN_STRIDES + _MASK_STRIDES, "i32"),
+        **dict.fromkeys(_ATTN_INTS + _ATTN_STRIDES + _MASK_STRIDES, "i32"), "score_mul": "fp32",
+        "qc_ptr": "*fp32",
     }  # fmt: skip
     return TritonKernelSpec(
         name=name,
@@ -112,6 +120,14 @@ def _quant_spec(name, fn, signature, constexprs, archs=(80, 89, 90, 100), num_wa
 
 
 _STRIDES3 = dict.fromkeys(("stride_b", "stride_h", "stride_n"), "i32")
+# per_thread / per_token (triton_variants): a Q scale per row, a K scale per key, scores times
+# sm_scale·log2 e after dequantizing (fp32 output, as triton_variants launches it)
+_ROWS = dict(QGROUP=1, KS_PER_COL=True, POST_SCALE=True)
+_ROWS_SIG = {
+    "x_ptr": "*bf16", "mean_ptr": "*fp32", "q_ptr": "*i8", "scale_ptr": "*fp32",
+    **dict.fromkeys(("N", "D", "H"), "i32"), **_STRIDES3, "multiplier": "fp32",
+}  # fmt: skip
+_ROWS_DIV = ("x_ptr", "q_ptr", "D", "stride_b", "stride_h", "stride_n")
 
 TRITON_KERNELS = [
     _attn_spec("sage_attn_fwd_int8_fp16pv_d128"),
@@ -140,6 +156,74 @@ TRITON_KERNELS = [
         pv_fp8=True,
         archs=(89, 90, 100),
         IS_CAUSAL=True,
+    ),
+    _attn_spec("sage_attn_fwd_int8_fp16pv_d128_perthread", o="*fp32", archs=(80, 89, 90), **_ROWS),
+    _attn_spec("sage_attn_fwd_int8_fp16pv_d128_perthread_m64", o="*fp32", archs=(100,), BLOCK_M=64, **_ROWS),
+    _attn_spec(
+        "sage_attn_fwd_int8_fp16pv_d64_perthread_causal",
+        o="*fp32",
+        d=64,
+        IS_CAUSAL=True,
+        archs=(80, 89, 90),
+        **_ROWS,
+    ),
+    _attn_spec(
+        "sage_attn_fwd_int8_fp16pv_d64_perthread_causal_m64",
+        o="*fp32",
+        d=64,
+        IS_CAUSAL=True,
+        archs=(100,),
+        BLOCK_M=64,
+        **_ROWS,
+    ),
+    _attn_spec(
+        "sage_attn_fwd_int8_fp16pv_d128_perthread_addmask", o="*fp32", MASK_MODE=1, BLOCK_M=64, **_ROWS
+    ),
+    _attn_spec(
+        "sage_attn_fwd_int8_fp16pv_d128_perthread_smoothq", o="*fp32", QC_BLK=128, archs=(80, 89, 90), **_ROWS
+    ),
+    _attn_spec(
+        "sage_attn_fwd_int8_fp16pv_d128_perthread_smoothq_m64",
+        o="*fp32",
+        QC_BLK=128,
+        archs=(100,),
+        BLOCK_M=64,
+        **_ROWS,
+    ),
+    _attn_spec(
+        "sage_attn_fwd_int8_fp16pv_d128_perthread_kstep16_acc16", o="*fp32", ACC_KSTEP=1, BLOCK_M=64, **_ROWS
+    ),
+    _attn_spec(
+        "sage_attn_fwd_int8_fp16pv_d64_perthread_kstep16_allfp16",
+        o="*fp32",
+        d=64,
+        ACC_KSTEP=2,
+        BLOCK_M=64,
+        **_ROWS,
+    ),
+    _quant_spec(
+        "sage_quant_int8_rows_q_per_thread_d128",
+        _quant_rows,
+        _ROWS_SIG,
+        {"HAS_MEAN": False, "TILE": 32, "T": 8, "C": 1, "ADD_EPS": True, "BLOCK_R": 64, "BLOCK_D": 128},
+        num_warps=8,
+        div=_ROWS_DIV,
+    ),
+    _quant_spec(
+        "sage_quant_int8_rows_k_per_thread_smooth_d128",
+        _quant_rows,
+        _ROWS_SIG,
+        {"HAS_MEAN": True, "TILE": 64, "T": 4, "C": 2, "ADD_EPS": True, "BLOCK_R": 64, "BLOCK_D": 128},
+        num_warps=8,
+        div=(*_ROWS_DIV, "mean_ptr"),
+    ),
+    _quant_spec(
+        "sage_quant_int8_rows_per_token_d128",
+        _quant_rows,
+        _ROWS_SIG,
+        {"HAS_MEAN": False, "TILE": 1, "T": 1, "C": 1, "ADD_EPS": False, "BLOCK_R": 64, "BLOCK_D": 128},
+        num_warps=8,
+        div=_ROWS_DIV,
     ),
     _quant_spec(
         "sage_quant_int8_q_per_block_d128",

@@ -5,6 +5,7 @@ One program per ``BLOCK_M`` queries of one (batch, query head); it walks the key
 
     S   = float32(int32(Q8 · K8ᵀ)) · q_scale[row] · k_scale[block]      (log2 units: Q carries
           (+ mask · log2 e; bool masks and padded/causal keys give -inf)   sm_scale·log2 e)
+          (``KS_PER_COL``: k_scale[column]; ``POST_SCALE``: S · sm_scale·log2 e after dequantizing)
     m'  = max(m, rowmax S);  P = exp2(S - m');  α = exp2(m - m');  l = l·α + rowsum P
     fp16 PV: O = O·α + fp16(P) · fp16(V / v_pow2)      fp32 accumulation (tensor-core MMA), or
              O = O·α + fp16(fp16(P) · fp16(V / v_pow2))  fp16 accumulation per key block (PV_ACC16)
@@ -44,6 +45,17 @@ BLOCK_N_KEYS = 64  # = reference.BLKK: one K scale per key block
 
 
 @triton.jit
+def _kstep16(blk, p_i, v_base, i, n_left, stride_vn, dv, dvmask, vsc):
+    """``fp16(blk + P_i · V_i)``: the i-th 16-key slice's float32 partial sum rounded into blk."""
+    r = i * 16 + tl.arange(0, 16)
+    vt = tl.load(
+        v_base + r[:, None] * stride_vn + dv[None, :], mask=(r < n_left)[:, None] & dvmask[None, :], other=0.0
+    )
+    v16 = (vt.to(tl.float32) * vsc[None, :]).to(tl.float16)
+    return (blk + tl.dot(p_i, v16)).to(tl.float16).to(tl.float32)
+
+
+@triton.jit
 def sage_attn_fwd_kernel(
     q_ptr,
     k_ptr,
@@ -75,6 +87,8 @@ def sage_attn_fwd_kernel(
     stride_mb,
     stride_mh,
     stride_mm,
+    score_mul,
+    qc_ptr,
     QGROUP: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -87,6 +101,10 @@ def sage_attn_fwd_kernel(
     INTERPRET: tl.constexpr,  # Triton interpreter: exact fp8 rounding emulated, exact fp32 dots
     STORE_LSE: tl.constexpr,
     VARLEN: tl.constexpr,  # packed sequences: B = 1, rows/keys of sequence s in [cu[s], cu[s+1])
+    KS_PER_COL: tl.constexpr = False,  # one K scale per key (ks [.., NKB = NK]) instead of per block
+    POST_SCALE: tl.constexpr = False,  # scores times score_mul (sm_scale·log2 e) after dequantizing
+    QC_BLK: tl.constexpr = 0,  # > 0: add qc[b, h, row // QC_BLK, key] (smooth_q's mean(Q)·Kᵀ, log2 units)
+    ACC_KSTEP: tl.constexpr = 0,  # fp16 PV: 1 fp16+fp32, 2 fp16 accumulator, rounded per 16-key k-step
 ):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
@@ -159,8 +177,18 @@ def sage_attn_fwd_kernel(
             s_int = tl.dot(q.to(tl.float32), kt.to(tl.float32)).to(tl.int32)
         else:
             s_int = tl.dot(q, kt, out_dtype=tl.int32)
-        ks = tl.load(ks_ptr + bhk64 * NKB + kg0 + start // BLOCK_N)
-        s = (s_int.to(tl.float32) * qs[:, None]) * ks
+        if KS_PER_COL:
+            ks = tl.load(ks_ptr + bhk64 * NKB + kg0 + cols, mask=cmask, other=0.0)
+            s = (s_int.to(tl.float32) * qs[:, None]) * ks[None, :]
+        else:
+            ks = tl.load(ks_ptr + bhk64 * NKB + kg0 + start // BLOCK_N)
+            s = (s_int.to(tl.float32) * qs[:, None]) * ks
+        if POST_SCALE:
+            s = s * score_mul
+        if QC_BLK > 0:  # BLOCK_M divides QC_BLK: one Q block per program
+            qc_row = (bh64 * tl.cdiv(NQ, QC_BLK) + row0 // QC_BLK) * NK
+            qc = tl.load(qc_ptr + qc_row + cols, mask=cmask, other=0.0)
+            s = s + qc[None, :]
         keep = cmask[None, :] & rmask[:, None]
         if MASK_MODE == 1:
             mk = tl.load(m_base + tr[:, None] * stride_mm + kb[None, :], mask=keep, other=0.0)
@@ -179,23 +207,44 @@ def sage_attn_fwd_kernel(
         alpha = tl.math.exp2(m_i - m_use)
         l_i = l_i * alpha + tl.sum(p, axis=1)
 
-        vt = tl.load(
-            v_base + kb[:, None] * stride_vn + dv[None, :],
-            mask=cmask[:, None] & dvmask[None, :],
-            other=0.0,
-        )
-        if PV_FP8:
-            if INTERPRET:
-                pv = tl.dot(e4m3_rne(p * 448.0), vt.to(tl.float32))
+        if ACC_KSTEP > 0:
+            # modes.softmax_pv's k-step emulation: each 16-key partial sum (float32) is rounded into
+            # an fp16 accumulator; P split into its four 16-key slices (reshape/permute/split)
+            p16 = p.to(tl.float16)
+            pa, pb = tl.split(tl.permute(tl.reshape(p16, [BLOCK_M, 2, BLOCK_N // 2]), (0, 2, 1)))
+            p0, p1 = tl.split(tl.permute(tl.reshape(pa, [BLOCK_M, 2, BLOCK_N // 4]), (0, 2, 1)))
+            p2, p3 = tl.split(tl.permute(tl.reshape(pb, [BLOCK_M, 2, BLOCK_N // 4]), (0, 2, 1)))
+            if ACC_KSTEP == 1:  # fp16+fp32: a fresh fp16 accumulator per key block
+                blk = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
+            else:  # fp16: the whole accumulator in fp16
+                blk = (acc * alpha[:, None]).to(tl.float16).to(tl.float32)
+            n_left = n_k - start
+            blk = _kstep16(blk, p0, v_base, 0, n_left, stride_vn, dv, dvmask, vsc)
+            blk = _kstep16(blk, p1, v_base, 1, n_left, stride_vn, dv, dvmask, vsc)
+            blk = _kstep16(blk, p2, v_base, 2, n_left, stride_vn, dv, dvmask, vsc)
+            blk = _kstep16(blk, p3, v_base, 3, n_left, stride_vn, dv, dvmask, vsc)
+            if ACC_KSTEP == 1:
+                acc = acc * alpha[:, None] + blk
             else:
-                pv = tl.dot((p * 448.0).to(tl.float8e4nv), vt)
+                acc = blk
         else:
-            v16 = (vt.to(tl.float32) * vsc[None, :]).to(tl.float16)
-            if PV_ACC16:  # |block sum| <= 64 · 1 · 256 = 16384: no fp16 overflow
-                pv = tl.dot(p.to(tl.float16), v16, out_dtype=tl.float16).to(tl.float32)
+            vt = tl.load(
+                v_base + kb[:, None] * stride_vn + dv[None, :],
+                mask=cmask[:, None] & dvmask[None, :],
+                other=0.0,
+            )
+            if PV_FP8:
+                if INTERPRET:
+                    pv = tl.dot(e4m3_rne(p * 448.0), vt.to(tl.float32))
+                else:
+                    pv = tl.dot((p * 448.0).to(tl.float8e4nv), vt)
             else:
-                pv = tl.dot(p.to(tl.float16), v16)
-        acc = acc * alpha[:, None] + pv
+                v16 = (vt.to(tl.float32) * vsc[None, :]).to(tl.float16)
+                if PV_ACC16:  # |block sum| <= 64 · 1 · 256 = 16384: no fp16 overflow
+                    pv = tl.dot(p.to(tl.float16), v16, out_dtype=tl.float16).to(tl.float32)
+                else:
+                    pv = tl.dot(p.to(tl.float16), v16)
+            acc = acc * alpha[:, None] + pv
         m_i = m_new
         k_base += BLOCK_N * D
         v_base += BLOCK_N * stride_vn
@@ -217,14 +266,23 @@ def sage_attn_fwd_kernel(
 
 
 def tile_m(
-    d: int, dv: int, has_mask: bool, interp: bool, acc16: bool = False, cc: tuple[int, int] = (9, 0)
+    d: int,
+    dv: int,
+    has_mask: bool,
+    interp: bool,
+    acc16: bool = False,
+    cc: tuple[int, int] = (9, 0),
+    k_per_col: bool = False,
+    acc_kstep: int = 0,
 ) -> int:
     """Query rows per program. Register budgets checked by tools/kernel_report (kernel_specs.py):
     128 x 64 keys with 8 warps; 64 for head dims > 128, whenever a mask tile is loaded, and for the
-    fp16-accumulator PV on sm100 (which spill at 128)."""
+    fp16-accumulator PV or per-key K scales on sm100 (which spill at 128), and for the k-step
+    emulated fp16 accumulators (``acc_kstep``: spills at 128 on sm90)."""
     if interp:
         return 128
-    return 128 if (max(d, dv) <= 128 and not has_mask and not (acc16 and cc >= (10, 0))) else 64
+    sm100_tight = (acc16 or k_per_col) and cc >= (10, 0)
+    return 128 if (max(d, dv) <= 128 and not has_mask and not sm100_tight and not acc_kstep) else 64
 
 
 def launch(
@@ -243,6 +301,10 @@ def launch(
     pv_fp8: bool,
     pv_acc16: bool = False,
     varlen: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    k_per_col: bool = False,
+    score_mul: float | None = None,
+    q_corr: tuple[torch.Tensor, int] | None = None,
+    acc_kstep: int = 0,
 ) -> None:
     """Run the kernel.
 
@@ -256,6 +318,15 @@ def launch(
     ``[B, Hkv, Dv]`` float32 = ``1 / v_pow2`` (fp16 PV) or ``v_scale / 448`` (FP8 PV); mask None or
     ``[B, Hq, Nq, Nk]`` (expanded view; float32 additive or bool); out ``[B, Hq, Nq, Dv]`` strided
     view; lse2 ``[B, Hq, Nq]`` float32 contiguous or None.
+
+    Scale vectors: ``q_group=1`` with ``q_scale [B, Hq, Nq]`` is one scale per query row;
+    ``k_per_col`` with ``k_scale [B, Hkv, Nk]`` one scale per key (per_thread / per_token modes).
+    ``score_mul`` (float32 ``sm_scale·log2 e``): scores are multiplied by it after dequantizing
+    (``modes.SageConfig(prescale_q=False)``, upstream's CUDA kernels); None: Q carries it.
+    ``q_corr = (qc, blk)``: float32 ``qc [B, Hq, ceil(Nq / blk), Nk]`` contiguous added to the scores
+    of the queries of each ``blk``-row block (smooth_q; ``blk`` a multiple of 128), not with varlen.
+    ``acc_kstep`` (fp16 PV): 1 = ``"fp16+fp32"``, 2 = ``"fp16"`` accumulation as ``modes.softmax_pv``
+    emulates it (each 16-key partial sum rounded into an fp16 accumulator).
     """
     b, hq, nq, d = q8.shape
     hkv, nk, dv = k8.shape[1], k8.shape[2], v.shape[3]
@@ -263,7 +334,7 @@ def launch(
     block_d = max(32, triton.next_power_of_2(d))
     block_dv = max(32, triton.next_power_of_2(dv))
     cc = (0, 0) if interp else torch.cuda.get_device_capability(q8.device)
-    block_m = tile_m(d, dv, mask is not None, interp, pv_acc16, cc)
+    block_m = tile_m(d, dv, mask is not None, interp, pv_acc16, cc, k_per_col, acc_kstep)
     num_warps = 8
     if mask is None:
         mode, mptr, mstr = 0, q_scale, (0, 0, 0)
@@ -308,6 +379,8 @@ def launch(
         *v.stride()[:3],
         *dst.stride()[:3],
         *mstr,
+        float(score_mul) if score_mul is not None else 1.0,
+        q_corr[0] if q_corr is not None else q_scale,
         QGROUP=q_group,
         BLOCK_M=block_m,
         BLOCK_N=BLOCK_N_KEYS,
@@ -320,6 +393,10 @@ def launch(
         INTERPRET=interp,
         STORE_LSE=lse2 is not None,
         VARLEN=varlen is not None,
+        KS_PER_COL=k_per_col,
+        POST_SCALE=score_mul is not None,
+        QC_BLK=q_corr[1] if q_corr is not None else 0,
+        ACC_KSTEP=acc_kstep,
         num_warps=num_warps,
         num_stages=1 if interp else 3,
     )

@@ -24,9 +24,9 @@ def _new_empty(shape, dtype, device) -> torch.Tensor:
     return _alloc.new_empty(shape, dtype, device)
 
 
-def v_pow2(amax: torch.Tensor) -> torch.Tensor:
-    """``reference.v_channel_scale`` from the channel ``max|v|``: a power of two with ``|V / it| <= 256``."""
-    exp = torch.ceil(torch.log2(amax / ref.V_MAX)).clamp(min=0.0)
+def v_pow2(amax: torch.Tensor, vmax: float = ref.V_MAX) -> torch.Tensor:
+    """``reference.v_channel_scale`` from the channel ``max|v|``: a power of two with ``|V / it| <= vmax``."""
+    exp = torch.ceil(torch.log2(amax / vmax)).clamp(min=0.0)
     return torch.where(amax > 0, torch.exp2(exp), torch.ones_like(amax))
 
 
@@ -135,3 +135,116 @@ def run_varlen(q, k, v, cu_q, cu_k, is_causal, sm_scale, smooth_k, q_group):
         corr = torch.matmul(q.float()[:, :, None, :], km_tok[:, :, :, None])[..., 0, 0] * sm_scale
         lse = lse + corr.transpose(0, 1)
     return o, lse
+
+
+def _quant_qk(x, mean, groups, multiplier, add_eps):
+    """INT8 of a ``[B, H, N, D]`` view: ``groups`` an int (one scale per ``groups`` tokens,
+    ``[B, H, ceil(N / groups)]``) or ``(tile, t, c)`` (one scale per token, ``[B, H, N]``)."""
+    b, h, n, d = x.shape
+    x8 = _new_empty((b, h, n, d), torch.int8, x.device)
+    if isinstance(groups, int):
+        sc = _new_empty((b, h, -(-n // groups)), torch.float32, x.device)
+        quant.quant_int8(x, mean, x8, sc, groups, multiplier)
+    else:
+        sc = _new_empty((b, h, n), torch.float32, x.device)
+        quant.quant_int8_rows(x, mean, x8, sc, groups, multiplier, add_eps)
+    return x8, sc
+
+
+def run_modes(
+    qh,
+    kh,
+    vh,
+    mask,
+    is_causal,
+    sm_scale,
+    smooth_k,
+    *,
+    q_groups,
+    k_groups,
+    add_eps,
+    prescale_q,
+    pv_accum="fp32",
+    smooth_v=False,
+):
+    """``modes.sage_attention_mode`` (fp16 P·V, fp32 accumulation) on HND views (last dim
+    contiguous). ``q_groups``: an int (per_block/per_warp Q, scales per group) or ``(tile, t, c)``
+    (per_thread/per_token, a scale per row); ``k_groups``: 64 (a scale per key block) or
+    ``(tile, t, c)`` (a scale per key). ``prescale_q``: ``sm_scale·log2 e`` folded into Q before
+    quantizing, else the dequantized scores are multiplied by it. Returns float32 ``(o [B, Hq, Nq,
+    Dv], lse natural [B, Hq, Nq])``; Nq, Nk > 0."""
+    b, hkv, _, d = kh.shape
+    c = sm_scale * ref.LOG2E
+    km = quant.token_reduce(kh, _new_empty((b, hkv, d), torch.float32, qh.device), True) if smooth_k else None
+    q8, qs = _quant_qk(qh, None, q_groups, c if prescale_q else 1.0, add_eps)
+    k8, ks = _quant_qk(kh, km, k_groups, 1.0, add_eps)
+    if isinstance(k_groups, int) and k_groups != attn.BLOCK_N_KEYS:
+        raise ValueError(f"per-block K scales need groups of {attn.BLOCK_N_KEYS} keys, got {k_groups}")
+    o, lse2 = _attend(
+        q8, k8, vh, qs, ks, mask, is_causal, q_group=1 if not isinstance(q_groups, int) else q_groups,
+        k_per_col=not isinstance(k_groups, int), score_mul=None if prescale_q else c, pv_accum=pv_accum,
+        smooth_v=smooth_v,
+    )  # fmt: skip
+    return o, ref.lse_natural(lse2, qh, km[:, :, None, :] if km is not None else None, sm_scale)
+
+
+def _attend(
+    q8,
+    k8,
+    vh,
+    qs,
+    ks,
+    mask,
+    is_causal,
+    *,
+    q_group,
+    k_per_col,
+    score_mul,
+    q_corr=None,
+    pv_accum="fp32",
+    smooth_v=False,
+):
+    """fp16 P·V attention of quantized Q/K; float32 ``(o [B, Hq, Nq, Dv], lse2 [B, Hq, Nq])``.
+
+    ``pv_accum`` ``"fp32"``, ``"fp16+fp32"`` or ``"fp16"`` (V scaled so ``Nk·max|V| <= 2^14``);
+    ``smooth_v``: ``V - mean(V)`` attended, the mean added back to rows with a key (``modes``)."""
+    b, hq, nq, _ = q8.shape
+    hkv, nk, dv = vh.shape[1], vh.shape[2], vh.shape[3]
+    vm = None
+    if smooth_v:
+        vm = (vh.double().sum(dim=-2, keepdim=True) / nk).float()
+        vh = vh.float() - vm
+    amax = quant.token_reduce(vh, _new_empty((b, hkv, dv), torch.float32, q8.device), False)
+    vmax = min(ref.V_MAX, 2.0**14 / max(nk, 1)) if pv_accum == "fp16" else ref.V_MAX
+    o = _new_empty((b, hq, nq, dv), torch.float32, q8.device)
+    lse2 = _new_empty((b, hq, nq), torch.float32, q8.device)
+    attn.launch(
+        q8, k8, vh, qs, ks, 1.0 / v_pow2(amax, vmax), None if mask is None else mask.expand(b, hq, nq, nk),
+        o, lse2, q_group=q_group, is_causal=is_causal, pv_fp8=False, k_per_col=k_per_col,
+        score_mul=score_mul, q_corr=q_corr, acc_kstep={"fp32": 0, "fp16+fp32": 1, "fp16": 2}[pv_accum],
+    )  # fmt: skip
+    if vm is not None:
+        o = torch.where(torch.isneginf(lse2)[..., None], o, o + ref._expand_heads(vm, hq))
+    return o, lse2
+
+
+def run_torch_quantized(qh, kh, vh, mask, is_causal, sm_scale, cfg):
+    """``modes.sage_attention_mode`` (fp16 P·V, fp32 accumulation) for the Q/K transforms the Triton
+    quantizers lack (``smooth_q``, ``qk_rotation``): Q/K are transformed and quantized by
+    ``modes._prepare_qk`` itself (PyTorch, ``O(N·D)``), the
+    ``mean(Q)·K'ᵀ`` correction is one float32 matmul per Q block, and the attention runs on the
+    Triton kernel. ``cfg.blkq`` a multiple of 128 when ``cfg.smooth_q``. Returns as :func:`run_modes`."""
+    from .. import modes
+
+    # per-head maths: the K heads need no expansion to the Q heads (GQA) except in the correction
+    q8, qs, k8, ks, kf, qmean, km, c = modes._prepare_qk(qh, kh, sm_scale, cfg)
+    q_corr = None
+    if qmean is not None:
+        corr = torch.matmul(qmean, ref._expand_heads(kf, qh.shape[1]).transpose(-1, -2))
+        q_corr = ((corr * c if c != 1.0 else corr).contiguous(), cfg.blkq)  # [B, Hq, ceil(Nq/blkq), Nk]
+    o, lse2 = _attend(
+        q8.to(torch.int8).contiguous(), k8.to(torch.int8).contiguous(), vh, qs.contiguous(),
+        ks.contiguous(), mask, is_causal, q_group=1, k_per_col=True,
+        score_mul=c if c != 1.0 else None, q_corr=q_corr, pv_accum=cfg.pv_accum_dtype, smooth_v=cfg.smooth_v,
+    )  # fmt: skip
+    return o, ref.lse_natural(lse2, qh, km, sm_scale)

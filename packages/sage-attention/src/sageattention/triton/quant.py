@@ -17,6 +17,9 @@ and writes contiguous ``[B, H, N, D]`` outputs, so no layout copy is made. The m
   (and zeros), so NaN propagates through the attention. Roofline: reads ``B·H·N·D`` elements
   (2 B each for fp16/bf16) and writes ``B·H·N·D`` bytes plus one float per group, ~5 FLOPs per
   element: ``[1, 32, 16384, 128]`` moves 201 MB, ~60 µs on H100, ~200 µs on an RTX 4090.
+- ``quant_int8_rows_kernel``: the same INT8 maths with one scale per token (per_thread groups
+  of tokens ``n % 8`` (Q) / ``(n % 8) // 2`` (K) inside each warp tile, or per_token), the
+  ``modes.quantize_int8_groups`` layout; same traffic as ``quant_int8_kernel`` plus 4 B per token.
 - ``quant_fp8_kernel``: V per channel to FP8 E4M3, ``v8 = e4m3(clamp(v / v_scale, ±448))`` with
   ``v_scale = max_tokens|v| / 448`` (computed from ``token_reduce_kernel``'s max); a zero channel has
   scale 0 and zeros. Reads 2 B and writes 1 B per element: ``[1, 32, 16384, 128]`` moves 201 MB, ~60 µs on H100,
@@ -164,6 +167,71 @@ def quant_int8_kernel(
 
 
 @triton.jit
+def quant_int8_rows_kernel(
+    x_ptr,
+    mean_ptr,
+    q_ptr,
+    scale_ptr,
+    N,
+    D,
+    H,
+    stride_b,
+    stride_h,
+    stride_n,
+    multiplier,
+    HAS_MEAN: tl.constexpr,
+    TILE: tl.constexpr,
+    T: tl.constexpr,
+    C: tl.constexpr,
+    ADD_EPS: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    """INT8 with one scale per token (a vector ``scale [B, H, N]``), shared inside groups.
+
+    Token ``n`` belongs to group ``(n // TILE)·T + (n % (T·C)) // C`` (``modes._group_shape``):
+    per_thread Q ``TILE = warpq, T = 8, C = 1`` (rows with equal ``n % 8`` of a warp's rows),
+    per_thread K ``TILE = warpk, T = 4, C = 2`` (equal ``(n % 8) // 2``), per_token ``1, 1, 1``.
+    ``scale = max|y| / 127`` over the group (``+ 1e-7`` with ``ADD_EPS``, as upstream per_thread),
+    ``y = (x - mean) · multiplier``, values as in ``quant_int8_kernel``. One program per
+    ``BLOCK_R`` tokens (a multiple of ``TILE``, so no group straddles programs); the group maximum
+    is a masked ``[BLOCK_R, BLOCK_R]`` max.
+    """
+    pid = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    b = bh // H
+    h = bh % H
+    rows = pid * BLOCK_R + tl.arange(0, BLOCK_R)
+    cols = tl.arange(0, BLOCK_D)
+    cmask = cols < D
+    rmask = rows < N
+    m = rmask[:, None] & cmask[None, :]
+    src = x_ptr + b * stride_b + h * stride_h + rows[:, None].to(tl.int64) * stride_n + cols[None, :]
+    y = tl.load(src, mask=m, other=0.0).to(tl.float32)
+    if HAS_MEAN:
+        mu = tl.load(mean_ptr + bh * D + cols, mask=cmask, other=0.0)
+        y = y - mu[None, :]
+    y = y * multiplier
+    a = tl.where(m, tl.abs(y), 0.0)
+    a = tl.where(a <= FLT_MAX, a, float("inf"))  # inf and NaN count as +inf
+    ra = tl.max(a, axis=1)
+    grp = (rows // TILE) * T + (rows % (T * C)) // C
+    same = grp[:, None] == grp[None, :]
+    gmax = tl.max(tl.where(same, ra[None, :], 0.0), axis=1)
+    scale = tl.where(gmax <= FLT_MAX, tl.div_rn(gmax, 127.0), float("nan"))
+    if ADD_EPS:
+        scale = scale + 1e-7
+    tl.store(scale_ptr + bh * N + rows, scale, mask=rmask)
+    ok = scale > 0.0
+    safe = tl.where(ok, scale, 1.0)
+    v = tl.div_rn(y, safe[:, None]) + tl.where(y < 0.0, -0.5, 0.5)
+    v = tl.minimum(tl.maximum(v, -127.0), 127.0)
+    v = tl.where(ok[:, None], v, 0.0)
+    dst = q_ptr + bh * N * D + rows[:, None].to(tl.int64) * D + cols[None, :]
+    tl.store(dst, v.to(tl.int32).to(tl.int8), mask=m)
+
+
+@triton.jit
 def quant_fp8_kernel(
     x_ptr,
     scale_ptr,
@@ -262,6 +330,31 @@ def quant_int8(
         VARLEN=gtab is not None,
         num_warps=8 if group * block_d >= 8192 else 4,
     )
+
+
+def quant_int8_rows(
+    x: torch.Tensor,
+    mean: torch.Tensor | None,
+    out: torch.Tensor,
+    scale: torch.Tensor,
+    groups: tuple[int, int, int],
+    multiplier: float,
+    add_eps: bool,
+) -> None:
+    """``out [B, H, N, D]`` int8 and the per-token ``scale [B, H, N]`` float32 of ``x``.
+
+    ``groups = (tile, t, c)`` as ``modes._group_shape``; ``mean [B, H, D]`` subtracted if given.
+    """
+    b, h, n, d = x.shape
+    tile, t, c = groups
+    block_r = max(64, tile)
+    assert block_r % tile == 0 and tile % (t * c) == 0, groups
+    block_d = max(16, triton.next_power_of_2(d))
+    quant_int8_rows_kernel[(triton.cdiv(n, block_r), b * h)](
+        x, mean if mean is not None else scale, out, scale, n, d, h, *_strides(x), float(multiplier),
+        HAS_MEAN=mean is not None, TILE=tile, T=t, C=c, ADD_EPS=add_eps, BLOCK_R=block_r,
+        BLOCK_D=block_d, num_warps=8 if block_r * block_d >= 8192 else 4,
+    )  # fmt: skip
 
 
 def quant_fp8(x: torch.Tensor, scale: torch.Tensor, out: torch.Tensor) -> None:
