@@ -264,3 +264,21 @@ def test_edm_grid_is_karras_snapped(problem, ems):
     spacing = float(ems.lambdas[1] - ems.lambdas[0])
     assert float((torch.log(sig) - torch.log(want)).abs().max()) <= spacing / 2 + 1e-9  # snapped to the grid
     assert torch.isfinite(v3.sample(x_T, fn, order=2)).all()
+
+
+def test_ems_tables_computed_once_per_statistics(problem, ems):
+    """The EMS integral tables do not depend on the step grid: a second solver (e.g. a scheduler's next
+    set_timesteps) reuses them, and a change of the statistics' values invalidates them."""
+    import dataclasses
+
+    ns, _, fn, x_T, _ = problem
+    a = DPM_Solver_v3(ems, ns, steps=6, skip_type="logSNR")
+    b = DPM_Solver_v3(ems, ns, steps=9, skip_type="time_uniform")
+    assert a.L is b.L and a.C is b.C
+    fresh = dataclasses.replace(ems, l=ems.l.clone(), s=ems.s.clone(), b=ems.b.clone())
+    c = DPM_Solver_v3(fresh, ns, steps=6, skip_type="logSNR")
+    assert c.L is not a.L and all(torch.equal(getattr(a, k), getattr(c, k)) for k in "LSBIC")
+    torch.testing.assert_close(a.sample(x_T, fn, order=2), c.sample(x_T, fn, order=2), rtol=0, atol=0)
+    fresh.b.add_(1e-3)  # in-place change: the cached tables are stale and must be recomputed
+    d = DPM_Solver_v3(fresh, ns, steps=6, skip_type="logSNR")
+    assert d.B is not c.B and not torch.equal(d.B, c.B)

@@ -201,7 +201,17 @@ class DPM_Solver_v3:
             )
         lam_T, lam_0 = max(lam_T, float(self.lambdas[0])), min(lam_0, float(self.lambdas[-1]))
         self.lambda_T, self.lambda_0 = lam_T, lam_0
-        tables = _ems_integrals(self.lambdas, l, s, b, quad_nodes)
+        if stats is not None and not degenerated:
+            # The EMS integral tables depend on the statistics only, not on the step grid: computed once per
+            # statistics object (a scheduler's set_timesteps rebuilds the solver on every pipeline call).
+            key = (quad_nodes, *(int(t._version) for t in (stats.lambdas, stats.l, stats.s, stats.b)))
+            cache = stats.__dict__.setdefault("_ems_tables_cache", {})
+            if key not in cache:
+                cache.clear()
+                cache[key] = _ems_integrals(self.lambdas, l, s, b, quad_nodes)
+            tables = cache[key]
+        else:
+            tables = _ems_integrals(self.lambdas, l, s, b, quad_nodes)
         self.l, self.s, self.b = l, s, b
         self.L, self.S, self.B, self.I, self.C = (tables[k] for k in "LSBIC")
         for name in ("L", "S", "B", "I", "C"):

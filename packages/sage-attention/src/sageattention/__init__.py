@@ -5,6 +5,8 @@ Part of the ML-efficiency kernels monorepo; built on ``shared-kernels``.
 
 __version__ = "0.1.0.dev0"
 
+import importlib.util
+
 from .core import sageattn
 from .triton_api import (
     sageattn_qk_int8_pv_fp8_triton,
@@ -17,6 +19,9 @@ from .variants import (
     sageattn_qk_int8_pv_fp16_cuda,
 )
 from .varlen import sageattn_varlen
+
+if importlib.util.find_spec("triton") is not None:  # Triton kernels behind the upstream *_cuda names
+    from . import triton_variants  # noqa: F401  (registers into variants.KERNELS)
 
 __all__ = [
     "__version__",

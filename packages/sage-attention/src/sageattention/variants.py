@@ -6,9 +6,13 @@
 
 Each computes the maths of its upstream kernel with :func:`sageattention.modes.sage_attention_mode`
 (the tile sizes, granularities, P/V formats and accumulation of that kernel; see ``modes.py`` for
-what is emulated). No CUDA kernel of these variants is built yet, so ``backend="auto"`` (the
-default) and ``backend="torch"`` run that reference on any device, and ``backend="cuda"`` raises a
-``RuntimeError`` naming the device and the available backends: never silently different maths.
+what is emulated). Kernels are registered in :data:`KERNELS` by name: with Triton installed,
+``sageattention.triton_variants`` registers a Triton kernel for ``sageattn_qk_int8_pv_fp16_cuda``
+(fp16 P·V; configurations it does not implement run this reference, the same maths). On CUDA
+tensors ``backend="auto"`` (the default) uses the registered kernel, else the reference;
+``backend="torch"`` always runs the reference; ``backend="cuda"`` without a registered kernel (or on
+CPU tensors) raises a ``RuntimeError`` naming the device and the available backends: never silently
+different maths.
 
 Beyond upstream (keyword-only): ``attn_mask`` (bool or additive, broadcastable, not with
 ``is_causal``), ``smooth_q`` (SageAttention2 per-block Q smoothing with the exact ``mean(Q)·Kᵀ``
