@@ -20,10 +20,10 @@ import os
 import torch
 
 from . import reference as ref
+from .core import _check_bool, _check_qkv
 
 __all__ = ["sageattn_qk_int8_pv_fp8_triton", "sageattn_qk_int8_pv_fp16_triton", "sageattn_varlen_triton"]
 
-_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _Q_GROUP = {"per_block": ref.BLKQ, "per_warp": 32}
 _MAX_HEAD_DIM = 256
 
@@ -59,24 +59,6 @@ def _(q, k, v, mask, tensor_layout, is_causal, sm_scale, smooth_k, q_group, pv_f
     qh = _hnd(q, tensor_layout)
     o = q.new_empty((*q.shape[:-1], v.shape[-1]))
     return o, q.new_empty(qh.shape[:-1], dtype=torch.float32)
-
-
-def _check_qkv(name: str, x: object) -> torch.Tensor:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.dtype not in _DTYPES:
-        raise TypeError(f"{name} must be float16, bfloat16 or float32, got {x.dtype}")
-    if x.dim() != 4:
-        raise ValueError(
-            f"{name} must be 4-D ([B, H, N, D] for HND, [B, N, H, D] for NHD), got {tuple(x.shape)}"
-        )
-    return x
-
-
-def _check_bool(name: str, x: object) -> bool:
-    if not isinstance(x, bool):
-        raise TypeError(f"{name} must be a bool, got {type(x).__name__}")
-    return x
 
 
 def _check_mask(attn_mask: object, shape: tuple[int, int, int, int], device: torch.device):
