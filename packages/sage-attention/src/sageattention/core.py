@@ -50,8 +50,8 @@ def _resolve_scale(sm_scale: object, scale: object, d: int) -> float:
     return float(val) if val is not None else d**-0.5
 
 
-def _additive_mask(attn_mask: object, shape: tuple[int, int, int, int], device: torch.device):
-    """The user's mask as a float32 additive mask (natural log units) broadcastable to ``shape``."""
+def check_mask(attn_mask: object, shape: tuple[int, int, int, int], device: torch.device):
+    """Validate the user's ``attn_mask`` (bool or floating, on ``device``, broadcastable to ``shape``)."""
     if attn_mask is None:
         return None
     if not isinstance(attn_mask, torch.Tensor):
@@ -74,6 +74,14 @@ def _additive_mask(attn_mask: object, shape: tuple[int, int, int, int], device: 
         raise ValueError(
             f"attn_mask must be broadcastable to [B, Hq, Nq, Nk] = {list(shape)}, got {tuple(attn_mask.shape)}"
         )
+    return attn_mask
+
+
+def _additive_mask(attn_mask: object, shape: tuple[int, int, int, int], device: torch.device):
+    """The user's mask as a float32 additive mask (natural log units) broadcastable to ``shape``."""
+    attn_mask = check_mask(attn_mask, shape, device)
+    if attn_mask is None:
+        return None
     if attn_mask.dtype == torch.bool:
         zero = torch.zeros((), dtype=torch.float32, device=device)
         return torch.where(attn_mask, zero, torch.full((), float("-inf"), device=device))
@@ -125,15 +133,9 @@ def check_layout(tensor_layout: object) -> str:
     return tensor_layout
 
 
-def prepare_inputs(
-    q, k, v, tensor_layout, is_causal, sm_scale, return_lse, smooth_k, attn_mask=None, scale=None
-) -> Prepared:
-    """Validate q, k, v (dtype, device, shapes, GQA), flags, scale and mask; move to HND."""
-    tensor_layout = check_layout(tensor_layout)
-    q, k, v = _check_qkv("q", q), _check_qkv("k", k), _check_qkv("v", v)
-    is_causal = _check_bool("is_causal", is_causal)
-    return_lse = _check_bool("return_lse", return_lse)
-    smooth_k = _check_bool("smooth_k", smooth_k)
+def check_qkv_consistent(q, k, v, tensor_layout: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q, k, v (already checked one by one) share dtype, device, batch; k and v share heads and length;
+    q and k share the head dim; Hq is a multiple of Hkv (GQA/MQA). Returns HND views."""
     for name, x in (("k", k), ("v", v)):
         if x.dtype != q.dtype:
             raise TypeError(f"{name} has dtype {x.dtype} but q has {q.dtype}: q, k, v must share one dtype")
@@ -141,7 +143,7 @@ def prepare_inputs(
             raise ValueError(f"{name} is on {x.device} but q on {q.device}: q, k, v must share one device")
     if tensor_layout == "NHD":
         q, k, v = (x.transpose(1, 2) for x in (q, k, v))
-    b, hq, nq, d = q.shape
+    b, hq, _, d = q.shape
     hkv, nk = k.shape[1], k.shape[2]
     if k.shape[0] != b or v.shape[0] != b:
         raise ValueError(f"q, k, v must share the batch size, got {b}, {k.shape[0]}, {v.shape[0]}")
@@ -155,6 +157,21 @@ def prepare_inputs(
         raise ValueError(
             f"the number of q heads ({hq}) must be a multiple of the number of k/v heads ({hkv})"
         )
+    return q, k, v
+
+
+def prepare_inputs(
+    q, k, v, tensor_layout, is_causal, sm_scale, return_lse, smooth_k, attn_mask=None, scale=None
+) -> Prepared:
+    """Validate q, k, v (dtype, device, shapes, GQA), flags, scale and mask; move to HND."""
+    tensor_layout = check_layout(tensor_layout)
+    q, k, v = _check_qkv("q", q), _check_qkv("k", k), _check_qkv("v", v)
+    is_causal = _check_bool("is_causal", is_causal)
+    return_lse = _check_bool("return_lse", return_lse)
+    smooth_k = _check_bool("smooth_k", smooth_k)
+    q, k, v = check_qkv_consistent(q, k, v, tensor_layout)
+    b, hq, nq, d = q.shape
+    nk = k.shape[2]
     if d < 1 or v.shape[3] < 1:
         raise ValueError(f"head dims must be >= 1, got q/k {d} and v {v.shape[3]}")
     if is_causal and attn_mask is not None:

@@ -14,13 +14,12 @@ so ``torch.compile(fullgraph=True)`` traces it.
 
 from __future__ import annotations
 
-import math
 import os
 
 import torch
 
 from . import reference as ref
-from .core import _check_bool, _check_qkv
+from .core import _check_bool, _check_qkv, _resolve_scale, check_layout, check_mask, check_qkv_consistent
 
 __all__ = ["sageattn_qk_int8_pv_fp8_triton", "sageattn_qk_int8_pv_fp16_triton", "sageattn_varlen_triton"]
 
@@ -62,33 +61,16 @@ def _(q, k, v, mask, tensor_layout, is_causal, sm_scale, smooth_k, q_group, pv_f
 
 
 def _check_mask(attn_mask: object, shape: tuple[int, int, int, int], device: torch.device):
+    """``core.check_mask``; the kernel reads bool masks and float32 additive masks as they are."""
+    attn_mask = check_mask(attn_mask, shape, device)
     if attn_mask is None:
         return None
-    if not isinstance(attn_mask, torch.Tensor):
-        raise TypeError(f"attn_mask must be a torch.Tensor or None, got {type(attn_mask).__name__}")
-    if attn_mask.dtype != torch.bool and not attn_mask.is_floating_point():
-        raise TypeError(
-            f"attn_mask must be bool (True = attend) or a floating additive mask, got {attn_mask.dtype}"
-        )
-    if attn_mask.device != device:
-        raise ValueError(f"attn_mask is on {attn_mask.device}, q on {device}: put them on the same device")
-    try:
-        ok = attn_mask.dim() <= 4 and torch.broadcast_shapes(attn_mask.shape, shape) == torch.Size(shape)
-    except RuntimeError:
-        ok = False
-    if not ok:
-        raise ValueError(
-            f"attn_mask must be broadcastable to [B, Hq, Nq, Nk] = {list(shape)}, got {tuple(attn_mask.shape)}"
-        )
     return attn_mask if attn_mask.dtype in (torch.bool, torch.float32) else attn_mask.float()
 
 
 def _validate(q, k, v, tensor_layout, quantization_backend, is_causal, attn_mask, sm_scale, smooth_k,
               return_lse, qk_quant_gran, scale, dropout_p, enable_gqa, pv_fp8):  # fmt: skip
-    if not isinstance(tensor_layout, str) or tensor_layout not in ("HND", "NHD"):
-        raise TypeError(
-            f"tensor_layout must be 'HND' or 'NHD', got {type(tensor_layout).__name__} {tensor_layout!r:.40}"
-        )
+    tensor_layout = check_layout(tensor_layout)
     q, k, v = _check_qkv("q", q), _check_qkv("k", k), _check_qkv("v", v)
     for name, val in (("is_causal", is_causal), ("smooth_k", smooth_k), ("return_lse", return_lse),
                       ("enable_gqa", enable_gqa)):  # fmt: skip
@@ -103,35 +85,10 @@ def _validate(q, k, v, tensor_layout, quantization_backend, is_causal, attn_mask
         raise TypeError(f"dropout_p must be a float, got {type(dropout_p).__name__}")
     if dropout_p != 0:
         raise ValueError(f"dropout_p must be 0 (inference attention without dropout), got {dropout_p}")
-    for name, val in (("sm_scale", sm_scale), ("scale", scale)):
-        if val is not None and (isinstance(val, bool) or not isinstance(val, (int, float))):
-            raise TypeError(f"{name} must be a float or None, got {type(val).__name__}")
-        if val is not None and not math.isfinite(val):
-            raise ValueError(f"{name} must be finite, got {val}")
-    if sm_scale is not None and scale is not None and float(sm_scale) != float(scale):
-        raise ValueError(
-            f"sm_scale={sm_scale} and scale={scale} differ; scale is an alias of sm_scale, pass one"
-        )
-    for name, x in (("k", k), ("v", v)):
-        if x.dtype != q.dtype:
-            raise TypeError(f"{name} has dtype {x.dtype} but q has {q.dtype}: q, k, v must share one dtype")
-        if x.device != q.device:
-            raise ValueError(f"{name} is on {x.device} but q on {q.device}: q, k, v must share one device")
-    qh, kh, vh = (_hnd(x, tensor_layout) for x in (q, k, v))
+    qh, kh, vh = check_qkv_consistent(q, k, v, tensor_layout)
     b, hq, nq, d = qh.shape
-    hkv, nk = kh.shape[1], kh.shape[2]
-    if kh.shape[0] != b or vh.shape[0] != b:
-        raise ValueError(f"q, k, v must share the batch size, got {b}, {kh.shape[0]}, {vh.shape[0]}")
-    if vh.shape[1] != hkv or vh.shape[2] != nk:
-        raise ValueError(
-            f"k and v must share heads and length, got k {tuple(k.shape)} and v {tuple(v.shape)}"
-        )
-    if kh.shape[3] != d:
-        raise ValueError(f"q and k must share the head dim, got {d} and {kh.shape[3]}")
-    if hkv < 1 or hq % hkv:
-        raise ValueError(
-            f"the number of q heads ({hq}) must be a multiple of the number of k/v heads ({hkv})"
-        )
+    nk = kh.shape[2]
+    sm_scale = _resolve_scale(sm_scale, scale, d)
     for name, dim in (("q/k head dim", d), ("v head dim", vh.shape[3])):
         if not 1 <= dim <= _MAX_HEAD_DIM:
             raise ValueError(f"{name} must be in [1, {_MAX_HEAD_DIM}], got {dim}")
@@ -152,8 +109,7 @@ def _validate(q, k, v, tensor_layout, quantization_backend, is_causal, attn_mask
         raise ValueError(
             "FP8 P·V needs sm89 or newer (Triton has no e4m3 on sm80/sm86); use the fp16 variant"
         )
-    val = sm_scale if sm_scale is not None else scale
-    return mask, float(val) if val is not None else d**-0.5, _Q_GROUP[qk_quant_gran]
+    return mask, sm_scale, _Q_GROUP[qk_quant_gran]
 
 
 def _attend(q, k, v, tensor_layout, quantization_backend, is_causal, attn_mask, sm_scale, smooth_k,
