@@ -16,7 +16,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 from diffusers.configuration_utils import ConfigMixin
-from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, SchedulerMixin
+from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, SchedulerMixin, SchedulerOutput
 
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
@@ -241,9 +241,25 @@ class DPMSchedulerBase(SchedulerMixin, ConfigMixin):
         """The update runs in float32 at least (float64 samples stay float64)."""
         return torch.float64 if sample.dtype == torch.float64 else torch.float32
 
-    def _check_step_inputs(self, model_output: torch.Tensor, sample: torch.Tensor) -> int:
+    def _begin_step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor):
+        """Common start of ``step``: checks, the grid index ``i``, the sample ``x`` in the working dtype
+        and the converted model output ``m`` at ``i``."""
         if self.num_inference_steps is None:
             raise ValueError("call set_timesteps(num_inference_steps) before step()")
+        if self._step_index is None:
+            self._init_step_index(timestep)
+        i = self._check_step_inputs(model_output, sample)
+        dt = self._work_dtype(sample)
+        x = sample.to(dt)
+        return i, x, self.convert_model_output(model_output.to(dt), x, i)
+
+    def _end_step(self, prev: torch.Tensor, sample: torch.Tensor, return_dict: bool):
+        """Common end of ``step``: advance the index, return ``prev`` in the sample's dtype."""
+        self._step_index += 1
+        prev = prev.to(sample.dtype)
+        return SchedulerOutput(prev_sample=prev) if return_dict else (prev,)
+
+    def _check_step_inputs(self, model_output: torch.Tensor, sample: torch.Tensor) -> int:
         if model_output.shape != sample.shape:
             raise ValueError(
                 f"model_output shape {tuple(model_output.shape)} != sample shape {tuple(sample.shape)}"

@@ -80,14 +80,7 @@ class MultistepDPMSolverScheduler(DPMSchedulerBase):
     ) -> SchedulerOutput | tuple:
         """One solver step from ``timestep`` to the next grid point (one model evaluation)."""
         c = self.config
-        if self.num_inference_steps is None:
-            raise ValueError("call set_timesteps(num_inference_steps) before step()")
-        if self._step_index is None:
-            self._init_step_index(timestep)
-        i = self._check_step_inputs(model_output, sample)
-        dt = self._work_dtype(sample)
-        x = sample.to(dt)
-        m = self.convert_model_output(model_output.to(dt), x, i)
+        i, x, m = self._begin_step(model_output, timestep, sample)
         alpha_s, sigma_s, lambda_s = self._coeffs(i, x)
         alpha_t, sigma_t, lambda_t = self._coeffs(i + 1, x)
         self.model_outputs = ([*self.model_outputs, m])[-c.solver_order :]
@@ -114,8 +107,4 @@ class MultistepDPMSolverScheduler(DPMSchedulerBase):
                 alpha_t=alpha_t, sigma_t=sigma_t, order=order, algorithm_type=c.algorithm_type,
                 solver_type=c.solver_type, exact_3m=c.exact_3m,
             )  # fmt: skip
-        self._step_index += 1
-        prev = prev.to(sample.dtype)
-        if not return_dict:
-            return (prev,)
-        return SchedulerOutput(prev_sample=prev)
+        return self._end_step(prev, sample, return_dict)

@@ -107,14 +107,7 @@ class SinglestepDPMSolverScheduler(DPMSchedulerBase):
     ) -> SchedulerOutput | tuple:
         """Advance to the next grid point (an inner point of the current block, or its end)."""
         c = self.config
-        if self.num_inference_steps is None:
-            raise ValueError("call set_timesteps(num_inference_steps) before step()")
-        if self._step_index is None:
-            self._init_step_index(timestep)
-        i = self._check_step_inputs(model_output, sample)
-        dt = self._work_dtype(sample)
-        x = sample.to(dt)
-        m = self.convert_model_output(model_output.to(dt), x, i)
+        i, x, m = self._begin_step(model_output, timestep, sample)
         j, k = self._block[i]
         p = i - j
         if p == 0 or self._x_s is None:
@@ -138,8 +131,4 @@ class SinglestepDPMSolverScheduler(DPMSchedulerBase):
                 sigma_s=sigma_s, alpha_t=alpha_t, sigma_t=sigma_t, order=2 if inner else k,
                 algorithm_type=c.algorithm_type, solver_type="taylor" if inner else c.solver_type,
             )  # fmt: skip
-        self._step_index += 1
-        prev = prev.to(sample.dtype)
-        if not return_dict:
-            return (prev,)
-        return SchedulerOutput(prev_sample=prev)
+        return self._end_step(prev, sample, return_dict)
