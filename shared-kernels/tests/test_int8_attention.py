@@ -135,14 +135,15 @@ def test_exp2_neg_accuracy_and_edges():
 
 
 def test_row_sum_fixed_order():
-    p = torch.rand(5, 64)
+    p = torch.rand(5, 64, generator=torch.Generator().manual_seed(0))
     t = p.clone()
     lanes = ((t[:, 0:16] + t[:, 16:32]) + t[:, 32:48]) + t[:, 48:64]
     while lanes.shape[-1] > 1:
         h = lanes.shape[-1] // 2
         lanes = lanes[:, :h] + lanes[:, h:]
     assert_bit_exact(ref.row_sum(p), lanes[:, 0], "row_sum")
-    torch.testing.assert_close(ref.row_sum(p).double(), p.double().sum(-1))
+    # a float32 sum of 64 terms: close to the exact sum at float32 precision (not float64's rtol 1e-7)
+    torch.testing.assert_close(ref.row_sum(p), p.double().sum(-1).float())
 
 
 def test_fully_masked_rows_zero_blocks_and_nan_policy():
