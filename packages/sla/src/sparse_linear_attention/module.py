@@ -78,8 +78,8 @@ class SparseLinearAttention(nn.Module):
     fraction of (query block, key block) pairs the softmax branch skipped, a float in [0, 1)
     (upstream returns the kept fraction ``real_topk / Mk`` under that name). Block selection has no
     gradient (a top-k); q, k, v, ``proj_l`` get gradients. ``L <= BLKK``: one key block, always
-    selected, so the module computes exact dense attention (the linear branch is empty) and
-    sparsity is 0. Inputs are never modified.
+    selected, so the module computes exact dense attention plus ``proj_l``'s bias (the linear
+    branch is empty, ``o_l = 0``) and sparsity is 0. Inputs are never modified.
     """
 
     def __init__(

@@ -42,7 +42,7 @@ import triton
 import triton.language as tl
 from shared_kernels._alloc import new_empty
 
-__all__ = ["block_sparse_attention", "build_luts", "SUPPORTED_BLOCKS", "MAX_HEAD_DIM"]
+__all__ = ["MAX_HEAD_DIM", "SUPPORTED_BLOCKS", "block_sparse_attention", "build_luts"]
 
 SUPPORTED_BLOCKS = (16, 32, 64, 128)
 MAX_HEAD_DIM = 128
