@@ -129,6 +129,7 @@ def test_kernel_specs_match_kernel_signatures():
         "sla_linear_state_d128",
         "sla_linear_fwd_d128",
         "sla_linear_bwd_q_d128",
+        "sla_linear_bwd_g_d128",
         "sla_linear_bwd_kv_d128",
     ]
     for spec in KERNEL_SPECS:
