@@ -434,51 +434,45 @@ def linear_attention_complement(
     return _LinearComplement.apply(phi_q, phi_k, v, block_map, blkq, blkk, float(eps))
 
 
-# --- kernel report (tools/kernel_report): shapes of a real launch, head dim 128, bf16 -------------
+# --- kernel report (tools/kernel_report): the launches of a real bf16 run, blocks of 64 ------------
 def _specs():
     from shared_kernels.kernel_specs import TritonKernelSpec
 
     tc = {80: ("mma",), 89: ("mma",), 90: ("wgmma",), 100: ("tcgen05",)}
-    ints = dict.fromkeys(("L", "C", "D"), "i32")
-    common = dict(BC=128, BD=128, LOWP=True)
-
-    def spec(name, fn, sig, cx, expect=tc, warps=8):
-        return TritonKernelSpec(
-            name=name, fn=fn, signature=sig, constexprs={**common, **cx}, expect=dict(expect),
-            divisible_by_16=(*tuple(k for k, t in sig.items() if t.startswith("*")), "C", "D"),
-            num_warps=warps, num_stages=2,
-        )  # fmt: skip
-
-    p = "*bf16"
-    f = "*fp32"
-    i = "*i32"
-    return [
-        spec(
-            "sla_linear_state_d128", lambda: linear_state_kernel,
-            {"fk_ptr": p, "v_ptr": p, "h_ptr": f, "z_ptr": f, **ints, "NB": "i32"}, {"BLOCK_K": 64},
-        ),
-        spec(
-            "sla_linear_fwd_d128", lambda: linear_fwd_kernel,
-            {"fq_ptr": p, "htot_ptr": f, "ztot_ptr": f, "h_ptr": f, "z_ptr": f, "lut_ptr": i, "cnt_ptr": i,
-             "o_ptr": p, **ints, "MQ": "i32", "MK": "i32", "eps": "fp32"}, {"BLOCK_Q": 64},
-        ),
-        spec(
-            "sla_linear_bwd_q_d128", lambda: linear_bwd_q_kernel,
-            {"fq_ptr": p, "do_ptr": p, "htot_ptr": f, "ztot_ptr": f, "h_ptr": f, "z_ptr": f, "lut_ptr": i,
-             "cnt_ptr": i, "dfq_ptr": p, "den_ptr": f, "delta_ptr": f, **ints, "MQ": "i32", "MK": "i32",
-             "eps": "fp32"}, {"BLOCK_Q": 64},
-        ),
-        spec(
-            "sla_linear_bwd_g_d128", lambda: linear_bwd_g_kernel,
-            {"fq_ptr": p, "do_ptr": p, "den_ptr": f, "delta_ptr": f, "cnt_ptr": i, "g_ptr": f, "gz_ptr": f,
-             **ints, "MQ": "i32", "MK": "i32"}, {"BLOCK_Q": 64},
-        ),
-        spec(
-            "sla_linear_bwd_kv_d128", lambda: linear_bwd_kv_kernel,
-            {"fk_ptr": p, "v_ptr": p, "gtot_ptr": f, "gztot_ptr": f, "g_ptr": f, "gz_ptr": f, "lutt_ptr": i,
-             "cntt_ptr": i, "dfk_ptr": p, "dv_ptr": p, **ints, "MQ": "i32", "MK": "i32"}, {"BLOCK_K": 64},
-        ),
+    p, f, i = "*bf16", "*fp32", "*i32"
+    ints = {"L": "i32", "C": "i32", "D": "i32"}
+    mqk = {"MQ": "i32", "MK": "i32"}
+    kernels = [
+        ("state", lambda: linear_state_kernel,
+         {"fk_ptr": p, "v_ptr": p, "h_ptr": f, "z_ptr": f, **ints, "NB": "i32"}, {"BLOCK_K": 64}),
+        ("fwd", lambda: linear_fwd_kernel,
+         {"fq_ptr": p, "htot_ptr": f, "ztot_ptr": f, "h_ptr": f, "z_ptr": f, "lut_ptr": i, "cnt_ptr": i,
+          "o_ptr": p, **ints, **mqk, "eps": "fp32"}, {"BLOCK_Q": 64}),
+        ("bwd_q", lambda: linear_bwd_q_kernel,
+         {"fq_ptr": p, "do_ptr": p, "htot_ptr": f, "ztot_ptr": f, "h_ptr": f, "z_ptr": f, "lut_ptr": i,
+          "cnt_ptr": i, "dfq_ptr": p, "den_ptr": f, "delta_ptr": f, **ints, **mqk, "eps": "fp32"},
+         {"BLOCK_Q": 64}),
+        ("bwd_g", lambda: linear_bwd_g_kernel,
+         {"fq_ptr": p, "do_ptr": p, "den_ptr": f, "delta_ptr": f, "cnt_ptr": i, "g_ptr": f, "gz_ptr": f,
+          **ints, **mqk}, {"BLOCK_Q": 64}),
+        ("bwd_kv", lambda: linear_bwd_kv_kernel,
+         {"fk_ptr": p, "v_ptr": p, "gtot_ptr": f, "gztot_ptr": f, "g_ptr": f, "gz_ptr": f, "lutt_ptr": i,
+          "cntt_ptr": i, "dfk_ptr": p, "dv_ptr": p, **ints, **mqk}, {"BLOCK_K": 64}),
     ]  # fmt: skip
+    return [
+        TritonKernelSpec(
+            name=f"sla_linear_{name}_d{d}",
+            fn=fn,
+            signature=sig,
+            constexprs={"BC": d, "BD": d, "LOWP": True, **cx},
+            expect=dict(tc),
+            divisible_by_16=(*(k for k, t in sig.items() if t.startswith("*")), "C", "D"),
+            num_warps=_warps(d, d),
+            num_stages=3,
+        )
+        for d in (128, 64)
+        for name, fn, sig, cx in kernels
+    ]
 
 
 KERNEL_SPECS = _specs()
