@@ -36,13 +36,21 @@ from __future__ import annotations
 
 import math
 import os
+from typing import NamedTuple
 
 import torch
 import triton
 import triton.language as tl
 from shared_kernels._alloc import new_empty
 
-__all__ = ["block_sparse_attention", "build_luts", "SUPPORTED_BLOCKS", "MAX_HEAD_DIM"]
+__all__ = [
+    "MAX_HEAD_DIM",
+    "SUPPORTED_BLOCKS",
+    "LaunchConfig",
+    "block_sparse_attention",
+    "build_luts",
+    "launch_config",
+]
 
 SUPPORTED_BLOCKS = (16, 32, 64, 128)
 MAX_HEAD_DIM = 128
@@ -410,21 +418,36 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def tile_config(blkq: int, blkk: int, head_dim: int, interpret: bool) -> dict[str, tuple[int, int]]:
-    """``(BLOCK_M, BLOCK_N)`` of each kernel for SLA blocks ``blkq × blkk`` (tiles divide blocks).
+class LaunchConfig(NamedTuple):
+    """Tile shape and launch options of one kernel (``BLOCK_M`` rows × ``BLOCK_N`` keys)."""
 
-    On the GPU: forward and dQ 64×64 (D ≤ 64: 128×64 forward), dK/dV 64 keys × 32 rows for
-    D = 128 (it holds K, V, dK, dV tiles of the key side), the shapes that compile without
-    spills in the kernel report. The interpreter takes whole blocks (fewer, larger numpy ops).
+    block_m: int
+    block_n: int
+    num_warps: int
+    num_stages: int
+
+
+def launch_config(kernel: str, blkq: int, blkk: int, head_dim: int, interpret: bool = False) -> LaunchConfig:
+    """Launch configuration of ``kernel`` ∈ {"fwd", "dq", "dkdv"} for SLA blocks ``blkq × blkk``.
+
+    Tiles divide the blocks. GPU (the shapes that ``kernel_specs`` compiles without spills): forward
+    ``min(blkq, 128 if D ≤ 64 else 64) × min(blkk, 64)``; dQ ``min(blkq, 64) × min(blkk, 64 if D ≤ 64
+    else 32)``; dK/dV ``min(blkq, 64 if D ≤ 64 else 32)`` rows × ``min(blkk, 64)`` keys (it holds
+    K, V, dK and dV tiles). The interpreter takes whole blocks (fewer, larger numpy operations).
     """
+    if kernel not in ("fwd", "dq", "dkdv"):
+        raise ValueError(f"kernel={kernel!r} is not supported; supported: 'fwd', 'dq', 'dkdv'")
     if interpret:
-        return {"fwd": (blkq, blkk), "dq": (blkq, blkk), "dkdv": (blkq, blkk)}
-    big = head_dim > 64
-    return {
-        "fwd": (min(blkq, 64 if big else 128), min(blkk, 64)),
-        "dq": (min(blkq, 64), min(blkk, 64 if not big else 32)),
-        "dkdv": (min(blkq, 32 if big else 64), min(blkk, 64)),
-    }
+        return LaunchConfig(blkq, blkk, 4, 1)
+    small = head_dim <= 64
+    if kernel == "fwd":
+        bm, bn = min(blkq, 128 if small else 64), min(blkk, 64)
+    elif kernel == "dq":
+        bm, bn = min(blkq, 64), min(blkk, 64 if small else 32)
+    else:
+        bm, bn = min(blkq, 64 if small else 32), min(blkk, 64)
+    warps = 8 if bm * bn >= 128 * 64 or (kernel == "dkdv" and not small) else 4
+    return LaunchConfig(bm, bn, warps, 2)
 
 
 def _block_d(head_dim: int) -> int:
@@ -433,10 +456,6 @@ def _block_d(head_dim: int) -> int:
 
 def _dot_prec(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
-
-
-def _num_warps(bm: int, bn: int) -> int:
-    return 8 if bm * bn >= 128 * 64 else 4
 
 
 def build_luts(block_map: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -472,10 +491,10 @@ def _forward(q, k, v, luts, sm_scale, blkq, blkk):
     interpret = _interpreting()
     lut, cnt = luts[0], luts[1]
     mq, mk = lut.shape[2], lut.shape[3]
-    bm, bn = tile_config(blkq, blkk, d, interpret)["fwd"]
+    cfg = launch_config("fwd", blkq, blkk, d, interpret)
     o = _out(q.shape, q.dtype, q.device, interpret)
     lse = new_empty((b, h, seq), torch.float32, q.device)
-    bsa_fwd_kernel[(triton.cdiv(seq, bm), b * h)](
+    bsa_fwd_kernel[(triton.cdiv(seq, cfg.block_m), b * h)](
         q,
         k,
         v,
@@ -495,13 +514,13 @@ def _forward(q, k, v, luts, sm_scale, blkq, blkk):
         HEAD_DIM=d,
         BLKQ=blkq,
         BLKK=blkk,
-        BLOCK_M=bm,
-        BLOCK_N=bn,
+        BLOCK_M=cfg.block_m,
+        BLOCK_N=cfg.block_n,
         BLOCK_D=_block_d(d),
         UPCAST=interpret,
         DOT_PREC=_dot_prec(q.dtype),
-        num_warps=_num_warps(bm, bn),
-        num_stages=1 if interpret else 2,
+        num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
     )
     return o.to(q.dtype), lse
 
@@ -511,10 +530,8 @@ def _backward(q, k, v, o, lse, do, dlse, luts, sm_scale, blkq, blkk):
     interpret = _interpreting()
     lut, cnt, lut_t, cnt_t = luts
     mq, mk = lut.shape[2], lut.shape[3]
-    cfg = tile_config(blkq, blkk, d, interpret)
     bd = _block_d(d)
     prec = _dot_prec(q.dtype)
-    stages = 1 if interpret else 2
 
     delta = new_empty((b, h, seq), torch.float32, q.device)
     pre_m = 64 if not interpret else max(16, min(128, triton.next_power_of_2(seq)))
@@ -536,8 +553,8 @@ def _backward(q, k, v, o, lse, do, dlse, luts, sm_scale, blkq, blkk):
 
     dk = _out(k.shape, k.dtype, k.device, interpret)
     dv = _out(v.shape, v.dtype, v.device, interpret)
-    bm, bn = cfg["dkdv"]
-    bsa_bwd_dkdv_kernel[(triton.cdiv(seq, bn), b * h)](
+    cfg = launch_config("dkdv", blkq, blkk, d, interpret)
+    bsa_bwd_dkdv_kernel[(triton.cdiv(seq, cfg.block_n), b * h)](
         q,
         k,
         v,
@@ -562,18 +579,18 @@ def _backward(q, k, v, o, lse, do, dlse, luts, sm_scale, blkq, blkk):
         HEAD_DIM=d,
         BLKQ=blkq,
         BLKK=blkk,
-        BLOCK_M=bm,
-        BLOCK_N=bn,
+        BLOCK_M=cfg.block_m,
+        BLOCK_N=cfg.block_n,
         BLOCK_D=bd,
         UPCAST=interpret,
         DOT_PREC=prec,
-        num_warps=_num_warps(bm, bn),
-        num_stages=stages,
+        num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
     )
 
     dq = _out(q.shape, q.dtype, q.device, interpret)
-    bm, bn = cfg["dq"]
-    bsa_bwd_dq_kernel[(triton.cdiv(seq, bm), b * h)](
+    cfg = launch_config("dq", blkq, blkk, d, interpret)
+    bsa_bwd_dq_kernel[(triton.cdiv(seq, cfg.block_m), b * h)](
         q,
         k,
         v,
@@ -596,13 +613,13 @@ def _backward(q, k, v, o, lse, do, dlse, luts, sm_scale, blkq, blkk):
         HEAD_DIM=d,
         BLKQ=blkq,
         BLKK=blkk,
-        BLOCK_M=bm,
-        BLOCK_N=bn,
+        BLOCK_M=cfg.block_m,
+        BLOCK_N=cfg.block_n,
         BLOCK_D=bd,
         UPCAST=interpret,
         DOT_PREC=prec,
-        num_warps=_num_warps(bm, bn),
-        num_stages=stages,
+        num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
     )
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
 
