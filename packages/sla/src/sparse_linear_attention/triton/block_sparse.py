@@ -43,6 +43,8 @@ import triton
 import triton.language as tl
 from shared_kernels._alloc import new_empty
 
+from .._checks import cdiv, check_block, check_block_map, check_qkv, check_tensor
+
 __all__ = [
     "MAX_HEAD_DIM",
     "SUPPORTED_BLOCKS",
@@ -655,38 +657,24 @@ class BlockSparseAttentionFunction(torch.autograd.Function):
 
 
 def _check_inputs(q, k, v, block_map, sm_scale, blkq, blkk) -> float:
-    from shared_kernels._validate import check_int, check_tensor
-
-    for name, x in (("q", q), ("k", k), ("v", v)):
-        check_tensor(name, x, dtypes=_DTYPES, ndim=4, device=q.device if name != "q" else None)
-    if k.shape != q.shape or v.shape != q.shape:
-        raise ValueError(
-            "q, k and v must have the same shape [B, H, L, D] (self-attention, one head dim); got "
-            f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
-        )
-    if k.dtype != q.dtype or v.dtype != q.dtype:
-        raise TypeError(f"q, k and v must share one dtype; got {q.dtype}, {k.dtype}, {v.dtype}")
-    b, h, seq, d = q.shape
+    _b, _h, seq, d = check_qkv(q, k, v)
+    check_tensor("q", q, dtypes=_DTYPES)  # float64: use reference.block_sparse_attention_ref
     if not 1 <= d <= MAX_HEAD_DIM:
         raise ValueError(f"head dim D={d} is not supported; supported: 1..{MAX_HEAD_DIM} (64, 128 unpadded)")
-    if seq < 1 or b < 1 or h < 1:
-        raise ValueError(f"q must have B, H, L >= 1, got shape {tuple(q.shape)}")
-    check_int("blkq", blkq, allowed=SUPPORTED_BLOCKS)
-    check_int("blkk", blkk, allowed=SUPPORTED_BLOCKS)
+    for name, blk in (("blkq", blkq), ("blkk", blkk)):
+        check_block(name, blk)
+        if blk not in SUPPORTED_BLOCKS:
+            raise ValueError(
+                f"{name}={blk} is not supported; supported: {', '.join(map(str, SUPPORTED_BLOCKS))}"
+            )
+    check_block_map(block_map, _b, _h, cdiv(seq, blkq), cdiv(seq, blkk), q.device)
     if sm_scale is None:
         sm_scale = 1.0 / math.sqrt(d)
     if isinstance(sm_scale, bool) or not isinstance(sm_scale, (int, float)):
         raise TypeError(f"sm_scale must be a float or None, got {type(sm_scale).__name__}")
     sm_scale = float(sm_scale)
     if not (math.isfinite(sm_scale) and sm_scale > 0):
-        raise ValueError(f"sm_scale must be a finite positive float, got {sm_scale}")
-    check_tensor("block_map", block_map, dtypes=(torch.bool,), ndim=4, device=q.device)
-    want = (b, h, triton.cdiv(seq, blkq), triton.cdiv(seq, blkk))
-    if tuple(block_map.shape) != want:
-        raise ValueError(
-            f"block_map must have shape [B, H, ceil(L/blkq), ceil(L/blkk)] = {list(want)}, "
-            f"got {list(block_map.shape)}"
-        )
+        raise ValueError(f"sm_scale must be a finite float > 0, got {sm_scale}")
     if q.device.type != "cuda" and not _interpreting():
         raise ValueError(
             f"the Triton kernels need CUDA tensors, got {q.device} (on the CPU use "
