@@ -247,3 +247,30 @@ def test_kernel_specs_cover_every_argument():
             c = launch_config(kind, s.constexprs["BLKQ"], s.constexprs["BLKK"], d)
             assert (s.constexprs["BLOCK_M"], s.constexprs["BLOCK_N"]) == (c.block_m, c.block_n)
             assert (s.num_warps, s.num_stages) == (c.num_warps, c.num_stages)
+
+
+def test_roofline_model_invariants():
+    import importlib.util
+    import pathlib
+    import sys
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "roofline.py"
+    spec = importlib.util.spec_from_file_location("sla_roofline", path)
+    roof = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = roof  # its dataclass resolves annotations through sys.modules
+    try:
+        spec.loader.exec_module(roof)
+    finally:
+        del sys.modules[spec.name]
+    L, D, blk = 4096, 128, 64
+    mk = L // blk
+    tiles = roof.gpu_tiles(D, blk)
+    full = roof.sparse_kernels(L, D, mk, blk, tiles)
+    dense = roof.dense(L, D)
+    assert full["sparse fwd"].flops == dense["dense fwd"].flops  # nothing skipped: same matmuls
+    assert full["sparse bwd dK/dV"].flops + full["sparse bwd dQ"].flops == 1.4 * dense["dense bwd"].flops
+    assert roof.kept_blocks(0.95, 64) == 3 and roof.kept_blocks(0.0, 64) == 64
+    assert roof.kept_blocks(0.97, 16) == 1  # max(1, .) of reference.topk_count
+    rows = [r for r in roof.rows(blk) if r["L"] == L and r["D"] == D]
+    speed = [r["H100 SXM fwd+bwd speedup"] for r in rows]
+    assert speed[0] < 1 and speed == sorted(speed)  # overheads at 0 %, then monotone
