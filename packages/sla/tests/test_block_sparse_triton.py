@@ -274,3 +274,24 @@ def test_roofline_model_invariants():
     rows = [r for r in roof.rows(blk) if r["L"] == L and r["D"] == D]
     speed = [r["H100 SXM fwd+bwd speedup"] for r in rows]
     assert speed[0] < 1 and speed == sorted(speed)  # overheads at 0 %, then monotone
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize(
+    "L,D,blkq,blkk,dtype",
+    [
+        (1000, 128, 128, 64, torch.bfloat16),  # upstream's 128x64 blocks, tensor-core path, P in bf16
+        (777, 64, 64, 64, torch.float16),
+        (300, 96, 64, 64, torch.float32),  # exact fp32 (ieee) dots, D padded to 128
+    ],
+)
+def test_gpu_launch_matches_reference(L, D, blkq, blkk, dtype):
+    (q, k, v), bm, do, dlse = _inputs(2, 3, L, D, blkq, blkk, dtype=dtype, p=0.2)
+    o, lse, grads = _run(q, k, v, bm, do, dlse, blkq, blkk)
+    o_r, lse_r, grads_r = _ref(q, k, v, bm, do, dlse, blkq, blkk)
+    tol = {torch.float32: 1e-4, torch.float16: 5e-3, torch.bfloat16: 3e-2}[dtype]
+    _close("o", o, o_r, tol)
+    assert torch.equal(torch.isinf(lse), torch.isinf(lse_r))
+    _close("lse", _finite_lse(lse), _finite_lse(lse_r), 1e-4)
+    for name, gk, gr in zip(("dq", "dk", "dv"), grads, grads_r, strict=True):
+        _close(name, gk, gr, tol)
