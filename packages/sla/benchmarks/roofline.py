@@ -164,10 +164,19 @@ _FWD = ("sparse fwd", "linear state", "linear fwd", "feature maps fwd", "proj_l 
 
 
 def sla_totals(costs: dict[str, Cost]) -> tuple[Cost, Cost]:
-    """(forward, backward) sums over the SLA kernels."""
+    """(forward, backward) sums of FLOPs and bytes over the SLA kernels (sizes only: the time of a
+    sequence of kernels is :func:`sla_time`, not the roofline of the summed cost)."""
     zero = Cost(0, 0, 0)
     fwd = sum((c for k, c in costs.items() if k in _FWD), zero)
     bwd = sum((c for k, c in costs.items() if k not in _FWD), zero)
+    return fwd, bwd
+
+
+def sla_time(costs: dict[str, Cost], gpu: str, tile: bool = False) -> tuple[float, float]:
+    """(forward, backward) roofline seconds: the kernels run one after another, so each one's
+    ``max(FLOPs / peak, bytes / bandwidth)`` is summed."""
+    fwd = sum(c.time(gpu, tile) for k, c in costs.items() if k in _FWD)
+    bwd = sum(c.time(gpu, tile) for k, c in costs.items() if k not in _FWD)
     return fwd, bwd
 
 
@@ -194,7 +203,7 @@ def rows(blk: int = 64, heads: int = 1) -> list[dict]:
                 for gpu in GPUS:
                     for tile in (False, True):
                         tag = " tile" if tile else ""
-                        tf, tb = fwd.time(gpu, tile), bwd.time(gpu, tile)
+                        tf, tb = sla_time(costs, gpu, tile)
                         df, db = base["dense fwd"].time(gpu, tile), base["dense bwd"].time(gpu, tile)
                         sp_f = costs["sparse fwd"].time(gpu, tile)
                         row[f"{gpu} sparse fwd us{tag}"] = heads * sp_f * 1e6

@@ -272,6 +272,12 @@ def test_roofline_model_invariants():
     assert roof.kept_blocks(0.95, 64) == 3 and roof.kept_blocks(0.0, 64) == 64
     assert roof.kept_blocks(0.97, 16) == 1  # max(1, .) of reference.topk_count
     rows = [r for r in roof.rows(blk) if r["L"] == L and r["D"] == D]
+    # kernels run one after another: the SLA time is the sum of the per-kernel roofline times
+    n = roof.kept_blocks(0.9, mk)
+    costs = {**roof.sparse_kernels(L, D, n, blk, tiles), **roof.linear_kernels(L, D, n, blk)}
+    fwd_us = sum(c.time("H100 SXM") for k, c in costs.items() if k in roof._FWD) * 1e6
+    (row,) = [r for r in rows if r["sparsity"] == 0.9]
+    assert math.isclose(row["H100 SXM SLA fwd us"], fwd_us, rel_tol=1e-12)
     speed = [r["H100 SXM fwd+bwd speedup"] for r in rows]
     assert speed[0] < 1 and speed == sorted(speed)  # overheads at 0 %, then monotone
 
