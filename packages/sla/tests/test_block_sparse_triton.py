@@ -207,6 +207,9 @@ def test_bad_input():
         block_sparse_attention(q.numpy(), k, v, bm, **kw)
     with pytest.raises(TypeError):
         block_sparse_attention(q, k, v, bm, causal=True, **kw)  # unknown keyword
+    many = torch.zeros(256, 256, 1, 16)  # B·H = 65536 > CUDA's grid-y limit
+    with pytest.raises(ValueError, match="B·H = 65536"):
+        block_sparse_attention(many, many, many, torch.ones(256, 256, 1, 1, dtype=torch.bool), **kw)
 
 
 def test_cpu_without_interpreter_is_refused(monkeypatch):

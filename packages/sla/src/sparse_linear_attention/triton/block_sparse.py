@@ -58,6 +58,7 @@ SUPPORTED_BLOCKS = (16, 32, 64, 128)
 MAX_HEAD_DIM = 128
 _LOG2E = 1.4426950408889634
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_MAX_GRID_Y = 65535  # CUDA limit of grid axis y (B·H); axis x holds the tiles of one head (L2 reuse)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -667,6 +668,11 @@ def _check_inputs(q, k, v, block_map, sm_scale, blkq, blkk) -> float:
             raise ValueError(
                 f"{name}={blk} is not supported; supported: {', '.join(map(str, SUPPORTED_BLOCKS))}"
             )
+    if _b * _h > _MAX_GRID_Y:
+        raise ValueError(
+            f"B·H = {_b * _h} is not supported (the kernels put B·H on CUDA grid axis y, at most "
+            f"{_MAX_GRID_Y}); split the batch"
+        )
     check_block_map(block_map, _b, _h, cdiv(seq, blkq), cdiv(seq, blkk), q.device)
     if sm_scale is None:
         sm_scale = 1.0 / math.sqrt(d)
