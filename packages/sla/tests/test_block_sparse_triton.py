@@ -304,3 +304,21 @@ def test_gpu_launch_matches_reference(L, D, blkq, blkk, dtype):
     _close("lse", _finite_lse(lse), _finite_lse(lse_r), 1e-4)
     for name, gk, gr in zip(("dq", "dk", "dv"), grads, grads_r, strict=True):
         _close(name, gk, gr, tol)
+
+
+def test_gradient_through_one_output_only():
+    # only o used (dlse is None) and only lse used (dO is None): each matches the reference
+    blk = 16
+    (q, k, v), bm, do, dlse = _inputs(1, 2, 40, 32, blk, blk, dtype=torch.float32)
+    for use_o in (True, False):
+        xs = [x.detach().clone().requires_grad_() for x in (q, k, v)]
+        o, lse = block_sparse_attention(*xs, bm, blkq=blk, blkk=blk)
+        rs = [x.detach().double().requires_grad_() for x in (q, k, v)]
+        o_r, lse_r = block_sparse_attention_ref(*rs, bm, blkq=blk, blkk=blk)
+        loss = (o * do).sum() if use_o else (_finite_lse(lse) * dlse).sum()
+        loss_r = (o_r * do.double()).sum() if use_o else (_finite_lse(lse_r) * dlse.double()).sum()
+        grads = torch.autograd.grad(loss, xs, allow_unused=True)
+        grads_r = torch.autograd.grad(loss_r, rs, allow_unused=True)  # lse does not depend on v
+        for name, gk, gr, x in zip(("dq", "dk", "dv"), grads, grads_r, rs, strict=True):
+            gr = torch.zeros_like(x) if gr is None else gr
+            _close(f"{name} (o used: {use_o})", gk, gr, TOL[torch.float32])

@@ -7,13 +7,13 @@ keys of the selected blocks ``S_i`` (SLA paper, Eq. 3-4, sparse branch)::
     s_rj = sm_scale · q_r·k_j,   lse_r = log Σ_{j ∈ S_i} exp(s_rj),
     o_r  = Σ_{j ∈ S_i} exp(s_rj − lse_r) v_j.
 
-Kernels (FlashAttention-2 schedule, exp2 online softmax in fp32, ``t`` = selected key tiles):
+Kernels (FlashAttention-2 schedule, exp2 online softmax in fp32; "keys selected" = per query row):
 
 - ``bsa_fwd_kernel``: one program per (Q tile, b·h), loops over the LUT of its Q block's selected K
   blocks. FLOPs ``4·L·D·(keys selected)`` per (b, h); bytes ``2·L·D`` (Q read, O written) +
   ``2·D·(keys selected)·(Q tiles)`` (K, V re-read per Q tile) times the element size, + 4·L (lse).
 - ``bsa_bwd_preprocess_kernel``: ``Δ_r = Σ_d dO_rd·O_rd − dlse_r`` (fp32). FLOPs ``2·L·D``; bytes
-  ``2·L·D`` elements + 8·L.
+  ``2·L·D`` elements + 12·L (dlse read only when ``lse`` is used).
 - ``bsa_bwd_dkdv_kernel``: one program per (K tile, b·h), loops over the transposed LUT (the Q blocks
   that selected its K block): ``P = exp2(s·log2e − lse·log2e)``, ``dV += Pᵀ dO``, ``dP = dO Vᵀ``,
   ``dS = P∘(dP − Δ)``, ``dK += dSᵀ Q·sm_scale``. FLOPs ``8·L·D·(keys selected)`` (4 matmuls);
@@ -642,13 +642,14 @@ class BlockSparseAttentionFunction(torch.autograd.Function):
         o, lse = _forward(q, k, v, luts, sm_scale, blkq, blkk)
         ctx.save_for_backward(q, k, v, o, lse, *luts)
         ctx.cfg = (sm_scale, blkq, blkk)
+        ctx.set_materialize_grads(False)  # an unused lse gives dlse=None: no zero tensor to read
         return o, lse
 
     @staticmethod
     def backward(ctx, do, dlse):
         q, k, v, o, lse, *luts = ctx.saved_tensors
         sm_scale, blkq, blkk = ctx.cfg
-        if do is None:
+        if do is None:  # only lse was used
             do = torch.zeros_like(o)
         do = do if do.stride(-1) == 1 else do.contiguous()
         if dlse is not None:
