@@ -422,6 +422,8 @@ def linear_attention_complement(
         raise ValueError(
             f"phi_q and v must have no empty dimension, got {tuple(phi_q.shape)}, {tuple(v.shape)}"
         )
+    if B * H > 65535:
+        raise ValueError(f"B * H must be <= 65535 (the kernels' grid axis 1), got B={B}, H={H}")
     if C > 256 or D > 256:
         raise ValueError(f"feature dim C and head dim D must be <= 256, got C={C}, D={D}")
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (eps > 0 and math.isfinite(eps)):
