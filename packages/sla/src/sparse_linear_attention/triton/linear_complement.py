@@ -1,6 +1,6 @@
 """Fused Triton forward and backward of SLA's linear branch with the complement trick.
 
-Maths (SLA paper §4.2; ``reference.linear_attention_ref`` is the oracle). With ``φq = φ(Q)``,
+Maths (SLA paper, arXiv 2509.24006; ``reference.linear_attention_ref`` is the oracle). With ``φq = φ(Q)``,
 ``φk = φ(K)`` of feature dim ``C``, ``V`` of head dim ``D``, key blocks ``j`` of ``blkk`` tokens and
 query blocks ``m`` of ``blkq`` tokens, ``sel(m)`` the key blocks the sparse branch took for ``m``::
 
