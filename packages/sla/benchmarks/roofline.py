@@ -9,8 +9,9 @@ Kernels counted (bf16 inputs/outputs, 2 bytes; fp32 statistics and linear-branch
 - sparse branch (``triton/block_sparse.py``): forward ``4·L·N·D`` FLOPs; backward preprocess
   ``2·L·D``; dK/dV ``8·L·N·D`` (4 matmuls, S and dP recomputed); dQ ``6·L·N·D`` (3 matmuls).
 - linear branch with the complement trick (``triton/linear_complement.py``, its docstring's cost
-  table, feature dim C = D): state ``2·L·C·D``; forward ``2·L·C·(D+1) + Mq·s·C·D``; dφq
-  ``6·L·C·D + Mq·s·C·D``; dφk/dV ``4·L·C·D + Mk·s·C·D``, ``s = min(n, M − n)`` state loads.
+  table, feature dim C = D): state ``2·L·C·D`` (run again in the backward); forward
+  ``2·L·C·(D+1) + Mq·s·C·D``; dφq ``4·L·C·D + Mq·s·C·D``; G ``2·L·C·D``; dφk/dV
+  ``4·L·C·D + Mk·s·C·D``, with ``s = min(n, M − n)`` state loads per block.
 - feature map φ on Q and K (an element-wise PyTorch op: 4·L·D elements moved forward, 6·L·D
   backward) and ``proj_l`` (``Linear(D, D)``: ``2·L·D²`` forward, ``4·L·D²`` backward) plus the sum
   ``o_s + proj_l(o_l)``.
@@ -119,10 +120,17 @@ def linear_kernels(L: int, D: int, n: int, blk: int) -> dict[str, Cost]:
         2 * L * (C + D) + (mk + 1) * st,
         2 * L * (C + D) + mq * (s + 1) * st,
     )
+    # backward: the state kernel runs again (states are not kept), then dφq, G_m, dφk/dV
+    out["linear bwd state"] = out["linear state"]
     out["linear bwd dφq"] = Cost(
-        6 * L * C * D + mq * s * C * D,
-        2 * L * (2 * C + 2 * D) + (mk + 1 + mq) * st,
-        2 * L * (2 * C + 2 * D) + mq * (s + 2) * st,
+        4 * L * C * D + mq * s * C * D,
+        2 * L * (2 * C + D) + 2 * L * FP32 + (mk + 1) * st,
+        2 * L * (2 * C + D) + 2 * L * FP32 + mq * (s + 1) * st,
+    )
+    out["linear bwd G"] = Cost(
+        2 * L * C * D,
+        2 * L * (C + D) + 2 * L * FP32 + mq * st,
+        2 * L * (C + D) + 2 * L * FP32 + mq * st,
     )
     out["linear bwd dφk/dV"] = Cost(
         4 * L * C * D + mk * s * C * D,

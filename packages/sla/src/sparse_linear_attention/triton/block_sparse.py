@@ -101,8 +101,8 @@ def bsa_fwd_kernel(
 ):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
+    b = (bh // H).to(tl.int64)  # int64: B·H·L·D may exceed 2**31
+    h = (bh % H).to(tl.int64)
     qb = (pid_m * BLOCK_M) // BLKQ
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
@@ -179,8 +179,8 @@ def bsa_bwd_preprocess_kernel(
 ):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
+    b = (bh // H).to(tl.int64)  # int64: B·H·L·D may exceed 2**31
+    h = (bh % H).to(tl.int64)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     mask = (offs_m[:, None] < L) & (offs_d[None, :] < HEAD_DIM)
@@ -246,8 +246,8 @@ def bsa_bwd_dkdv_kernel(
 ):
     pid_n = tl.program_id(0)
     bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
+    b = (bh // H).to(tl.int64)  # int64: B·H·L·D may exceed 2**31
+    h = (bh % H).to(tl.int64)
     kb = (pid_n * BLOCK_N) // BLKK
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_m = tl.arange(0, BLOCK_M)
@@ -354,8 +354,8 @@ def bsa_bwd_dq_kernel(
 ):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
+    b = (bh // H).to(tl.int64)  # int64: B·H·L·D may exceed 2**31
+    h = (bh % H).to(tl.int64)
     qb = (pid_m * BLOCK_M) // BLKQ
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
