@@ -121,6 +121,9 @@ def test_bad_input():
     with pytest.raises(ValueError, match="<= 256"):
         big = torch.zeros(1, 1, 32, 264, device=DEV)
         linear_attention_complement(big, big, v, bm, blkq=16, blkk=16)
+    many = torch.zeros(1, 1, 16, 16, device=DEV).expand(65536, 1, 16, 16)  # a view: no memory
+    with pytest.raises(ValueError, match="B \\* H must be <= 65535"):
+        linear_attention_complement(many, many, many, blkq=16, blkk=16)
     assert SUPPORTED_BLOCKS == (16, 32, 64, 128)
 
 

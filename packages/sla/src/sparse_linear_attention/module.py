@@ -1,11 +1,12 @@
 """``SparseLinearAttention``: the SLA module (upstream ``thu-ml/SLA`` API), fine-tunable.
 
-``O = O_s + proj_l(O_l)`` (SLA paper §4): ``O_s`` is softmax attention over the top-k key blocks of
-each query block (critical), ``O_l`` linear attention ``φ(Q)(φ(K)ᵀV) / (φ(Q)·Σφ(K) + eps)`` over the
-key blocks the sparse branch did not select (marginal; ``linear_scope='complement'``, the paper's
-SLA) or over every key (``linear_scope='all'``, upstream's released module). ``proj_l`` is an fp32
-``Linear(head_dim, head_dim)`` initialised to zero, so a fresh module computes sparse attention only
-and fine-tuning grows the linear correction. See ``reference.py`` for the exact maths.
+``O = O_s + proj_l(O_l)`` (SLA paper, arXiv 2509.24006): ``O_s`` is softmax attention over the
+top-k key blocks of each query block (critical), ``O_l`` linear attention
+``φ(Q)(φ(K)ᵀV) / (φ(Q)·Σφ(K) + eps)`` over the key blocks the sparse branch did not select
+(marginal; ``linear_scope='complement'``, the paper's SLA) or over every key (``linear_scope='all'``,
+upstream's released module). ``proj_l`` is an fp32 ``Linear(head_dim, head_dim)`` initialised to
+zero, so a fresh module computes sparse attention only and fine-tuning grows the linear correction.
+See ``reference.py`` for the exact maths.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Fused Triton forward and backward of SLA's linear branch with the complement trick.
 
-Maths (SLA paper §4.2; ``reference.linear_attention_ref`` is the oracle). With ``φq = φ(Q)``,
+Maths (SLA paper, arXiv 2509.24006; ``reference.linear_attention_ref`` is the oracle). With ``φq = φ(Q)``,
 ``φk = φ(K)`` of feature dim ``C``, ``V`` of head dim ``D``, key blocks ``j`` of ``blkk`` tokens and
 query blocks ``m`` of ``blkq`` tokens, ``sel(m)`` the key blocks the sparse branch took for ``m``::
 
@@ -422,6 +422,8 @@ def linear_attention_complement(
         raise ValueError(
             f"phi_q and v must have no empty dimension, got {tuple(phi_q.shape)}, {tuple(v.shape)}"
         )
+    if B * H > 65535:
+        raise ValueError(f"B * H must be <= 65535 (the kernels' grid axis 1), got B={B}, H={H}")
     if C > 256 or D > 256:
         raise ValueError(f"feature dim C and head dim D must be <= 256, got C={C}, D={D}")
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (eps > 0 and math.isfinite(eps)):
