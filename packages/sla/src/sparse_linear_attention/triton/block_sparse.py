@@ -2,7 +2,7 @@
 
 For every Q block ``i`` (``blkq`` rows) the caller's ``block_map[b, h, i, :]`` selects K blocks
 (``blkk`` keys each); the output of a row ``r`` in block ``i`` is softmax attention restricted to the
-keys of the selected blocks ``S_i`` (SLA paper, Eq. 3-4, sparse branch)::
+keys of the selected blocks ``S_i`` (the sparse branch of SLA, arXiv 2509.24006)::
 
     s_rj = sm_scale · q_r·k_j,   lse_r = log Σ_{j ∈ S_i} exp(s_rj),
     o_r  = Σ_{j ∈ S_i} exp(s_rj − lse_r) v_j.
@@ -701,7 +701,7 @@ def block_sparse_attention(
     blkq: int = 64,
     blkk: int = 64,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Block-sparse softmax attention over the K blocks that ``block_map`` selects (SLA Eq. 3-4).
+    """Block-sparse softmax attention over the K blocks that ``block_map`` selects (SLA sparse branch).
 
     Args:
         q, k, v: ``[B, H, L, D]``, one dtype (fp16, bf16 or fp32), D ≤ 128, any strides with a
