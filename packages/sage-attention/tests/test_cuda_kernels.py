@@ -84,6 +84,14 @@ def test_device_reason_by_capability(monkeypatch, fake_build, cap, name, ok):
         ck.device_reason(torch.device("cpu"), "sageattn_qk_int8_pv_fp8_cuda_sm90")
 
 
+def test_build_info_agrees_with_capabilities():
+    import shared_kernels
+
+    caps = shared_kernels.capabilities()
+    has = "cuda" in caps["ops"]["sage_attention_fwd"]["backends"] and caps["cuda"]["compiled"]
+    assert ck._build_info() == (bool(has), tuple(caps["cuda"]["archs"]))
+
+
 def test_no_cuda_build_registers_nothing(monkeypatch):
     monkeypatch.setattr(ck, "_build_info", lambda: (False, ()))
     kernels = dict(variants.KERNELS)
