@@ -26,8 +26,8 @@ against) in the modes of ``--modes``. Metrics per case (one layer of one sentenc
 synthetic problem): cosine, relative L1 and RMSE of the whole output.
 
 Writes ``results/upstream.csv`` (one row per variant, input set and sequence length) and
-``results/upstream.png``; per-case metrics are cached in ``results/upstream_cache.json`` so a long
-run resumes (``--no-cache`` ignores it).
+``results/upstream.png``; per-case metrics are cached next to the archive
+(``<upstream-dir>/bench_upstream_cache.json``) so a long run resumes (``--no-cache`` ignores it).
 
     python packages/sage-attention/benchmarks/bench_upstream.py [--quick | --full] [--download]
 """
@@ -205,7 +205,7 @@ def main() -> None:
         for d in (64, 128):
             cases.append((f"synthetic N={n} D={d}", *synthetic(n, d)))
 
-    cache_path = pathlib.Path(args.out) / "upstream_cache.json"
+    cache_path = folder / "bench_upstream_cache.json"
     cache: dict[str, list[float]] = {}
     if cache_path.exists() and not args.no_cache:
         cache = json.loads(cache_path.read_text())
