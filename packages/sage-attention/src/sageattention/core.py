@@ -191,6 +191,9 @@ def cuda_dispatch(capability: tuple[int, int]) -> tuple[str, dict]:
     sm120/sm121 -> fp8 CUDA with ``per_warp`` and ``"fp32+fp16"``. Beyond upstream (which raises
     "Unsupported CUDA architecture"): sm100/sm103 -> fp8 CUDA with ``per_thread`` and ``"fp32+fp32"``
     (Blackwell's FP8 MMA accumulates accurately); anything else -> ``"reference"`` (per-block maths).
+    ``sageattn`` then runs this choice only where a registered kernel implements it (for the FP8
+    variant it also accepts ``"fp32+fp32"`` in place of ``"fp32+fp16"``: the compiled mma.sync kernel
+    accumulates that way), else the Triton kernel.
     """
     major, minor = capability
     if (major, minor) == (8, 0):
@@ -208,15 +211,40 @@ def cuda_dispatch(capability: tuple[int, int]) -> tuple[str, dict]:
     return "reference", {}
 
 
+_TRITON = "sageattn_qk_int8_pv_fp16_triton"
+
+
+def _kernel_kwargs(name, kw, q, k, v, tensor_layout, is_causal, sm_scale, attn_mask, smooth_k):
+    """Upstream's kwargs ``kw`` for the variant ``name`` if a kernel registered for it runs them on
+    these inputs; else, for the FP8 variant, the same with ``pv_accum_dtype="fp32+fp32"`` (the
+    compiled mma.sync kernel's two-level float32 accumulation: more accurate than SageAttention2++'s
+    ``"fp32+fp16"``, which it does not implement); else None."""
+    from . import variants
+
+    if name not in variants.KERNELS:
+        return None
+    p = prepare_inputs(q, k, v, tensor_layout, is_causal, sm_scale, False, smooth_k, attn_mask)
+    cands = [kw]
+    if name == "sageattn_qk_int8_pv_fp8_cuda" and kw.get("pv_accum_dtype") != "fp32+fp32":
+        cands.append({**kw, "pv_accum_dtype": "fp32+fp32"})
+    for cand in cands:
+        cfg = variants.variant_config(name, p.q.shape[3], smooth_k=smooth_k, **cand)
+        if variants.kernel_supports(name, p, cfg):
+            return cand
+    return None
+
+
 def _dispatch_cuda(q, k, v, tensor_layout, is_causal, sm_scale, return_lse, attn_mask, smooth_k):
     from . import variants
 
     name, kw = cuda_dispatch(torch.cuda.get_device_capability(q.device))
-    if name == "reference" or (name != "sageattn_qk_int8_pv_fp16_triton" and name not in variants.KERNELS):
-        # No compiled kernel of upstream's variant in this build: the fastest kernel that is built,
-        # Triton INT8 QK (per-warp Q scales, at least as accurate as per-block) with fp16 P·V.
-        name, kw = "sageattn_qk_int8_pv_fp16_triton", {"qk_quant_gran": "per_warp"}
-    if name == "sageattn_qk_int8_pv_fp16_triton":
+    if name not in ("reference", _TRITON):
+        kw = _kernel_kwargs(name, kw, q, k, v, tensor_layout, is_causal, sm_scale, attn_mask, smooth_k)
+    if name == "reference" or kw is None:
+        # No kernel of upstream's variant runs this call in this build: the fastest kernel that is
+        # built, Triton INT8 QK (per-warp Q scales, at least as accurate as per-block) with fp16 P·V.
+        name, kw = _TRITON, {"qk_quant_gran": "per_warp"}
+    if name == _TRITON:
         if importlib.util.find_spec("triton") is None:  # no Triton installed: the reference maths
             name = "reference"
         else:
@@ -281,10 +309,11 @@ def sageattn(
     PyTorch, any device); ``"cpu"`` runs the fused shared-kernels INT8 CPU kernel (AVX-512 VNNI; the same maths
     to within one fp16 ulp of P: ``|o_cpu - o_torch| <= 2^-9·max|v|`` per channel, see ``_attention_cpu``);
     ``"auto"`` picks ``"cpu"`` on the CPU and, on CUDA, the variant upstream picks for the device's
-    compute capability (:func:`cuda_dispatch`; sm100 too) when this build has that variant's
-    compiled kernel, else the Triton kernel (``sageattn_qk_int8_pv_fp16_triton`` with per-warp Q
-    scales and fp32 P·V accumulation) on every CUDA device; the plain reference only where Triton
-    is missing. Cost: ``2·B·Hq·Nq·Nk·(D + Dv)`` FLOPs.
+    compute capability (:func:`cuda_dispatch`; sm100 too) when a kernel of this build runs that
+    variant on these inputs (the compiled mma.sync kernel: sm80 fp16 P·V; sm89/sm100/sm120 FP8 P·V
+    with two-level ``"fp32+fp32"`` accumulation, no masks; the Hopper kernel on sm90), else the
+    Triton kernel (``sageattn_qk_int8_pv_fp16_triton`` with per-warp Q scales and fp32 P·V
+    accumulation) on every CUDA device; the plain reference only where Triton is missing. Cost: ``2·B·Hq·Nq·Nk·(D + Dv)`` FLOPs.
     """
     tensor_layout = check_layout(tensor_layout)
     _check_bool("enable_gqa", enable_gqa)

@@ -6,13 +6,19 @@
 
 Each computes the maths of its upstream kernel with :func:`sageattention.modes.sage_attention_mode`
 (the tile sizes, granularities, P/V formats and accumulation of that kernel; see ``modes.py`` for
-what is emulated). Kernels are registered in :data:`KERNELS` by name: with Triton installed,
-``sageattention.triton_variants`` registers a Triton kernel for ``sageattn_qk_int8_pv_fp16_cuda``
-(fp16 P·V; configurations it does not implement run this reference, the same maths). On CUDA
-tensors ``backend="auto"`` (the default) uses the registered kernel, else the reference;
-``backend="torch"`` always runs the reference; ``backend="cuda"`` without a registered kernel (or on
-CPU tensors) raises a ``RuntimeError`` naming the device and the available backends: never silently
-different maths.
+what is emulated). Kernels are registered in :data:`KERNELS` by name (:func:`register_kernel`), as a
+:class:`KernelChain` where several are: with Triton installed, ``sageattention.triton_variants``
+registers a Triton kernel for ``sageattn_qk_int8_pv_fp16_cuda`` (fp16 P·V; configurations it does not
+implement run this reference, the same maths); where the shared-kernels build has the compiled
+``sage_attention_fwd`` (mma.sync), ``sageattention.cuda_kernels`` puts it first for
+``sageattn_qk_int8_pv_fp16_cuda`` (sm80+) and registers it for ``sageattn_qk_int8_pv_fp8_cuda``
+(sm89+); ``sageattention.cuda_sm90`` registers the Hopper kernel. A kernel that does not implement a
+config, or does not run on the tensors' device, raises ``NotImplementedError`` and the next one runs
+(priority: compiled CUDA, then Triton, then this reference). On CUDA tensors ``backend="auto"`` (the
+default) uses the registered kernels, else the reference; ``backend="torch"`` always runs the
+reference; ``backend="cuda"`` without a kernel that runs the call (or on CPU tensors) raises a
+``RuntimeError`` naming the device, the reason and the available backends: never silently different
+maths.
 
 Beyond upstream (keyword-only): ``attn_mask`` (bool or additive, broadcastable, not with
 ``is_causal``), ``smooth_q`` (SageAttention2 per-block Q smoothing with the exact ``mean(Q)·Kᵀ``
@@ -25,24 +31,94 @@ a ``TypeError`` (upstream swallows them). ``smooth_v`` follows upstream: honoure
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Callable
 
 import torch
 
-from .core import prepare_inputs
+from .core import Prepared, prepare_inputs
 from .modes import GRANULARITIES, ROTATIONS, SageConfig, sage_attention_mode
 
 __all__ = [
     "KERNELS",
+    "KernelChain",
+    "kernel_supports",
+    "register_kernel",
     "sageattn_qk_int8_pv_fp8_cuda",
     "sageattn_qk_int8_pv_fp8_cuda_sm90",
     "sageattn_qk_int8_pv_fp16_cuda",
+    "variant_config",
 ]
 
+_log = logging.getLogger(__name__)
 BACKENDS = ("auto", "torch", "cuda")
-#: compiled kernels by function name: ``fn(prepared, cfg) -> result``; none is built yet.
+#: kernels by function name: ``fn(prepared, cfg) -> result``, raising ``NotImplementedError`` for a
+#: config or device it does not run (a :class:`KernelChain` where several are registered).
 KERNELS: dict[str, Callable] = {}
+
+
+class KernelChain:
+    """Kernels of one variant in priority order: the first that does not raise
+    ``NotImplementedError`` runs; if all raise, the chain raises ``NotImplementedError`` with every reason.
+
+    A kernel may carry ``supports(p, cfg) -> str | None`` (None: it runs this call); one without it
+    is assumed to run every call (:meth:`supports` is then None).
+    """
+
+    def __init__(self, kernels: tuple[Callable, ...]) -> None:
+        if not kernels or not all(callable(k) for k in kernels):
+            raise TypeError(f"kernels must be a non-empty tuple of callables, got {kernels!r}")
+        self.kernels = tuple(kernels)
+
+    def __call__(self, p: Prepared, cfg: SageConfig):
+        reasons = []
+        for kernel in self.kernels:
+            try:
+                return kernel(p, cfg)
+            except NotImplementedError as exc:
+                _log.debug("%s: %s; trying the next kernel", getattr(kernel, "__name__", kernel), exc)
+                reasons.append(str(exc))
+        raise NotImplementedError("; ".join(reasons))
+
+    def supports(self, p: Prepared, cfg: SageConfig) -> str | None:
+        reasons = []
+        for kernel in self.kernels:
+            why = _supports(kernel, p, cfg)
+            if why is None:
+                return None
+            reasons.append(why)
+        return "; ".join(reasons)
+
+    def __repr__(self) -> str:
+        return f"KernelChain({', '.join(getattr(k, '__qualname__', repr(k)) for k in self.kernels)})"
+
+
+def _supports(kernel: Callable, p: Prepared, cfg: SageConfig) -> str | None:
+    check = getattr(kernel, "supports", None)
+    return None if check is None else check(p, cfg)
+
+
+def register_kernel(name: str, fn: Callable, *, first: bool = False) -> None:
+    """Register ``fn(prepared, cfg)`` for the variant ``name``: alone, or chained with the kernel(s)
+    already registered, before them (``first=True``: compiled CUDA before Triton) or after them.
+    Registering the same function twice keeps one entry."""
+    if name not in _CONFIGS:
+        raise ValueError(f"name must be one of {tuple(_CONFIGS)}, got {name!r}")
+    if not callable(fn):
+        raise TypeError(f"fn must be callable, got {type(fn).__name__}")
+    old = KERNELS.get(name)
+    have = () if old is None else old.kernels if isinstance(old, KernelChain) else (old,)
+    have = tuple(k for k in have if k is not fn)
+    chain = (fn, *have) if first else (*have, fn)
+    KERNELS[name] = chain[0] if len(chain) == 1 else KernelChain(chain)
+
+
+def kernel_supports(name: str, p: Prepared, cfg: SageConfig) -> bool:
+    """Whether a kernel registered for ``name`` runs ``cfg`` on ``p`` (kernels that do not say are
+    assumed to)."""
+    kernel = KERNELS.get(name)
+    return kernel is not None and _supports(kernel, p, cfg) is None
 
 
 def _check_choice(name: str, val: object, allowed: tuple) -> None:
@@ -71,13 +147,19 @@ def _run(name, q, k, v, tensor_layout, is_causal, sm_scale, return_lse, smooth_k
     kernel = KERNELS.get(name)
     on_cuda = p.q.device.type == "cuda"
     if backend == "cuda" or (backend == "auto" and kernel is not None and on_cuda):
-        if kernel is None or not on_cuda:
+        why = "no kernel is registered" if kernel is None else "CPU tensors" if not on_cuda else None
+        if why is None:
+            try:
+                return kernel(p, cfg)
+            except NotImplementedError as exc:
+                why = str(exc)
+                _log.debug("%s: %s; running the reference (the same maths)", name, why)
+        if backend == "cuda":
             raise RuntimeError(
-                f"{name}: no compiled kernel for device {_device_name(p.q.device)} in this build; "
+                f"{name}: no kernel runs this call on device {_device_name(p.q.device)} ({why}); "
                 f"available backends: 'torch' (the same maths in PyTorch, any device) and 'auto' "
-                f"(the kernel where built, else 'torch')"
+                f"(the kernel where it runs, else 'torch')"
             )
-        return kernel(p, cfg)
     if p.is_empty:
         return p.empty_result()
     o, lse = sage_attention_mode(
@@ -101,9 +183,72 @@ def _mode_args(qk_quant_gran, pv_accum_dtype, pv_allowed, smooth_q, qk_rotation,
 def _smooth_v(smooth_v: object, pv_accum_dtype: str, honoured: str) -> bool:
     smooth_v = _check_flag("smooth_v", smooth_v)
     if smooth_v and pv_accum_dtype != honoured:
-        warnings.warn(f"pv_accum_dtype is {pv_accum_dtype!r}, smooth_v will be ignored.", stacklevel=3)
+        warnings.warn(f"pv_accum_dtype is {pv_accum_dtype!r}, smooth_v will be ignored.", stacklevel=4)
         return False
     return smooth_v
+
+
+def _config_fp16(
+    d: int, *, qk_quant_gran: str = "per_thread", pv_accum_dtype: str = "fp32", smooth_k: bool = True,
+    smooth_v: bool = False, smooth_q: bool = False, qk_rotation: str | None = None,
+) -> SageConfig:  # fmt: skip
+    _mode_args(qk_quant_gran, pv_accum_dtype, ("fp32", "fp16+fp32", "fp16"), smooth_q, qk_rotation, smooth_k)
+    sv = _smooth_v(smooth_v, pv_accum_dtype, "fp16")
+    warpq = 16 if (_padded_dim(d) == 128 and pv_accum_dtype == "fp16+fp32") else 32
+    return SageConfig(
+        qk_quant_gran=qk_quant_gran, blkq=128, warpq=warpq, blkk=64, warpk=64, prescale_q=False,
+        smooth_k=smooth_k, smooth_q=smooth_q, qk_rotation=qk_rotation, pv_dtype="fp16",
+        pv_accum_dtype=pv_accum_dtype, smooth_v=sv, pv_block=64,
+    )  # fmt: skip
+
+
+def _config_fp8(
+    d: int, *, qk_quant_gran: str = "per_thread", pv_accum_dtype: str = "fp32+fp16", smooth_k: bool = True,
+    smooth_v: bool = False, smooth_q: bool = False, qk_rotation: str | None = None,
+) -> SageConfig:  # fmt: skip
+    _mode_args(
+        qk_quant_gran, pv_accum_dtype, ("fp32", "fp32+fp32", "fp32+fp16"), smooth_q, qk_rotation, smooth_k
+    )
+    sv = _smooth_v(smooth_v, pv_accum_dtype, "fp32")
+    return SageConfig(
+        qk_quant_gran=qk_quant_gran, blkq=128, warpq=32, blkk=64, warpk=64, prescale_q=False,
+        smooth_k=smooth_k, smooth_q=smooth_q, qk_rotation=qk_rotation, pv_dtype="fp8",
+        pv_accum_dtype=pv_accum_dtype, smooth_v=sv, pv_block=64,
+        v_scale_max=2.25 if pv_accum_dtype == "fp32+fp16" else 448.0,
+    )  # fmt: skip
+
+
+def _config_sm90(
+    d: int, *, qk_quant_gran: str = "per_thread", pv_accum_dtype: str = "fp32+fp32", smooth_k: bool = True,
+    smooth_q: bool = False, qk_rotation: str | None = None,
+) -> SageConfig:  # fmt: skip
+    _mode_args(qk_quant_gran, pv_accum_dtype, ("fp32", "fp32+fp32"), smooth_q, qk_rotation, smooth_k)
+    if pv_accum_dtype == "fp32":
+        raise NotImplementedError("Please use pv_accum_dtype='fp32+fp32' for sm90.")
+    return SageConfig(
+        qk_quant_gran=qk_quant_gran, blkq=64, warpq=16, blkk=128, warpk=128, prescale_q=False,
+        smooth_k=smooth_k, smooth_q=smooth_q, qk_rotation=qk_rotation, pv_dtype="fp8",
+        pv_accum_dtype=pv_accum_dtype, pv_block=128,
+    )  # fmt: skip
+
+
+_CONFIGS: dict[str, Callable[..., SageConfig]] = {
+    "sageattn_qk_int8_pv_fp16_cuda": _config_fp16,
+    "sageattn_qk_int8_pv_fp8_cuda": _config_fp8,
+    "sageattn_qk_int8_pv_fp8_cuda_sm90": _config_sm90,
+}
+
+
+def variant_config(name: str, head_dim: int, **kwargs) -> SageConfig:
+    """The :class:`SageConfig` the variant ``name`` runs for q's head dim ``head_dim`` and its
+    quantization keywords (``qk_quant_gran``, ``pv_accum_dtype``, ``smooth_k``, ``smooth_v`` (not
+    sm90), ``smooth_q``, ``qk_rotation``; upstream defaults for the rest), validated as the variant
+    validates them. Unknown keywords are a ``TypeError``."""
+    if name not in _CONFIGS:
+        raise ValueError(f"name must be one of {tuple(_CONFIGS)}, got {name!r}")
+    if isinstance(head_dim, bool) or not isinstance(head_dim, int) or head_dim < 1:
+        raise ValueError(f"head_dim must be a positive int, got {head_dim!r}")
+    return _CONFIGS[name](head_dim, **kwargs)
 
 
 def sageattn_qk_int8_pv_fp16_cuda(
@@ -134,14 +279,10 @@ def sageattn_qk_int8_pv_fp16_cuda(
     and with ``return_lse`` the natural-log lse ``[B, Hq, Nq]`` of the un-smoothed scores.
     Cost: ``2·B·Hq·Nq·Nk·(D + Dv)`` FLOPs.
     """
-    _mode_args(qk_quant_gran, pv_accum_dtype, ("fp32", "fp16+fp32", "fp16"), smooth_q, qk_rotation, smooth_k)
-    sv = _smooth_v(smooth_v, pv_accum_dtype, "fp16")
-    d = q.shape[-1] if isinstance(q, torch.Tensor) else 0
-    warpq = 16 if (_padded_dim(d) == 128 and pv_accum_dtype == "fp16+fp32") else 32
-    cfg = SageConfig(
-        qk_quant_gran=qk_quant_gran, blkq=128, warpq=warpq, blkk=64, warpk=64, prescale_q=False,
-        smooth_k=smooth_k, smooth_q=smooth_q, qk_rotation=qk_rotation, pv_dtype="fp16",
-        pv_accum_dtype=pv_accum_dtype, smooth_v=sv, pv_block=64,
+    cfg = _config_fp16(
+        q.shape[-1] if isinstance(q, torch.Tensor) else 0, qk_quant_gran=qk_quant_gran,
+        pv_accum_dtype=pv_accum_dtype, smooth_k=smooth_k, smooth_v=smooth_v, smooth_q=smooth_q,
+        qk_rotation=qk_rotation,
     )  # fmt: skip
     return _run(
         "sageattn_qk_int8_pv_fp16_cuda", q, k, v, tensor_layout, is_causal, sm_scale, return_lse,
@@ -175,15 +316,10 @@ def sageattn_qk_int8_pv_fp8_cuda(
     (SageAttention2++, the default: fp16 accumulator per block, V scaled to max 2.25, then float32).
     Returns as :func:`sageattn_qk_int8_pv_fp16_cuda`. Cost: ``2·B·Hq·Nq·Nk·(D + Dv)`` FLOPs.
     """
-    _mode_args(
-        qk_quant_gran, pv_accum_dtype, ("fp32", "fp32+fp32", "fp32+fp16"), smooth_q, qk_rotation, smooth_k
-    )
-    sv = _smooth_v(smooth_v, pv_accum_dtype, "fp32")
-    cfg = SageConfig(
-        qk_quant_gran=qk_quant_gran, blkq=128, warpq=32, blkk=64, warpk=64, prescale_q=False,
-        smooth_k=smooth_k, smooth_q=smooth_q, qk_rotation=qk_rotation, pv_dtype="fp8",
-        pv_accum_dtype=pv_accum_dtype, smooth_v=sv, pv_block=64,
-        v_scale_max=2.25 if pv_accum_dtype == "fp32+fp16" else 448.0,
+    cfg = _config_fp8(
+        q.shape[-1] if isinstance(q, torch.Tensor) else 0, qk_quant_gran=qk_quant_gran,
+        pv_accum_dtype=pv_accum_dtype, smooth_k=smooth_k, smooth_v=smooth_v, smooth_q=smooth_q,
+        qk_rotation=qk_rotation,
     )  # fmt: skip
     return _run(
         "sageattn_qk_int8_pv_fp8_cuda", q, k, v, tensor_layout, is_causal, sm_scale, return_lse,
@@ -215,13 +351,9 @@ def sageattn_qk_int8_pv_fp8_cuda_sm90(
     ``pv_accum_dtype="fp32+fp32"`` (fp22 per 128-key block, then float32); ``"fp32"`` raises
     ``NotImplementedError`` as upstream. No ``smooth_v``. Cost: ``2·B·Hq·Nq·Nk·(D + Dv)`` FLOPs.
     """
-    _mode_args(qk_quant_gran, pv_accum_dtype, ("fp32", "fp32+fp32"), smooth_q, qk_rotation, smooth_k)
-    if pv_accum_dtype == "fp32":
-        raise NotImplementedError("Please use pv_accum_dtype='fp32+fp32' for sm90.")
-    cfg = SageConfig(
-        qk_quant_gran=qk_quant_gran, blkq=64, warpq=16, blkk=128, warpk=128, prescale_q=False,
-        smooth_k=smooth_k, smooth_q=smooth_q, qk_rotation=qk_rotation, pv_dtype="fp8",
-        pv_accum_dtype=pv_accum_dtype, pv_block=128,
+    cfg = _config_sm90(
+        q.shape[-1] if isinstance(q, torch.Tensor) else 0, qk_quant_gran=qk_quant_gran,
+        pv_accum_dtype=pv_accum_dtype, smooth_k=smooth_k, smooth_q=smooth_q, qk_rotation=qk_rotation,
     )  # fmt: skip
     return _run(
         "sageattn_qk_int8_pv_fp8_cuda_sm90", q, k, v, tensor_layout, is_causal, sm_scale, return_lse,
