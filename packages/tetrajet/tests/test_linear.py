@@ -57,10 +57,15 @@ def _q(t: torch.Tensor, spec: QuantizerSpec, axis: int, seed: int = 0) -> torch.
     return d[: t.shape[0], : t.shape[1]]
 
 
+def _ax(spec: QuantizerSpec, reduction_axis: int) -> int:
+    """Block axis of a 2-D operand: its reduction axis, or the other one for the ablation."""
+    return reduction_axis if spec.blocks == "reduction" else -3 - reduction_axis
+
+
 def _reference(x, w, b, dy, r: TetraJetRecipe, layer_id=0, call=0):
     k, n = x.shape[-1], w.shape[0]
     x2, dy2 = x.reshape(-1, k), dy.reshape(-1, n)
-    qx, qw = _q(x2, r.x_fwd, -1), _q(w, r.w_fwd, -1)
+    qx, qw = _q(x2, r.x_fwd, _ax(r.x_fwd, -1)), _q(w, r.w_fwd, _ax(r.w_fwd, -1))
     y = qx @ qw.t() + (0 if b is None else b.float())
 
     def s(name):
@@ -68,8 +73,10 @@ def _reference(x, w, b, dy, r: TetraJetRecipe, layer_id=0, call=0):
 
     w_src = qw if r.double_quantization else w
     x_src = qx if r.double_quantization else x2
-    dx = _q(dy2, r.dy_for_dx, -1, s("dy_for_dx")) @ _q(w_src, r.w_for_dx, -2, s("w_for_dx"))
-    dw = _q(dy2, r.dy_for_dw, -2, s("dy_for_dw")).t() @ _q(x_src, r.x_for_dw, -2, s("x_for_dw"))
+    dx = _q(dy2, r.dy_for_dx, _ax(r.dy_for_dx, -1), s("dy_for_dx"))
+    dx = dx @ _q(w_src, r.w_for_dx, _ax(r.w_for_dx, -2), s("w_for_dx"))
+    dw = _q(dy2, r.dy_for_dw, _ax(r.dy_for_dw, -2), s("dy_for_dw")).t()
+    dw = dw @ _q(x_src, r.x_for_dw, _ax(r.x_for_dw, -2), s("x_for_dw"))
     return y.reshape(*x.shape[:-1], n), dx.reshape(x.shape), dw, dy2.float().sum(0)
 
 
@@ -100,6 +107,11 @@ RECIPES = {
         w_fwd=QuantizerSpec("mxfp4", scale_rule="truncation_free"),
         dy_for_dw=QuantizerSpec("mxfp4", "stochastic"),
         double_quantization=True,
+    ),
+    "non_reduction_ablation": TetraJetRecipe.tetrajet(
+        x_fwd=QuantizerSpec("mxfp4", scale_rule="truncation_free", blocks="non_reduction"),
+        w_for_dx=QuantizerSpec("nvfp4", "stochastic", blocks="non_reduction"),
+        dy_for_dw=QuantizerSpec("mxfp4", "stochastic", blocks="non_reduction"),
     ),
 }
 
@@ -362,6 +374,20 @@ def test_functional_matches_module():
     x = torch.randn(3, 36)
     y = tetrajet_linear(x, layer.weight, layer.bias, r, layer_id=0, call=0)
     torch.testing.assert_close(y, layer(x), rtol=0, atol=0)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("name", ["tetrajet", "nvfp4"])
+def test_cuda_matches_cpu_bit_for_bit(name):
+    """Same Philox bits and codecs on every backend: the CUDA layer equals the CPU layer (the
+    float32 GEMMs may differ in summation order, hence the small tolerance)."""
+    r = RECIPES[name]
+    cpu = _layer(72, 40, r)
+    gpu = TetraJetLinear(72, 40, device="cuda", recipe=r)
+    gpu.load_state_dict(cpu.state_dict())
+    x, dy = torch.randn(3, 9, 72), torch.randn(3, 9, 40)
+    for a, b in zip(_run(cpu, x, dy), _run(gpu, x.cuda(), dy.cuda()), strict=True):
+        torch.testing.assert_close(b.cpu(), a, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize(
