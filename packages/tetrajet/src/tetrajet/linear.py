@@ -38,6 +38,8 @@ from .recipe import QuantizerSpec, TetraJetRecipe
 
 __all__ = ["TetraJetLinear", "tetrajet_linear"]
 
+_TRANSFORM_SALT = 0x7472616E73666F72  # b"transfor": separates transform keys from SR keys
+
 
 @dataclass(frozen=True)
 class _Call:
@@ -51,6 +53,11 @@ class _Call:
 
     def seed(self, quantizer: str) -> int:
         return derive_seed(self.recipe.seed, self.layer_id, quantizer, self.call)
+
+    def transform_seed(self, quantizer: str) -> int:
+        """Key of the gradient transform of the GEMM whose left operand is ``quantizer``: a
+        different key from every SR draw (so transform signs and rounding bits are independent)."""
+        return derive_seed(self.recipe.seed ^ _TRANSFORM_SALT, self.layer_id, quantizer, self.call)
 
 
 def _block_axis(spec: QuantizerSpec, reduction_axis: int) -> int:
@@ -96,7 +103,7 @@ def _grad_gemm(
         multiple = max(size, _common_multiple(ls, rs))
         left = _pad_dim(left.float(), left_reduction_dim, multiple)
         right = _pad_dim(right.float(), 0, multiple)
-        seed = c.seed(names[0])
+        seed = c.transform_seed(names[0])
         left = c.transform(left, dim=left_reduction_dim, seed=seed, size=size, side="left").contiguous()
         right = c.transform(right, dim=0, seed=seed, size=size, side="right").contiguous()
     multiple = _common_multiple(ls, rs)
