@@ -165,15 +165,24 @@ def test_all_quantizers_off_equals_nn_linear(dtype):
         torch.testing.assert_close(b, a, **tol)
 
 
-def test_bf16_quantized_matches_reference_up_to_output_rounding():
-    layer = _layer(40, 24, TetraJetRecipe.tetrajet(), dtype=torch.bfloat16)
-    x = torch.randn(3, 40, dtype=torch.bfloat16)
-    dy = torch.randn(3, 24, dtype=torch.bfloat16)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_quantized_matches_reference_up_to_output_rounding(dtype):
+    layer = _layer(40, 24, TetraJetRecipe.tetrajet(), dtype=dtype)
+    x = torch.randn(3, 40, dtype=dtype)
+    dy = torch.randn(3, 24, dtype=dtype)
     got = _run(layer, x, dy)
-    assert all(t.dtype == torch.bfloat16 and torch.isfinite(t).all() for t in got)
+    assert all(t.dtype == dtype and torch.isfinite(t).all() for t in got)
     ref = _reference(x, layer.weight.detach(), layer.bias.detach(), dy, layer.recipe)
-    for g, r in zip(got, ref, strict=True):  # float32 results rounded once to bf16
-        torch.testing.assert_close(g, r.to(torch.bfloat16), rtol=0, atol=0)
+    for g, r in zip(got, ref, strict=True):  # float32 results rounded once to the half dtype
+        torch.testing.assert_close(g, r.to(dtype), rtol=0, atol=0)
+
+
+def test_double_backward_is_refused():
+    layer = _layer(32, 8, TetraJetRecipe.tetrajet())
+    x = torch.randn(4, 32, requires_grad=True)
+    (g,) = torch.autograd.grad(layer(x).square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match=r"once_differentiable|twice"):
+        g.sum().backward()
 
 
 def test_no_bias_1d_input_and_inputs_not_mutated():

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from .backends import get_gemm_backend, get_grad_transform
 from .fake_quant import SUPPORTED_DTYPES, QuantizedOperand, derive_seed, quantize_operand, quantize_toward
@@ -161,6 +162,7 @@ class _TetraJetLinearFunction(torch.autograd.Function):
         return y
 
     @staticmethod
+    @once_differentiable
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         c: _Call = ctx.c
         saved_x, saved_w = ctx.saved_tensors
