@@ -177,6 +177,23 @@ def test_half_quantized_matches_reference_up_to_output_rounding(dtype):
         torch.testing.assert_close(g, r.to(dtype), rtol=0, atol=0)
 
 
+def test_autocast_bf16():
+    """Inside torch.autocast Y has the autocast dtype (like nn.Linear), the maths stays the float32
+    quantized maths (no bf16 matmul of dequantized values), gradients keep the fp32 dtypes."""
+    layer = _layer(40, 24, TetraJetRecipe.nvfp4_v2(grad_transform="none"))
+    x, dy = torch.randn(5, 40), torch.randn(5, 24)
+    xr = x.clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(xr)
+        h = layer(torch.randn(5, 40, dtype=torch.bfloat16))  # mixed dtypes allowed under autocast
+    y.backward(dy.bfloat16())
+    assert y.dtype == h.dtype == torch.bfloat16
+    assert xr.grad.dtype == layer.weight.grad.dtype == torch.float32
+    ref = _reference(x, layer.weight.detach(), layer.bias.detach(), dy.bfloat16().float(), layer.recipe)
+    torch.testing.assert_close(y, ref[0].to(torch.bfloat16), rtol=0, atol=0)
+    torch.testing.assert_close(xr.grad, ref[1], rtol=1e-5, atol=1e-5)
+
+
 def test_double_backward_is_refused():
     layer = _layer(32, 8, TetraJetRecipe.tetrajet())
     x = torch.randn(4, 32, requires_grad=True)
