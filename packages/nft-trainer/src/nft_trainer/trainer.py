@@ -205,11 +205,15 @@ class NFTTrainer(GRPOTrainer):
 
     # --- loss ---------------------------------------------------------------------------------------------
 
+    def _accumulation_steps(self) -> int:
+        # set by Trainer's loop (the last window of an epoch may be shorter); the config value outside train()
+        return getattr(self, "current_gradient_accumulation_steps", self.args.gradient_accumulation_steps)
+
     def _nft_normalizer(self, inputs: dict[str, Any], local_rows: int, mode: str) -> float | torch.Tensor:
         """Denominator handed to nft_loss so that the step's gradient is the documented reduction."""
         args = self.args
         world = self.accelerator.num_processes
-        accum = self.current_gradient_accumulation_steps if mode == "train" else 1
+        accum = self._accumulation_steps() if mode == "train" else 1
         if args.loss_reduction == "sum":
             constant = args.loss_normalizer
             if constant is None:
@@ -251,7 +255,7 @@ class NFTTrainer(GRPOTrainer):
         mode = "train" if self.model.training else "eval"
         if self.aux_loss_enabled:
             loss = loss + self.router_aux_loss_coef * aux_loss / (
-                self.current_gradient_accumulation_steps if mode == "train" else 1.0
+                self._accumulation_steps() if mode == "train" else 1.0
             )
         for key in (
             "pos_loss",

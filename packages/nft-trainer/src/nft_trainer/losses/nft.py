@@ -260,7 +260,7 @@ def nft_loss(
         metrics: dict[str, Any] = {
             "pos_loss": pos_loss.detach(),
             "neg_loss": neg_loss.detach(),
-            "ratio_mean": (ratio * unit).sum() / count.clamp(min=1.0),
+            "ratio_mean": torch.where(count > 0, (ratio * unit).sum() / count.clamp(min=1.0), 1.0),
             "log_ratio_clamp_frac": clamped_lr.to(dtype).sum() / count.clamp(min=1.0),
             "neg_clamp_frac": ((proxy < clamp_negative).to(dtype) * neg_units).sum()
             / neg_units.sum().clamp(min=1.0),
