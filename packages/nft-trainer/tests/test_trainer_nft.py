@@ -370,3 +370,28 @@ def test_config_defaults_are_the_papers():
     )
     assert (cfg.prompt_weighting, cfg.loss_reduction, cfg.loss_normalizer) == ("1-r", "sum", None)
     assert cfg.filter_zero_variance_groups is True and cfg.num_generations == 8
+
+
+@pytest.mark.parametrize("filter_groups", [True, False])
+def test_zero_variance_groups_filter_and_unclipped_rates(tmp_path, tok, dataset, filter_groups):
+    def first_group_all_right(completions, **kwargs):  # group 0 all right, group 1 all wrong, others mixed
+        return [1.0 if i < 4 else 0.0 if i < 8 else float(i % 2) for i in range(len(completions))]
+
+    trainer = _trainer(
+        tmp_path,
+        tok,
+        dataset,
+        reward=first_group_all_right,
+        per_device_train_batch_size=16,
+        filter_zero_variance_groups=filter_groups,
+    )
+    inputs = _batch(trainer)
+    expected_rate = torch.tensor([1.0] * 4 + [0.0] * 4 + [0.5] * 8)
+    torch.testing.assert_close(
+        inputs["nft_correct_rate"], expected_rate
+    )  # unclipped here, clipped in the loss
+    expected_keep = torch.tensor([not filter_groups] * 8 + [True] * 8)
+    assert torch.equal(inputs["nft_keep"], expected_keep)
+    logs = trainer._metrics["train"]
+    assert logs["nft/frac_groups_zero_variance"][-1] == pytest.approx(0.5)
+    assert torch.isfinite(trainer._compute_loss(trainer.model, inputs))
