@@ -395,3 +395,22 @@ def test_zero_variance_groups_filter_and_unclipped_rates(tmp_path, tok, dataset,
     logs = trainer._metrics["train"]
     assert logs["nft/frac_groups_zero_variance"][-1] == pytest.approx(0.5)
     assert torch.isfinite(trainer._compute_loss(trainer.model, inputs))
+
+
+def test_peft_lora_with_num_iterations(tmp_path, tok, dataset):
+    """A LoRA adapter trains; num_iterations=2 reuses each batch, so the 2nd update sees a ratio ≠ 1."""
+    peft = pytest.importorskip("peft")
+    model = tiny_llama(tok, hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, seed=0)
+    trainer = NFTTrainer(
+        model=model,
+        reward_funcs=parity_reward,
+        args=_config(tmp_path, num_iterations=2, max_steps=2, learning_rate=1e-2),
+        train_dataset=dataset,
+        processing_class=tok,
+        peft_config=peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"]),
+    )
+    lora = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_B" in n}
+    trainer.train()
+    assert lora and any(not torch.equal(p, lora[n]) for n, p in trainer.model.named_parameters() if n in lora)
+    ratios = [h["nft/ratio_mean"] for h in trainer.state.log_history if "loss" in h]
+    assert ratios[0] == pytest.approx(1.0) and abs(ratios[1] - 1.0) > 1e-6
