@@ -57,6 +57,19 @@ class NFTTrainer(GRPOTrainer):
 
     _tag_names: ClassVar[list[str]] = ["trl", "nft"]
     _name = "NFT"
+    _paper: ClassVar[dict[str, str]] = {
+        "title": "Bridging Supervised Learning and Reinforcement Learning in Math Reasoning",
+        "id": "2505.18116",
+        "citation": (
+            "@article{chen2025nft,\n"
+            "    title   = {{Bridging Supervised Learning and Reinforcement Learning in Math Reasoning}},\n"
+            "    author  = {Huayu Chen and Kaiwen Zheng and Qinsheng Zhang and Ganqu Cui and Yin Cui and Haotian Ye and "
+            "Tsung-Yi Lin and Ming-Yu Liu and Jun Zhu and Haoxiang Wang},\n"
+            "    journal = {arXiv preprint arXiv:2505.18116},\n"
+            "    year    = 2025\n"
+            "}"
+        ),
+    }
 
     def __init__(
         self,
