@@ -182,7 +182,8 @@ class NFTTrainer(GRPOTrainer):
         correct = torch.nan_to_num(rewards, nan=-torch.inf) >= self.args.correct_threshold
         valid = ~unscorable
         rate = group_correct_rate(correct.float(), group_size, valid=valid)
-        # all right or all wrong among the scorable completions (an unscorable row copies its group's first label)
+        # all right or all wrong among the scorable rows: an unscorable row takes its group's majority label,
+        # which cannot change whether the scorable rows agree
         labels = torch.where(valid, correct.float(), rate.round())
         zero_var = zero_variance_groups(labels, group_size)
         keep = valid & ~zero_var if self.args.filter_zero_variance_groups else valid
