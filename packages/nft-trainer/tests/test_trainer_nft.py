@@ -414,3 +414,33 @@ def test_peft_lora_with_num_iterations(tmp_path, tok, dataset):
     assert lora and any(not torch.equal(p, lora[n]) for n, p in trainer.model.named_parameters() if n in lora)
     ratios = [h["nft/ratio_mean"] for h in trainer.state.log_history if "loss" in h]
     assert ratios[0] == pytest.approx(1.0) and abs(ratios[1] - 1.0) > 1e-6
+
+
+def test_reward_signature_check_units():
+    import functools
+
+    from nft_trainer.input_checks import check_reward_signature
+
+    class Verifier:
+        def __call__(self, completions, answer, **kwargs):
+            return [0.0] * len(completions)
+
+    def two_columns(completions, answer, scale, **kwargs):
+        return [0.0] * len(completions)
+
+    check_reward_signature(0, Verifier(), ["prompt", "answer"])  # a callable instance
+    check_reward_signature(
+        0, functools.partial(two_columns, scale=2.0), ["prompt", "answer"]
+    )  # bound by partial
+    check_reward_signature(
+        0, two_columns, None
+    )  # columns unknown (streamed dataset): only **kwargs is checked
+    with pytest.raises(TypeError, match=r"requires \['scale'\]"):
+        check_reward_signature(1, two_columns, ["prompt", "answer"])
+
+    def explicit(prompts, completions, completion_ids, trainer_state, log_extra, log_metric, answer):
+        return [0.0] * len(completions)
+
+    check_reward_signature(0, explicit, ["prompt", "answer"])  # every passed keyword named: accepted
+    with pytest.raises(TypeError, match=r"does not accept the keyword arguments \['level'\]"):
+        check_reward_signature(0, explicit, ["prompt", "answer", "level"])
