@@ -85,7 +85,11 @@ class RunSummary:
             f"  wall time        {self.wall_time_s:.1f} s"
             + (f" (train loop {self.train_runtime_s:.1f} s)" if self.train_runtime_s is not None else ""),
             f"  final reward     {f(self.final_reward)}"
-            + (f" (mean over the completions of step {self.final_reward_step})" if self.final_reward_step else "")
+            + (
+                f" (mean over the completions of step {self.final_reward_step})"
+                if self.final_reward_step
+                else ""
+            )
             + "; with one 0/1 verifier this is the training accuracy",
             f"  eval reward      {f(self.eval_reward)}",
             f"  last checkpoint  {self.last_checkpoint or 'none (save_strategy=no?)'}",
@@ -103,7 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Negative-aware Fine-Tuning (NFT) on TRL from a YAML run file.",
     )
     parser.add_argument("--config", required=True, help="YAML run file (see nft_trainer.run_config)")
-    parser.add_argument("--dry-run", action="store_true", help="validate and print the resolved run; no training")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="validate and print the resolved run; no training"
+    )
     parser.add_argument(
         "--resume",
         nargs="?",
@@ -137,6 +143,21 @@ def _apply_overrides(raw: dict[str, Any], items: Sequence[str]) -> dict[str, Any
     return out
 
 
+def _plain(value: Any) -> Any:
+    """A YAML-safe copy of a config value (enums by value, unknown objects by str)."""
+    import enum
+
+    if isinstance(value, enum.Enum):
+        return _plain(value.value)
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    return str(value)
+
+
 def dry_run_report(spec: RunSpec) -> str:
     """The resolved run as YAML text: run keys, config fields set by the file, and key defaults."""
     import yaml
@@ -145,12 +166,11 @@ def dry_run_report(spec: RunSpec) -> str:
     fields = {}
     for name in list(spec.config_overrides) + [k for k in _KEY_FIELDS if k not in spec.config_overrides]:
         if hasattr(config, name):
-            value = getattr(config, name)
-            fields[name] = value if isinstance(value, (bool, int, float, str, list, dict, type(None))) else str(value)
+            fields[name] = _plain(getattr(config, name))
     run = {
         "trainer": f"{spec.trainer_name} ({spec.trainer_cls.__name__}, {type(config).__name__})",
         "model": spec.model_source,
-        "tokenizer": type(spec.tokenizer).__name__,
+        "tokenizer": f"{type(spec.tokenizer).__name__} (vocabulary {len(spec.tokenizer)})",
         "dataset": f"{spec.run.get('dataset')} ({spec.train_dataset.num_rows} rows, columns "
         f"{spec.train_dataset.column_names})",
         "eval_dataset": None
@@ -194,7 +214,9 @@ def _last_logged(history: list[dict[str, Any]], key: str) -> tuple[float | None,
     return None, None
 
 
-def train(spec: RunSpec, *, resume: str | bool | None = None, callbacks: list[Any] | None = None) -> RunSummary:
+def train(
+    spec: RunSpec, *, resume: str | bool | None = None, callbacks: list[Any] | None = None
+) -> RunSummary:
     """Build the trainer from a resolved run, train (optionally resuming), save, and summarize."""
     from transformers.trainer_utils import get_last_checkpoint
 

@@ -119,7 +119,9 @@ def load_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"--config: {p} must hold a YAML mapping of keys to values, got {type(data).__name__}")
+        raise ConfigError(
+            f"--config: {p} must hold a YAML mapping of keys to values, got {type(data).__name__}"
+        )
     for key in data:
         if not isinstance(key, str):
             raise ConfigError(f"--config: keys must be strings, got {key!r}")
@@ -209,9 +211,13 @@ def resolve_model(run: Mapping[str, Any], *, load: bool = True) -> tuple[Any, An
     if spec.startswith("toy:"):
         name = spec.removeprefix("toy:")
         if name not in TOY_MODELS:
-            raise ConfigError(f"model: unknown toy model {name!r}; available: {['toy:' + m for m in TOY_MODELS]}")
+            raise ConfigError(
+                f"model: unknown toy model {name!r}; available: {['toy:' + m for m in TOY_MODELS]}"
+            )
         if tokenizer_spec is not None:
-            raise ConfigError("tokenizer: toy models use nft_trainer.toy.char_tokenizer(); remove the tokenizer key")
+            raise ConfigError(
+                "tokenizer: toy models use nft_trainer.toy.char_tokenizer(); remove the tokenizer key"
+            )
         toy = _toy_module()
         tokenizer = toy.char_tokenizer()
         if not load:
@@ -253,11 +259,15 @@ def resolve_dataset(key: str, spec: Any, kwargs_value: Any) -> Any:
     """A ``datasets.Dataset`` from a local file/directory or a ``toy:`` spec."""
     kwargs = _check_kwargs(f"{key}_kwargs", kwargs_value)
     if not isinstance(spec, str) or not spec:
-        raise ConfigError(f"{key}: must be a local .json/.jsonl/.parquet file, a directory or 'toy:arithmetic'")
+        raise ConfigError(
+            f"{key}: must be a local .json/.jsonl/.parquet file, a directory or 'toy:arithmetic'"
+        )
     if spec.startswith("toy:"):
         name = spec.removeprefix("toy:")
         if name not in TOY_DATASETS:
-            raise ConfigError(f"{key}: unknown toy dataset {name!r}; available: {['toy:' + d for d in TOY_DATASETS]}")
+            raise ConfigError(
+                f"{key}: unknown toy dataset {name!r}; available: {['toy:' + d for d in TOY_DATASETS]}"
+            )
         toy = _toy_module()
         if "n" not in kwargs:
             raise ConfigError(f"{key}_kwargs: 'n' (number of examples) is required for {spec}")
@@ -281,7 +291,9 @@ def resolve_dataset(key: str, spec: Any, kwargs_value: Any) -> Any:
         raise ConfigError(f"{key}: no such file {spec!r}")
     fmt = DATASET_SUFFIXES.get(path.suffix.lower())
     if fmt is None:
-        raise ConfigError(f"{key}: unsupported file type {path.suffix!r}; use one of {sorted(DATASET_SUFFIXES)}")
+        raise ConfigError(
+            f"{key}: unsupported file type {path.suffix!r}; use one of {sorted(DATASET_SUFFIXES)}"
+        )
     try:
         return datasets.load_dataset(fmt, data_files=str(path), split="train")
     except Exception as e:  # datasets raises many kinds of errors for malformed files
@@ -291,7 +303,9 @@ def resolve_dataset(key: str, spec: Any, kwargs_value: Any) -> Any:
 def _import_object(key: str, spec: str) -> Any:
     module_name, _, attr = spec.rpartition(":")
     if not module_name or not attr:
-        raise ConfigError(f"{key}: {spec!r} must be a verifier name {sorted(VERIFIER_NAMES)} or 'module:function'")
+        raise ConfigError(
+            f"{key}: {spec!r} must be a verifier name {sorted(VERIFIER_NAMES)} or 'module:function'"
+        )
     try:
         if module_name.endswith(".py"):
             file = Path(module_name)
@@ -322,7 +336,9 @@ def resolve_reward_func(spec: Any, *, key: str = "reward_funcs") -> tuple[Callab
         kwargs = _check_kwargs(f"{key}.kwargs", spec.get("kwargs"))
         spec = spec.get("name")
     if not isinstance(spec, str) or not spec:
-        raise ConfigError(f"{key}: each entry must be a name, 'module:function' or {{name, kwargs}}, got {spec!r}")
+        raise ConfigError(
+            f"{key}: each entry must be a name, 'module:function' or {{name, kwargs}}, got {spec!r}"
+        )
     base = spec.removesuffix("_reward")
     if ":" not in spec:
         if base not in VERIFIER_NAMES:
@@ -352,6 +368,7 @@ def resolve_reward_func(spec: Any, *, key: str = "reward_funcs") -> tuple[Callab
         def reward(*args: Any, **kw: Any) -> Any:
             return bound(*args, **kw)
 
+        name = f"{name}[{','.join(f'{k}={v}' for k, v in kwargs.items())}]"
         reward.__name__ = name
         return reward, name
     return fn, name
@@ -382,10 +399,18 @@ def resolve_run(raw: Mapping[str, Any], *, load: bool = True) -> RunSpec:
     if not isinstance(reward_specs, list) or not reward_specs:
         raise ConfigError("reward_funcs: required, a non-empty list (e.g. [numeric_match])")
     rewards = [resolve_reward_func(s, key=f"reward_funcs[{i}]") for i, s in enumerate(reward_specs)]
+    names = [n for _, n in rewards]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ConfigError(
+            f"reward_funcs: {duplicates} listed more than once (use reward_weights to weight one)"
+        )
 
     model, tokenizer, model_source = resolve_model(run, load=load)
     if "dataset" not in run:
-        raise ConfigError("dataset: required (local .json/.jsonl/.parquet file, directory, or toy:arithmetic)")
+        raise ConfigError(
+            "dataset: required (local .json/.jsonl/.parquet file, directory, or toy:arithmetic)"
+        )
     train_dataset = resolve_dataset("dataset", run["dataset"], run.get("dataset_kwargs"))
     eval_dataset = None
     if run.get("eval_dataset") is not None:
