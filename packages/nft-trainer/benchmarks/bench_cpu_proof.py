@@ -43,8 +43,8 @@ from typing import Any
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # 6-10x faster for tiny models; inherited by the workers
 
-import torch  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
+import torch
+from tqdm.auto import tqdm
 
 RESULTS = Path(__file__).resolve().parent / "results"
 METHODS = ("NFT", "RFT", "GRPO", "Dr. GRPO", "DAPO")
@@ -60,7 +60,7 @@ class Settings:
     digits: int = 2
     ops: str = "+-"
     n_train: int = 5000
-    n_test: int = 300
+    n_test: int = 1000
     data_seed: int = 0
     # model
     hidden_size: int = 64
@@ -71,20 +71,20 @@ class Settings:
     # SFT
     sft_lr: float = 3e-3
     sft_batch: int = 64
-    sft_eval_every: int = 100
+    sft_eval_every: int = 20
     sft_max_steps: int = 6000
     target_acc: float = 0.30
     # RL (identical for every method)
-    rl_steps: int = 100
-    rl_lr: float = 1e-4
+    rl_steps: int = 300
+    rl_lr: float = 2e-4
     num_generations: int = 8
-    batch_completions: int = 32  # completions per optimizer step (4 prompts x 8)
+    batch_completions: int = 128  # completions per optimizer step (16 prompts x 8)
     steps_per_generation: int = 2  # each generation round feeds 2 optimizer steps (off-policy 2nd step)
     temperature: float = 1.0
-    eval_every: int = 10
+    eval_every: int = 20
     # throughput
-    tp_steps: int = 20
-    tp_repeats: int = 2
+    tp_steps: int = 30
+    tp_repeats: int = 4
 
     @property
     def max_completion_length(self) -> int:
@@ -253,7 +253,9 @@ def load_sft(ckpt: Path, s: Settings):
 
     meta = json.loads((ckpt / "meta.json").read_text())
     if meta.get("key") != s.key(*SFT_FIELDS):
-        raise ValueError(f"checkpoint {ckpt} was trained with other settings than requested: delete it and rerun")
+        raise ValueError(
+            f"checkpoint {ckpt} was trained with other settings than requested: delete it and rerun"
+        )
     return LlamaForCausalLM.from_pretrained(ckpt, dtype=torch.float32)
 
 
@@ -445,6 +447,20 @@ def run_all(
 
 # --------------------------------------------------------------------------------------------------
 # Stage 3: throughput NFTTrainer vs GRPOTrainer
+def _time_method(obj: Any, name: str, spent: dict[str, float], key: str) -> None:
+    """Wrap ``obj.name`` (instance attribute) so that its CPU time accumulates in ``spent[key]``."""
+    inner: Callable[..., Any] = getattr(obj, name)
+
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        c = time.process_time()
+        try:
+            return inner(*args, **kwargs)
+        finally:
+            spent[key] += time.process_time() - c
+
+    setattr(obj, name, timed)
+
+
 def throughput(s: Settings, ckpt: Path, *, pair: tuple[str, str] = ("GRPO", "NFT")) -> list[dict[str, Any]]:
     """Interleaved runs of both trainers in this process; time only between train begin and end."""
     from transformers import TrainerCallback
@@ -462,6 +478,9 @@ def throughput(s: Settings, ckpt: Path, *, pair: tuple[str, str] = ("GRPO", "NFT
             clock = Clock()
             with tempfile.TemporaryDirectory() as tmp:
                 trainer, counter = build_trainer(method, 0, s, ckpt, tmp, steps=s.tp_steps, callbacks=[clock])
+                spent = {"generate_and_score": 0.0, "training_step": 0.0}
+                _time_method(trainer, "_generate_and_score_completions", spent, "generate_and_score")
+                _time_method(trainer, "training_step", spent, "training_step")
                 trainer.train()
             rows.append(
                 {
@@ -473,6 +492,8 @@ def throughput(s: Settings, ckpt: Path, *, pair: tuple[str, str] = ("GRPO", "NFT
                     "completion_tokens": counter.tokens,
                     "wall_s": clock.wall,
                     "cpu_s": clock.cpu,
+                    "generate_and_score_cpu_s": spent["generate_and_score"],
+                    "training_step_cpu_s": spent["training_step"],
                 }
             )
     return rows
@@ -495,7 +516,9 @@ def summarize(results: list[dict], methods: Sequence[str]) -> list[dict[str, Any
         best = [max(c["test_acc"] for c in r["curve"]) for r in runs]
         # area under the accuracy-vs-step curve / steps: rewards learning early as well as the end point
         auc = [
-            statistics.fmean(c["test_acc"] for c in r["curve"][1:]) if len(r["curve"]) > 1 else r["curve"][0]["test_acc"]
+            statistics.fmean(c["test_acc"] for c in r["curve"][1:])
+            if len(r["curve"]) > 1
+            else r["curve"][0]["test_acc"]
             for r in runs
         ]
         fm, fs = _mean_std(final)
@@ -537,12 +560,21 @@ def summarize_throughput(rows: list[dict]) -> list[dict[str, Any]]:
                 "completions_per_wall_s": comp / wall,
                 "tokens_per_wall_s": tok / wall,
                 "cpu_s_per_step": cpu / sum(r["steps"] for r in rs),
+                "generate_and_score_cpu_s_per_step": sum(r["generate_and_score_cpu_s"] for r in rs)
+                / sum(r["steps"] for r in rs),
+                # TRL generates inside training_step (via _prepare_inputs): the rest is the loss forward+backward
+                "loss_fwd_bwd_cpu_s_per_step": sum(
+                    r["training_step_cpu_s"] - r["generate_and_score_cpu_s"] for r in rs
+                )
+                / sum(r["steps"] for r in rs),
             }
         )
     if len(out) == 2:
         base = next(o for o in out if o["trainer"] == "GRPOTrainer")
         for o in out:
-            o["cpu_overhead_vs_grpo_pct"] = 100.0 * (base["completions_per_cpu_s"] / o["completions_per_cpu_s"] - 1)
+            o["cpu_overhead_vs_grpo_pct"] = 100.0 * (
+                base["completions_per_cpu_s"] / o["completions_per_cpu_s"] - 1
+            )
             o["wall_overhead_vs_grpo_pct"] = 100.0 * (
                 base["completions_per_wall_s"] / o["completions_per_wall_s"] - 1
             )
@@ -597,8 +629,12 @@ def plot(results: list[dict], methods: Sequence[str], path: Path) -> None:
                 alpha=0.6,
                 label=m if r is runs[0] else None,
             )
-    axes[0].set(xlabel="optimizer step", ylabel="greedy test accuracy", title="mean over seeds (band: min-max)")
-    axes[1].set(xlabel="training CPU seconds (evaluation excluded)", ylabel="greedy test accuracy", title="per seed")
+    axes[0].set(
+        xlabel="optimizer step", ylabel="greedy test accuracy", title="mean over seeds (band: min-max)"
+    )
+    axes[1].set(
+        xlabel="training CPU seconds (evaluation excluded)", ylabel="greedy test accuracy", title="per seed"
+    )
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend()
@@ -617,9 +653,7 @@ def report(
     wall_total: float,
 ) -> str:
     out.mkdir(parents=True, exist_ok=True)
-    curves = [
-        {"method": r["method"], "seed": r["seed"], **c} for r in results for c in r["curve"]
-    ]
+    curves = [{"method": r["method"], "seed": r["seed"], **c} for r in results for c in r["curve"]]
     summary = summarize(results, methods)
     tp = summarize_throughput(tp_rows) if tp_rows else []
     _write_csv(out / "cpu_proof_curves.csv", curves)
@@ -679,6 +713,8 @@ def report(
                     "completions_per_wall_s",
                     "tokens_per_wall_s",
                     "cpu_s_per_step",
+                    "generate_and_score_cpu_s_per_step",
+                    "loss_fwd_bwd_cpu_s_per_step",
                     "cpu_overhead_vs_grpo_pct",
                     "wall_overhead_vs_grpo_pct",
                 ],
