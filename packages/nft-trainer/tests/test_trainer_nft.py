@@ -444,3 +444,38 @@ def test_reward_signature_check_units():
     check_reward_signature(0, explicit, ["prompt", "answer"])  # every passed keyword named: accepted
     with pytest.raises(TypeError, match=r"does not accept the keyword arguments \['level'\]"):
         check_reward_signature(0, explicit, ["prompt", "answer", "level"])
+
+
+@pytest.mark.parametrize("reduction", ["sum", "token_mean", "sequence_mean"])
+def test_micro_batch_losses_add_up_to_the_step_loss(tmp_path, tok, dataset, reduction):
+    """gradient_accumulation_steps=2: the two micro-batch losses sum to the reduction over the whole step batch."""
+    from trl.trainer.utils import split_tensor_dict
+
+    trainer = _trainer(
+        tmp_path,
+        tok,
+        dataset,
+        loss_reduction=reduction,
+        gradient_accumulation_steps=2,
+        per_device_train_batch_size=8,
+    )
+    inputs = _batch(trainer)  # the generation batch: 2 micro-batches of 8
+    assert inputs["completion_ids"].shape[0] == 16
+    with torch.no_grad():
+        current = _logps(trainer, inputs)
+    inputs["old_per_token_logps"] = current + 0.2 * torch.randn(
+        current.shape, generator=torch.Generator().manual_seed(1)
+    )
+    halves = split_tensor_dict(inputs, 2)
+    total = sum(trainer._compute_loss(trainer.model, half) for half in halves)
+    mask = inputs["completion_mask"] * inputs["nft_keep"][:, None]
+    expected, _ = nft_loss(
+        _logps(trainer, inputs),
+        inputs["old_per_token_logps"],
+        inputs["nft_correct"],
+        inputs["nft_correct_rate"],
+        mask,
+        reduction=reduction,
+    )
+    assert expected.item() != 0.0
+    torch.testing.assert_close(total, expected, rtol=1e-5, atol=1e-8)
