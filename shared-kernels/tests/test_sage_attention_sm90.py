@@ -399,7 +399,9 @@ def test_emulated_wgmma_plumbing(d):
         x = [0.0] * 64
         for j in range(16):
             for e in range(4):
-                x[4 * j + e] = p[16 * w + g + 8 * (e >> 1), 16 * (j >> 1) + 4 * t + 2 * (j & 1) + (e & 1)].item()
+                x[4 * j + e] = p[
+                    16 * w + g + 8 * (e >> 1), 16 * (j >> 1) + 4 * t + 2 * (j & 1) + (e & 1)
+                ].item()
         pl.append(x)
     o = [[0.0] * (d // 2) for _ in range(128)]
     for c in range(4):
@@ -468,7 +470,7 @@ def test_cuda_refused_off_sm90():
     if _sm90() or not torch.cuda.is_available():
         pytest.skip("this GPU is sm90 (or none)")
     args, _ = _quantized(1, 1, 1, 16, 16, 64, seed=21)
-    with pytest.raises(RuntimeError, match="9.0"):
+    with pytest.raises(RuntimeError, match=r"9\.0"):
         sk.sage_attention_fwd_sm90(*(t.cuda() for t in args), backend="cuda")
     out, _ = sk.sage_attention_fwd_sm90(*(t.cuda() for t in args))  # auto: the reference
     assert torch.isfinite(out).all()

@@ -88,7 +88,9 @@ def _(q, k, v_t, q_scale, k_scale, v_scale, is_causal, out_dtype, backend):
 def _check_args(q, k, v_t, q_scale, k_scale, v_scale, is_causal, out_dtype) -> bool:
     _validate.check_tensor("q", q, dtypes=(torch.int8,), ndim=4, contiguous=True)
     _validate.check_tensor("k", k, dtypes=(torch.int8,), ndim=4, contiguous=True, device=q.device)
-    _validate.check_tensor("v_t", v_t, dtypes=(torch.float8_e4m3fn,), ndim=4, contiguous=True, device=q.device)
+    _validate.check_tensor(
+        "v_t", v_t, dtypes=(torch.float8_e4m3fn,), ndim=4, contiguous=True, device=q.device
+    )
     for name, t in (("q_scale", q_scale), ("k_scale", k_scale), ("v_scale", v_scale)):
         _validate.check_tensor(name, t, dtypes=(torch.float32,), ndim=3, contiguous=True, device=q.device)
     is_causal = _validate.check_bool("is_causal", is_causal)
@@ -103,7 +105,9 @@ def _check_args(q, k, v_t, q_scale, k_scale, v_scale, is_causal, out_dtype) -> b
         raise ValueError(f"k must be [B={b}, Hkv, Nk, D={d}] like q, got shape {tuple(k.shape)}")
     hkv, nk = k.shape[1], k.shape[2]
     if hkv < 1 or hq % hkv:
-        raise ValueError(f"q has {hq} heads and k {hkv}: the q heads must be a multiple of the kv heads (GQA)")
+        raise ValueError(
+            f"q has {hq} heads and k {hkv}: the q heads must be a multiple of the kv heads (GQA)"
+        )
     if nk < 1:
         raise ValueError(f"k has {nk} keys; at least 1 is needed")
     nkp = v_t.shape[3]
