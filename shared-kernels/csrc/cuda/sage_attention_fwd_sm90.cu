@@ -142,6 +142,7 @@ __device__ __forceinline__ void wgmma_wait_all() { asm volatile("wgmma.wait_grou
 // Keeps the compiler from moving accumulator reads / writes across the asynchronous wgmma.
 __device__ __forceinline__ void reg_fence(int& r) { asm volatile("" : "+r"(r)::"memory"); }
 __device__ __forceinline__ void reg_fence(float& r) { asm volatile("" : "+f"(r)::"memory"); }
+__device__ __forceinline__ void reg_fence(uint32_t& r) { asm volatile("" : "+r"(r)::"memory"); }
 
 __device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, int src_bytes) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes) : "memory");
@@ -269,7 +270,10 @@ __device__ __forceinline__ void attn_fwd_sm90(const Params& prm) {
     // ---- S = Q.K^T (int32), 64 x 128 per warpgroup ----
     int s[64];
 #pragma unroll
-    for (int i = 0; i < 64; ++i) s[i] = 0;
+    for (int i = 0; i < 64; ++i) {
+      s[i] = 0;
+      reg_fence(s[i]);  // defined before the wgmma.fence, not between it and the wgmma
+    }
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < kKSteps; ++kk) {
@@ -331,7 +335,15 @@ __device__ __forceinline__ void attn_fwd_sm90(const Params& prm) {
     // ---- O_blk = P.V (fresh accumulator), then O = O * alpha + O_blk ----
     float ob[D / 2];
 #pragma unroll
-    for (int i = 0; i < D / 2; ++i) ob[i] = 0.f;
+    for (int i = 0; i < D / 2; ++i) {
+      ob[i] = 0.f;
+      reg_fence(ob[i]);
+    }
+#pragma unroll
+    for (int c = 0; c < 4; ++c) {
+#pragma unroll
+      for (int r = 0; r < 4; ++r) reg_fence(pf[c][r]);
+    }
     wgmma_fence();
 #pragma unroll
     for (int c = 0; c < 4; ++c) {
