@@ -229,6 +229,31 @@ def test_status_says_why_not_here():
     assert op_mod.CUDA_SPECS[0].expect[90] == ("wgmma",)
 
 
+@pytest.mark.parametrize(
+    "archs, binding, capability, expect",
+    [
+        ("80,89,90a,100a", True, (9, 0), ""),
+        ("80,89,90a,100a", True, (8, 9), "sm89"),
+        ("80,89,90a,100a", True, (10, 0), "sm100"),
+        ("80,89,100a", True, (9, 0), "no sm_90a code"),
+        ("80,89,90a,100a", False, (9, 0), "lacks sage_attention_fwd_sm90_cuda"),
+    ],
+)
+def test_status_logic(monkeypatch, archs, binding, capability, expect):
+    class FakeC:
+        cuda_archs = archs
+
+    if binding:
+        FakeC.sage_attention_fwd_sm90_cuda = staticmethod(lambda *a: None)
+    monkeypatch.setattr(op_mod._backend, "backend_status", lambda b, d: (True, ""))
+    monkeypatch.setattr(op_mod._lib, "native", lambda: FakeC)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    ok, why = sk.sage_attention_sm90_status("cuda:0")
+    assert ok is (expect == "") and expect in why
+    assert "not on cpu" in sk.sage_attention_sm90_status("cpu")[1]
+
+
 def test_opcheck():
     args, _ = _quantized(1, 2, 1, 9, 11, 64, seed=11)
     # opcheck's schema check compares fp8 tensors with ops the CPU lacks for float8: skip only that one

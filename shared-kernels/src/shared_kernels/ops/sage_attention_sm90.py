@@ -27,6 +27,9 @@ _backend.register_op(
 def sage_attention_sm90_status(device: torch.device | str | None = None) -> tuple[bool, str]:
     """``(usable, reason)`` of the CUDA kernel for ``device`` (default: the current CUDA device): the build
     holds sm_90a code and the binding, and the device has compute capability 9.0."""
+    dev = torch.device("cuda") if device is None else torch.device(device)
+    if dev.type != "cuda":
+        return False, f"the kernel runs on CUDA tensors, not on {dev.type}"
     ok, why = _backend.backend_status("cuda", "cuda")
     if not ok:
         return False, why
@@ -38,9 +41,6 @@ def sage_attention_sm90_status(device: torch.device | str | None = None) -> tupl
         return False, f"the compiled module lacks {_BINDING} (rebuild shared-kernels)"
     if not torch.cuda.is_available():
         return False, "compiled, but no CUDA GPU is present"
-    dev = torch.device("cuda") if device is None else torch.device(device)
-    if dev.type != "cuda":
-        return False, f"the kernel runs on CUDA tensors, not on {dev.type}"
     cap = torch.cuda.get_device_capability(dev)
     if cap != (9, 0):
         return False, f"the kernel needs compute capability 9.0 (Hopper), {dev} is sm{cap[0]}{cap[1]}"
