@@ -19,8 +19,10 @@
 // Epilogue: O / l * v_scale[channel] to fp16 / bf16, lse = ln 2 * (m + log2 l - log2 448).
 //
 // Cost per (batch, q head): 2 * Nq * Nk_eff * D INT8 ops + 2 * Nq * Nk_eff * D FP8 ops (Nk_eff = Nk, about
-// Nk / 2 when causal), plus ~Nq * Nk_eff exp2. Bytes: Q, out and lse once (Nq * D * (1 + 2) + 4 * Nq), K and V^T
-// once per 64-row q tile (ceil(Nq / 64) * Nk * 2D, mostly from L2), scales. Compute-bound for Nq, Nk >> 64.
+// Nk / 2 when causal), plus ~Nq * Nk_eff exp2. Bytes from DRAM: Q, out and lse once (Nq * D * (1 + 2) + 4 * Nq),
+// K and V^T once (2 * Nk * D, per kv head), scales. Bytes into shared memory: K and V^T once per 64-row q tile
+// (ceil(Nq / 64) * 2 * Nk * D, from L2): 128 ops per byte, so the L2 -> SM stream, not DRAM, is the second
+// limit after the tensor cores.
 //
 // Code for other archs: the kernel body exists only where __CUDA_ARCH_FEAT_SM90_ALL is defined (sm_90a); on
 // sm80 / sm89 / sm100a it is a __trap() stub and the launcher refuses devices other than compute capability 9.0.

@@ -164,10 +164,11 @@ def sage_attention_fwd_sm90(
     natural log, of the scores as given (add ``q·mean(k)·sm_scale`` for the un-smoothed K). The ``cuda``
     backend needs an sm90 GPU and a build with sm_90a (:func:`sage_attention_sm90_status`); ``auto`` takes
     it there and the reference elsewhere. Scales must be finite (not checked: no device sync).
-    Cost: ``4·B·Hq·Nq·Nk·D`` ops (half INT8 IGMMA, half FP8 QGMMA; about half when causal). Bytes: at
-    least ``B·Hq·Nq·D·(1 + 2) + 2·B·Hkv·Nk·D + 4·B·Hq·Nq`` (+ scales); K/V are re-read per 64-row q tile
-    (from L2). Roofline, B=1, H=32, N=8192, D=128 (1.1e12 ops, ~0.2 GB) on an H100 SXM (dense peaks
-    1979 INT8 TOPS, 1979 FP8 TFLOPS, 3.35 TB/s): >= 0.28 + 0.28 = 0.56 ms compute, 0.06 ms memory.
+    Cost: ``4·B·Hq·Nq·Nk·D`` ops (half INT8 IGMMA, half FP8 QGMMA; about half when causal). DRAM bytes:
+    at least ``B·Hq·Nq·D·(1 + 2) + 2·B·Hkv·Nk·D + 4·B·Hq·Nq`` (+ scales); K/V reach shared memory once per
+    64-row q tile (``ceil(Nq / 64)·2·B·Hq·Nk·D`` bytes from L2, 128 ops per byte). Roofline, B=1, H=32,
+    N=8192, D=128 (1.10e12 ops, 0.17 GB DRAM, 8.6 GB L2 -> SM) on an H100 SXM (dense peaks 1979 INT8
+    TOPS, 1979 FP8 TFLOPS, 3.35 TB/s): >= 0.28 + 0.28 = 0.56 ms tensor cores, 0.05 ms DRAM.
     """
     is_causal = _check_args(q, k, v_t, q_scale, k_scale, v_scale, is_causal, out_dtype)
     resolved = _backend.resolve_backend(_OP, backend, q.device)
