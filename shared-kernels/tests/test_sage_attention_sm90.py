@@ -499,3 +499,132 @@ def test_cuda_refused_off_sm90():
         sk.sage_attention_fwd_sm90(*(t.cuda() for t in args), backend="cuda")
     out, _ = sk.sage_attention_fwd_sm90(*(t.cuda() for t in args))  # auto: the reference
     assert torch.isfinite(out).all()
+
+
+# ---- the whole CTA, thread by thread (CPU) -------------------------------------------------------
+# attn_fwd_sm90 transcribed per thread (128 threads, registers as [thread, reg] tensors): qf loads, the
+# block loop with load_stage's zero-fill, the wgmma products through the emulated fragments/descriptors,
+# sc_even / sc_odd, need_mask and the key/row of every register, the quad-shuffle row max and sum, the e4m3
+# packing, two-level accumulation and the epilogue (row >= Nq skipped, lse). Held to the vectorized
+# emulation (same float32 operations up to summation order) and to the reference.
+
+
+def _load_stage_full(kh, vth, nk, k0, d):
+    kchunks = d // 16
+    smem = [0.0] * (2 * 128 * d)
+    for i in range(128 * kchunks):
+        pl, c, pg = i & 7, (i >> 3) % kchunks, i // (8 * kchunks)
+        key = k0 + op_perm_key(pg * 8 + pl)
+        dst = pg * (8 * d) + c * 128 + pl * 16
+        smem[dst : dst + 16] = kh[key, c * 16 : c * 16 + 16].tolist() if key < nk else [0.0] * 16
+    for i in range(d * 8):
+        dl, c, dg = i & 7, (i >> 3) & 7, i >> 6
+        key = k0 + c * 16
+        n = max(0, min(16, nk - key))
+        dst = 128 * d + dg * 1024 + c * 128 + dl * 16
+        smem[dst : dst + 16] = vth[dg * 8 + dl, key : key + n].tolist() + [0.0] * (16 - n)
+    return smem
+
+
+def _emulate_cta(q8h, k8h, vth, qsh, ksh, vsh, q0, causal):
+    nq, d = q8h.shape
+    nk = k8h.shape[0]
+    tid = torch.arange(128)
+    w, g, t = tid >> 5, (tid & 31) >> 2, tid & 3
+    wrow0 = q0 + 16 * w
+    r_lo = wrow0 + g
+    r_hi = r_lo + 8
+    qh = q8h.double()
+    a_qk = []
+    for kk in range(d // 32):
+        regs = []
+        for i in range(128):
+            c = kk * 32 + 4 * int(t[i])
+
+            def row(r, c0, c=c):
+                return qh[r, c0 + c : c0 + c + 4].tolist() if r < nq else [0.0] * 4
+
+            lo, hi = int(r_lo[i]), int(r_hi[i])
+            regs.append([row(lo, 0), row(hi, 0), row(lo, 16), row(hi, 16)])
+        a_qk.append(regs)
+    q_sc = torch.where(wrow0 < nq, qsh[torch.clamp((r_lo // 16) * 8 + r_lo % 8, max=qsh.numel() - 1)], 0.0)
+    kv_end = min(nk, q0 + 64) if causal else nk
+    nkb = -(-kv_end // 128)
+    reg = torch.arange(64)
+    j, e = reg >> 2, reg & 3
+    half = (reg >> 1) & 1
+    o = torch.zeros(128, d // 2)
+    m = torch.full((128, 2), float("-inf"))
+    lsum = torch.zeros(128, 2)
+    off = torch.tensor(math.log2(448.0), dtype=torch.float32)
+    for kb in range(nkb):
+        k0 = kb * 128
+        smem = _load_stage_full(k8h.double(), vth.double(), nk, k0, d)
+        s = [[0.0] * 64 for _ in range(128)]
+        for kk in range(d // 32):
+            _wgmma(a_qk[kk], _wgmma_b(smem, kk * 256, 128, 8 * d, 128), s)
+        sc_even = q_sc * ksh[kb * 4 + 2 * (t & 1)]
+        sc_odd = q_sc * ksh[kb * 4 + 2 * (t & 1) + 1]
+        x = torch.tensor(s, dtype=torch.float32) * torch.where(
+            (j & 1).bool()[None, :], sc_odd[:, None], sc_even[:, None]
+        )
+        need_mask = k0 + 128 > nk or (causal and k0 + 127 > q0)
+        if need_mask:
+            key = k0 + 16 * (j >> 1)[None, :] + 4 * t[:, None] + 2 * (j & 1)[None, :] + (e & 1)[None, :]
+            row = torch.where((e < 2)[None, :], r_lo[:, None], r_hi[:, None])
+            x = x.masked_fill((key >= nk) | ((key > row) & causal), float("-inf"))
+        mx = torch.stack([x[:, half == h].amax(1) for h in (0, 1)], 1)
+        mx = mx.view(32, 4, 2).amax(1).repeat_interleave(4, 0)  # shfl_xor 1, 2 inside each quad
+        m_new = torch.maximum(m, mx)
+        m_use = torch.where(m_new == float("-inf"), torch.zeros_like(m_new), m_new)
+        alpha = torch.exp2(m - m_use)
+        m = m_new
+        p = torch.exp2(x - m_use[:, half] + off)
+        lsum = lsum * alpha + torch.stack([p[:, half == h].sum(1) for h in (0, 1)], 1)
+        pe = p.to(torch.float8_e4m3fn).double()
+        ob = [[0.0] * (d // 2) for _ in range(128)]
+        for c in range(4):
+            regs = []
+            for i in range(128):
+                xx = pe[i, 16 * c : 16 * c + 16].tolist()
+                regs.append([[xx[0], xx[1], xx[4], xx[5]], [xx[2], xx[3], xx[6], xx[7]],
+                             [xx[8], xx[9], xx[12], xx[13]], [xx[10], xx[11], xx[14], xx[15]]])  # fmt: skip
+            _wgmma(regs, _wgmma_b(smem, 128 * d + c * 256, 128, 1024, d), ob)
+        o = o * alpha[:, (torch.arange(d // 2) >> 1) & 1] + torch.tensor(ob, dtype=torch.float32)
+    lsum = lsum.view(32, 4, 2).sum(1).repeat_interleave(4, 0)
+    out = torch.full((64, d), float("nan"))
+    lse = torch.full((64,), float("nan"))
+    for i in range(128):
+        for h in range(2):
+            r = int(r_lo[i]) + 8 * h
+            if r >= nq:
+                continue
+            inv = 1.0 / lsum[i, h] if lsum[i, h] > 0 else 0.0
+            for jj in range(d // 8):
+                col = jj * 8 + 2 * int(t[i])
+                out[r - q0, col] = o[i, 4 * jj + 2 * h] * inv * vsh[col]
+                out[r - q0, col + 1] = o[i, 4 * jj + 2 * h + 1] * inv * vsh[col + 1]
+            if t[i] == 0:
+                lse[r - q0] = (m[i, h] + torch.log2(lsum[i, h]) - off) * math.log(2.0)
+    return out[: max(0, min(64, nq - q0))], lse[: max(0, min(64, nq - q0))]
+
+
+@pytest.mark.parametrize(
+    "shape, causal",
+    [((1, 2, 1, 70, 200, 64), True), ((1, 1, 1, 70, 140, 64), False), ((1, 1, 1, 20, 130, 128), False)],
+)
+def test_emulated_cta_thread_by_thread(shape, causal):
+    b, hq, hkv, nq, nk, d = shape
+    (q8, k8, vt, qs, ks, vs), _ = _quantized(b, hq, hkv, nq, nk, d, seed=50 + nq)
+    want, want_lse = ref.sage_attention_fwd_sm90(q8, k8, vt, qs, ks, vs, causal, torch.float32)
+    emu, emu_lse = _emulate_kernel(q8, k8, vt, qs, ks, vs, causal, torch.float32)
+    hq_, hk = hq - 1, (hq - 1) // (hq // hkv)  # the last q head (GQA: kv head hk)
+    outs, lses = [], []
+    for q0 in range(0, nq, 64):
+        o, lse = _emulate_cta(q8[0, hq_], k8[0, hk], vt[0, hk], qs[0, hq_], ks[0, hk], vs[0, hk], q0, causal)
+        outs.append(o)
+        lses.append(lse)
+    out, lse = torch.cat(outs), torch.cat(lses)
+    torch.testing.assert_close(out, emu[0, hq_], atol=1e-5 * emu.abs().max().item(), rtol=1e-4)
+    torch.testing.assert_close(lse, emu_lse[0, hq_], atol=1e-5, rtol=1e-6)
+    _assert_kernel_close(out, lse, want[0, hq_], want_lse[0, hq_])
