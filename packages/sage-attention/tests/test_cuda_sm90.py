@@ -216,3 +216,15 @@ def test_cuda_sageattn_dispatch_uses_the_kernel_on_sm90():
     o = variants.sageattn_qk_int8_pv_fp8_cuda_sm90(q, k, v, tensor_layout="HND")
     want = variants.sageattn_qk_int8_pv_fp8_cuda_sm90(q, k, v, backend="torch")
     _close(o.float().cpu(), want.float().cpu(), torch.zeros(1), torch.zeros(1))
+
+
+def test_device_status_is_computed_once_per_device(monkeypatch):
+    calls = []
+    monkeypatch.setattr(cuda_sm90, "kernel_available", lambda dev: calls.append(dev) or (True, ""))
+    cuda_sm90._device_status.cache_clear()
+    try:
+        assert cuda_sm90._device_status(0) == (True, "") == cuda_sm90._device_status(0)
+        cuda_sm90._device_status(1)
+        assert calls == [torch.device("cuda", 0), torch.device("cuda", 1)]
+    finally:
+        cuda_sm90._device_status.cache_clear()

@@ -25,6 +25,7 @@ makes every score of a NaN/inf group NaN, the kernel's rows touching such a grou
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 
@@ -78,6 +79,13 @@ def register(device: torch.device | str | None = None) -> bool:
     return ok
 
 
+@functools.cache
+def _device_status(index: int) -> tuple[bool, str]:
+    """:func:`kernel_available` for CUDA device ``index``, once per process (it builds the whole
+    ``shared_kernels.capabilities()`` report: too slow for every attention call)."""
+    return kernel_available(torch.device("cuda", index))
+
+
 def _padded(d: int) -> int:
     return 64 if d <= 64 else 128
 
@@ -100,7 +108,11 @@ def supported(p: Prepared, cfg: modes.SageConfig, device_check: bool = True) -> 
         ("head dim", d, d <= 128),
     ]
     if device_check:
-        ok, why = kernel_available(p.q.device) if p.q.is_cuda else (False, "not a CUDA tensor")
+        dev = p.q.device
+        if dev.type == "cuda":
+            ok, why = _device_status(dev.index if dev.index is not None else torch.cuda.current_device())
+        else:
+            ok, why = False, "not a CUDA tensor"
         checks.append(("device", f"{p.q.device} ({why})", p.q.is_cuda and ok))
     for name, val, ok in checks:
         if not ok:
