@@ -254,6 +254,47 @@ def test_status_logic(monkeypatch, archs, binding, capability, expect):
     assert "not on cpu" in sk.sage_attention_sm90_status("cpu")[1]
 
 
+_LAUNCH_OK = dict(
+    q=16, k=16, v_t=16, q_scale=16, k_scale=16, v_scale=16, out=16, lse=16, B=1, Hq=2, Hkv=1, Nq=70, Nk=90,
+    Nkp=96, D=64, q_scale_len=40, k_scale_len=4, causal=False, out_dtype=1, stream=0,
+)  # fmt: skip  # fake addresses: every case below is refused before any pointer is touched
+
+
+@pytest.mark.skipif(
+    not hasattr(_lib._C, "sage_attention_fwd_sm90_cuda"), reason="CPU-only build: no CUDA launcher"
+)
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (dict(D=96), "head dim D must be 64 or 128"),
+        (dict(Hkv=3), "bad sizes"),
+        (dict(Nk=0), "bad sizes"),
+        (dict(Nkp=80), "Nkp must be >= Nk and a multiple of 16"),
+        (dict(Nkp=100), "Nkp must be >= Nk and a multiple of 16"),
+        (dict(q_scale_len=39), "too few groups"),
+        (dict(k_scale_len=3), "too few groups"),
+        (dict(out_dtype=3), "out_dtype code"),
+        (dict(k=24), "16-byte aligned"),
+        (dict(lse=18), "16-byte aligned"),
+        (dict(Hq=70000, Hkv=70000), "max 65535"),
+    ],
+)
+def test_cuda_launcher_refuses_bad_arguments(change, match):
+    """The C++ launcher's own checks (they run before any CUDA call, so also on a machine without a GPU)."""
+    with pytest.raises(ValueError, match=match):
+        _lib._C.sage_attention_fwd_sm90_cuda(**{**_LAUNCH_OK, **change})
+
+
+@pytest.mark.skipif(
+    not hasattr(_lib._C, "sage_attention_fwd_sm90_cuda") or torch.cuda.is_available(),
+    reason="needs a CUDA build on a machine without a GPU",
+)
+def test_cuda_launcher_without_a_device_raises_instead_of_launching():
+    with pytest.raises(RuntimeError, match="cudaGetDevice"):
+        _lib._C.sage_attention_fwd_sm90_cuda(**_LAUNCH_OK)
+    _lib._C.sage_attention_fwd_sm90_cuda(**{**_LAUNCH_OK, "Nq": 0})  # nothing to do: returns at once
+
+
 def test_opcheck():
     args, _ = _quantized(1, 2, 1, 9, 11, 64, seed=11)
     # opcheck's schema check compares fp8 tensors with ops the CPU lacks for float8: skip only that one
