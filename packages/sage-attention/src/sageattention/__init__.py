@@ -24,11 +24,7 @@ if importlib.util.find_spec("triton") is not None:  # Triton kernels behind the 
     from . import triton_variants  # noqa: F401  (registers into variants.KERNELS)
 # compiled kernels after Triton: register_kernel(first=True) puts them ahead of it in the chain
 from . import cuda_kernels  # noqa: F401  (registers where shared-kernels has the CUDA op)
-
-if (
-    importlib.util.find_spec(f"{__name__}.cuda_sm90") is not None
-):  # the Hopper wgmma kernel (added separately)
-    from . import cuda_sm90  # noqa: F401
+from . import cuda_sm90  # noqa: F401  (the Hopper wgmma kernel, where built and on sm90)
 
 __all__ = [
     "__version__",
