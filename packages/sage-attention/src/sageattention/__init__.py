@@ -23,8 +23,10 @@ from .varlen import sageattn_varlen
 if importlib.util.find_spec("triton") is not None:  # Triton kernels behind the upstream *_cuda names
     from . import triton_variants  # noqa: F401  (registers into variants.KERNELS)
 # compiled kernels after Triton: register_kernel(first=True) puts them ahead of it in the chain
-from . import cuda_kernels  # noqa: F401  (registers where shared-kernels has the CUDA op)
-from . import cuda_sm90  # noqa: F401  (the Hopper wgmma kernel, where built and on sm90)
+from . import (
+    cuda_kernels,  # noqa: F401  (registers where shared-kernels has the CUDA op)
+    cuda_sm90,  # noqa: F401  (the Hopper wgmma kernel, where built and on sm90)
+)
 
 __all__ = [
     "__version__",
