@@ -10,7 +10,7 @@ import dataclasses
 import pytest
 import shared_kernels
 import torch
-from sageattention import core, cuda_sm90, modes, variants
+from sageattention import core, cuda_kernels, cuda_sm90, modes, variants
 
 SM90_CFG = modes.SageConfig(
     qk_quant_gran="per_thread", blkq=64, warpq=16, blkk=128, warpk=128, prescale_q=False,
@@ -73,21 +73,34 @@ def _fake_caps(usable=True, archs=("80", "89", "90a", "100a"), with_op=True):
         (_fake_caps(with_op=False), (9, 0), False, "no 'cuda' backend"),
     ],
 )
-def test_register_only_where_the_kernel_runs(monkeypatch, caps, capability, expect, reason):
+def test_kernel_available_only_where_the_kernel_runs(monkeypatch, caps, capability, expect, reason):
     monkeypatch.setattr(shared_kernels, "capabilities", lambda: caps)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
-    monkeypatch.setattr(variants, "KERNELS", {})
     ok, why = cuda_sm90.kernel_available()
     assert ok is expect and reason in why
-    assert cuda_sm90.register() is expect
+
+
+@pytest.mark.parametrize(
+    "build, expect",
+    [((True, ("80", "89", "90a", "100a")), True), ((True, ("80", "89")), False), ((False, ()), False)],
+)
+def test_register_follows_the_build_not_the_device(monkeypatch, build, expect):
+    seen = []
+    monkeypatch.setattr(cuda_kernels, "_build_info", lambda op: seen.append(op) or build)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: pytest.fail("device queried"))
+    monkeypatch.setattr(variants, "KERNELS", {})
+    assert cuda_sm90.register() is expect and seen == [cuda_sm90._OP]
+    assert (variants.KERNELS.get(cuda_sm90.KERNEL_NAME) is cuda_sm90.sm90_kernel) is expect
+    assert cuda_sm90.register() is expect  # idempotent: one entry, not a chain of itself
     assert (variants.KERNELS.get(cuda_sm90.KERNEL_NAME) is cuda_sm90.sm90_kernel) is expect
 
 
-def test_not_registered_on_this_machine_without_a_gpu():
-    if torch.cuda.is_available():
-        pytest.skip("a GPU is present")
-    assert not cuda_sm90.kernel_available()[0]
-    assert variants.KERNELS.get(cuda_sm90.KERNEL_NAME) is not cuda_sm90.sm90_kernel
+def test_registration_matches_this_build_and_never_runs_without_a_gpu():
+    has, archs = cuda_kernels._build_info(cuda_sm90._OP)
+    entry = variants.KERNELS.get(cuda_sm90.KERNEL_NAME)
+    assert (entry is cuda_sm90.sm90_kernel) is (has and "90a" in archs)
+    if not torch.cuda.is_available():
+        assert not cuda_sm90.kernel_available()[0]
 
 
 def test_capabilities_failure_is_a_reason_not_a_crash(monkeypatch):
@@ -171,11 +184,9 @@ def test_unsupported_configs_raise_and_the_kernel_falls_back(case):
         cuda_sm90.sm90_attention(p, cfg, backend="torch")
     with pytest.raises(NotImplementedError, match=name):
         cuda_sm90.sm90_attention(p, cfg)  # the cuda default checks the options first
-    o, lse = cuda_sm90.sm90_kernel(p, cfg)  # the fallback: the oracle itself
-    want_o, want_lse = modes.sage_attention_mode(
-        p.q, p.k, p.v, sm_scale=p.sm_scale, cfg=cfg, is_causal=False, mask=p.mask
-    )
-    assert torch.equal(o, p.finish(want_o, want_lse)[0]) and torch.equal(lse, want_lse)
+    assert name in cuda_sm90.sm90_kernel.supports(p, cfg)  # sageattn routes such calls elsewhere
+    with pytest.raises(NotImplementedError, match=name):
+        cuda_sm90.sm90_kernel(p, cfg)  # the variant's chain / reference takes over
 
 
 def test_cpu_tensors_are_not_a_supported_device():

@@ -96,8 +96,8 @@ def runs_on(capability: tuple[int, int], archs: list[str]) -> bool:
 
 
 @functools.cache
-def _build_info() -> tuple[bool, tuple[str, ...]]:
-    """(the op's ``cuda`` backend is compiled in this build, the compiled archs), as
+def _build_info(op: str = _OP) -> tuple[bool, tuple[str, ...]]:
+    """(the shared-kernels op ``op``'s ``cuda`` backend is compiled in this build, the compiled archs), as
     ``shared_kernels.capabilities()`` reports them. Read from the registry and the native module
     that ``capabilities()`` reads, because ``capabilities()`` itself lists the GPUs by name, which
     initialises CUDA: importing sageattention must not (forked DataLoader workers)."""
@@ -107,9 +107,9 @@ def _build_info() -> tuple[bool, tuple[str, ...]]:
         import shared_kernels
 
         caps = shared_kernels.capabilities()
-        has = "cuda" in caps["ops"].get(_OP, {}).get("backends", {}) and bool(caps["cuda"]["compiled"])
+        has = "cuda" in caps["ops"].get(op, {}).get("backends", {}) and bool(caps["cuda"]["compiled"])
         return has, tuple(caps["cuda"]["archs"])
-    info = _backend.registered_ops().get(_OP)
+    info = _backend.registered_ops().get(op)
     has = info is not None and "cuda" in info.backends and _lib.cuda_compiled()
     archs = _lib._C.cuda_archs.split(",") if has and _lib._C.cuda_archs else []
     return has, tuple(a for a in archs if a)

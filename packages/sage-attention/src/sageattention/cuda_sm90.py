@@ -1,9 +1,10 @@
 """The Hopper wgmma kernel of shared-kernels behind ``sageattn_qk_int8_pv_fp8_cuda_sm90`` (``variants.KERNELS``).
 
-:func:`register` puts :func:`sm90_kernel` into ``variants.KERNELS["sageattn_qk_int8_pv_fp8_cuda_sm90"]`` when
-``shared_kernels.capabilities()`` reports the ``cuda`` backend of ``sage_attention_fwd_sm90`` usable, the
-build holds sm_90a code and the current CUDA device has compute capability 9.0; importing this module calls
-it once. The kernel (``shared_kernels.sage_attention_fwd_sm90``) computes the maths of
+:func:`register` (called once at import) puts :func:`sm90_kernel` first in
+``variants.KERNELS["sageattn_qk_int8_pv_fp8_cuda_sm90"]`` when the shared-kernels build compiled the ``cuda``
+backend of ``sage_attention_fwd_sm90`` with sm_90a code; it reads the build only (no CUDA initialisation at
+import). Each call checks the device (compute capability 9.0 and a usable op, :func:`kernel_available`,
+cached per device) with the options in :func:`supported`. The kernel (``shared_kernels.sage_attention_fwd_sm90``) computes the maths of
 :func:`sageattention.modes.sage_attention_mode` for the variant's config: Q/K are quantized here by
 ``modes.quantize_int8_groups`` (the oracle's quantizer, bit for bit), V by ``shared_kernels.quantize_fp8``
 per channel (as the oracle), scores ``Q8·K8ᵀ · (q_scale · sm_scale·log2 e) · k_scale``, online exp2
@@ -18,8 +19,9 @@ groups), ``smooth_k`` on/off, ``prescale_q`` either way, causal (top-left), GQA/
 ≤ 128 (zero-padded to 64 or 128; padded channels change no score and are sliced off), fp16/bf16 inputs,
 HND/NHD. Anything else (``per_token``, ``smooth_q``, ``qk_rotation``, ``attn_mask``, another accumulator or
 tile size, fp32 inputs, head dims > 128, a device other than sm90) makes :func:`sm90_attention` raise
-``NotImplementedError`` naming the option; :func:`sm90_kernel` then runs ``modes.sage_attention_mode``
-(the same maths ``backend="torch"`` runs) and logs that at DEBUG level. Non-finite inputs: the oracle
+``NotImplementedError`` naming the option; the variant then runs the next kernel of its chain or
+``modes.sage_attention_mode`` (the same maths ``backend="torch"`` runs), logged at DEBUG level; ``sageattn``
+asks ``sm90_kernel.supports`` first and routes such calls to Triton. Non-finite inputs: the oracle
 makes every score of a NaN/inf group NaN, the kernel's rows touching such a group are NaN or garbage.
 """
 
@@ -31,7 +33,7 @@ import math
 
 import torch
 
-from . import modes, variants
+from . import cuda_kernels, modes, variants
 from . import reference as ref
 from .core import Prepared
 
@@ -68,15 +70,18 @@ def kernel_available(device: torch.device | str | None = None) -> tuple[bool, st
     return True, ""
 
 
-def register(device: torch.device | str | None = None) -> bool:
-    """Register :func:`sm90_kernel` as ``variants.KERNELS[KERNEL_NAME]`` if :func:`kernel_available`;
-    returns whether it did (a kernel registered earlier is left in place)."""
-    ok, why = kernel_available(device)
-    if ok:
-        variants.KERNELS[KERNEL_NAME] = sm90_kernel
-    else:
-        _log.debug("%s: the shared-kernels sm90 kernel is not registered: %s", KERNEL_NAME, why)
-    return ok
+def register() -> bool:
+    """Put :func:`sm90_kernel` first in ``variants.KERNELS[KERNEL_NAME]`` when this shared-kernels build
+    compiled the op's ``cuda`` backend with sm_90a code; returns whether it did (idempotent). Reads the
+    build, not the GPU (importing sageattention must not initialise CUDA): the device is checked per call
+    by :func:`supported` (cached per device), and a call it cannot run falls through to the next kernel of
+    the chain or to the reference."""
+    has, archs = cuda_kernels._build_info(_OP)
+    if not (has and "90a" in archs):
+        _log.debug("%s: no sm_90a build of %s: the sm90 kernel is not registered", KERNEL_NAME, _OP)
+        return False
+    variants.register_kernel(KERNEL_NAME, sm90_kernel, first=True)
+    return True
 
 
 @functools.cache
@@ -172,18 +177,13 @@ def sm90_attention(p: Prepared, cfg: modes.SageConfig, backend: str = "cuda"):
 
 
 def sm90_kernel(p: Prepared, cfg: modes.SageConfig):
-    """``variants.KERNELS[KERNEL_NAME]``: the sm90 kernel where it implements ``cfg`` (:func:`supported`),
-    else ``modes.sage_attention_mode`` (the same maths in PyTorch)."""
-    try:
-        return sm90_attention(p, cfg)
-    except NotImplementedError as exc:
-        _log.debug("%s: %s; running the reference", KERNEL_NAME, exc)
-    if p.is_empty:
-        return p.empty_result()
-    o, lse = modes.sage_attention_mode(
-        p.q, p.k, p.v, sm_scale=p.sm_scale, cfg=cfg, is_causal=p.is_causal, mask=p.mask
-    )
-    return p.finish(o, lse)
+    """``variants.KERNELS[KERNEL_NAME]``: :func:`sm90_attention` on the kernel; a call it does not implement
+    (:func:`supported`, also attached as ``sm90_kernel.supports`` for ``sageattn``'s routing) raises
+    ``NotImplementedError`` and the caller runs the next kernel or ``modes.sage_attention_mode`` (the same
+    maths in PyTorch)."""
+    return sm90_attention(p, cfg)
 
+
+sm90_kernel.supports = supported
 
 register()
