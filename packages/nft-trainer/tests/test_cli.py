@@ -125,6 +125,20 @@ def test_local_model_jsonl_dataset_module_reward_and_resume(tmp_path, capsys):
     assert f"resumed from     {tmp_path / 'out' / 'checkpoint-1'}" in out
 
 
+def test_saved_toy_model_with_toy_tokenizer(tmp_path, capsys):
+    from nft_trainer.toy import char_tokenizer, tiny_llama
+
+    model_dir = tmp_path / "weights_only"
+    tiny_llama(char_tokenizer(), hidden_size=32, num_layers=1).save_pretrained(model_dir)
+    run = _toy(tmp_path, model=str(model_dir), model_kwargs=None)
+    assert "tokenizer: cannot load a tokenizer from" in _error(
+        capsys, ["--config", str(_write(tmp_path, run)), "--dry-run"]
+    )
+    run["tokenizer"] = "toy:char"
+    assert main(["--config", str(_write(tmp_path, run)), "--dry-run"]) == 0
+    assert f"model: {model_dir}" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("suffix", [".json", ".parquet"])
 def test_dataset_file_formats(tmp_path, capsys, suffix):
     import datasets
@@ -203,7 +217,7 @@ def test_reward_specs(tmp_path):
         ({"model_kwargs": {"hidden_sise": 8}}, "model_kwargs: bad arguments for nft_trainer.toy.tiny_llama"),
         ({"model": "/no/such/dir"}, "model_kwargs: only for 'toy:' models"),
         ({"model_kwargs": [1]}, "model_kwargs: must be a mapping"),
-        ({"tokenizer": "/x"}, "tokenizer: toy models use"),
+        ({"tokenizer": "/x"}, "tokenizer: toy models use 'toy:char'"),
         ({"dataset": None}, "dataset: required"),
         ({"dataset": "toy:chess"}, "unknown toy dataset 'chess'"),
         ({"dataset_kwargs": {}}, r"dataset_kwargs: 'n' \(number of examples\) is required"),
@@ -259,3 +273,32 @@ def test_resolve_run_does_not_mutate_input(tmp_path):
     frozen = json.loads(json.dumps(raw))
     resolve_run(raw, load=False)
     assert raw == frozen
+
+
+CONFIGS = Path(__file__).with_name("configs")
+
+
+def test_example_toy_config_is_valid(capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    assert main(["--config", str(CONFIGS / "toy_nft.yaml"), "--dry-run"]) == 0
+    assert "512 rows" in capsys.readouterr().out
+
+
+def test_example_paper_config_fields_are_valid(tmp_path):
+    # The GPU recipe cannot run here: swap model/dataset for toy ones and bf16 off, keep every other field.
+    raw = yaml.safe_load((CONFIGS / "qwen_7b_paper.yaml").read_text())
+    raw.update(
+        model="toy:tiny_llama",
+        dataset="toy:arithmetic",
+        dataset_kwargs={"n": 4},
+        bf16=False,
+        output_dir=str(tmp_path / "out"),
+    )
+    spec = resolve_run(raw, load=False)
+    config = spec.config
+    world = 8  # the recipe's processes
+    completions_per_update = config.per_device_train_batch_size * config.gradient_accumulation_steps * world
+    assert completions_per_update == 512
+    assert config.steps_per_generation // config.gradient_accumulation_steps == 16  # updates per rollout
+    assert config.per_device_train_batch_size * config.steps_per_generation * world == 512 * 16
+    assert (config.neg_weight, config.ratio_type, config.prompt_weighting) == (1.0, "token", "1-r")

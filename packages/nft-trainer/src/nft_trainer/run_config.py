@@ -10,8 +10,9 @@ run key                meaning
 ``model``              local model directory (``from_pretrained``) or ``toy:tiny_llama``
 ``model_kwargs``       keyword arguments of ``nft_trainer.toy.tiny_llama`` (toy models only; for a
                        local model use the config field ``model_init_kwargs``)
-``tokenizer``          local tokenizer directory (default: the model directory; ``toy:`` models use
-                       ``nft_trainer.toy.char_tokenizer()``)
+``tokenizer``          local tokenizer directory (default: the model directory), or ``toy:char``
+                       (``nft_trainer.toy.char_tokenizer()``, always used by ``toy:`` models; give it
+                       for a saved toy model whose directory holds no tokenizer files)
 ``dataset``            local ``.json``/``.jsonl``/``.parquet`` file, a ``save_to_disk`` directory, or
                        ``toy:arithmetic``; it needs a ``prompt`` column
 ``dataset_kwargs``     keyword arguments of ``nft_trainer.toy.arithmetic_dataset`` (toy datasets)
@@ -63,6 +64,7 @@ RUN_KEYS: tuple[str, ...] = (
 TRAINERS: tuple[str, ...] = ("nft", "grpo")
 TOY_MODELS: tuple[str, ...] = ("tiny_llama",)
 TOY_DATASETS: tuple[str, ...] = ("arithmetic",)
+TOY_TOKENIZER = "toy:char"
 DATASET_SUFFIXES: dict[str, str] = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 
 # Verifier names accepted in ``reward_funcs`` (also with the ``_reward`` suffix).
@@ -214,9 +216,9 @@ def resolve_model(run: Mapping[str, Any], *, load: bool = True) -> tuple[Any, An
             raise ConfigError(
                 f"model: unknown toy model {name!r}; available: {['toy:' + m for m in TOY_MODELS]}"
             )
-        if tokenizer_spec is not None:
+        if tokenizer_spec not in (None, TOY_TOKENIZER):
             raise ConfigError(
-                "tokenizer: toy models use nft_trainer.toy.char_tokenizer(); remove the tokenizer key"
+                f"tokenizer: toy models use {TOY_TOKENIZER!r} (nft_trainer.toy.char_tokenizer()), got {tokenizer_spec!r}"
             )
         toy = _toy_module()
         tokenizer = toy.char_tokenizer()
@@ -243,6 +245,8 @@ def resolve_model(run: Mapping[str, Any], *, load: bool = True) -> tuple[Any, An
         )
     if not (path / "config.json").is_file():
         raise ConfigError(f"model: {spec!r} has no config.json; give a directory written by save_pretrained")
+    if tokenizer_spec == TOY_TOKENIZER:
+        return str(path), _toy_module().char_tokenizer(), spec
     tok_path = Path(tokenizer_spec) if tokenizer_spec is not None else path
     if not tok_path.is_dir():
         raise ConfigError(f"tokenizer: {str(tok_path)!r} is not a local directory")
