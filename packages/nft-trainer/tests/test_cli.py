@@ -302,3 +302,23 @@ def test_example_paper_config_fields_are_valid(tmp_path):
     assert config.steps_per_generation // config.gradient_accumulation_steps == 16  # updates per rollout
     assert config.per_device_train_batch_size * config.steps_per_generation * world == 512 * 16
     assert (config.neg_weight, config.ratio_type, config.prompt_weighting) == (1.0, "token", "1-r")
+
+
+def test_checkpoints_inside_a_generation_batch_are_flagged(tmp_path, capsys):
+    from nft_trainer.cli import _warn_if_mid_generation
+
+    run = _toy(tmp_path, steps_per_generation=2, per_device_train_batch_size=4, save_steps=1)
+    assert main(["--config", str(_write(tmp_path, run)), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "# note: save_steps=1 is not a multiple of the optimizer steps of one generation batch" in out
+    spec = resolve_run(run, load=False)
+    with pytest.warns(UserWarning, match="in the middle of a generation batch"):
+        _warn_if_mid_generation(spec, str(tmp_path / "out" / "checkpoint-3"))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _warn_if_mid_generation(spec, str(tmp_path / "out" / "checkpoint-4"))
+    run["save_steps"] = 2
+    assert main(["--config", str(_write(tmp_path, run)), "--dry-run"]) == 0
+    assert "save_steps=" not in capsys.readouterr().out.split("run:")[0]

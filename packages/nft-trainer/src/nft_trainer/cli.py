@@ -19,14 +19,16 @@ final mean reward, eval reward when an eval set is given, checkpoint and model p
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nft_trainer.run_config import ConfigError, RunSpec, load_yaml, resolve_run
+from nft_trainer.run_config import ConfigError, RunSpec, is_generation_boundary, load_yaml, resolve_run
 
 __all__ = ["RunSummary", "build_parser", "dry_run_report", "main", "run", "train"]
 
@@ -213,6 +215,19 @@ def _resume_target(spec: RunSpec, resume: str | bool | None) -> str | None:
     return str(resume)
 
 
+def _warn_if_mid_generation(spec: RunSpec, checkpoint: str | None) -> None:
+    if checkpoint is None:
+        return
+    match = re.search(r"checkpoint-(\d+)$", str(checkpoint).rstrip("/"))
+    if match and not is_generation_boundary(spec.config, int(match.group(1))):
+        warnings.warn(
+            f"resuming from {checkpoint}, in the middle of a generation batch: TRL does not checkpoint the "
+            "generated batch, so a new one is generated and the run will not match an uninterrupted one",
+            UserWarning,
+            stacklevel=2,
+        )
+
+
 def _last_logged(history: list[dict[str, Any]], key: str) -> tuple[float | None, int | None]:
     for entry in reversed(history):
         if key in entry:
@@ -227,6 +242,7 @@ def train(
     from transformers.trainer_utils import get_last_checkpoint
 
     resume_from = _resume_target(spec, resume)
+    _warn_if_mid_generation(spec, resume_from)
     model = spec.model
     if spec.config.beta != 0.0 and not isinstance(model, str):
         # A reference model is loaded from a path (TRL); save the in-memory toy model so it has one.

@@ -44,6 +44,7 @@ __all__ = [
     "RUN_KEYS",
     "ConfigError",
     "RunSpec",
+    "is_generation_boundary",
     "load_yaml",
     "resolve_reward_func",
     "resolve_run",
@@ -174,9 +175,30 @@ def build_config(trainer_name: str, overrides: Mapping[str, Any], notes: list[st
         kwargs["bf16"] = False
         notes.append("bf16 not set and no bf16-capable GPU found: using bf16=False (float32)")
     try:
-        return config_cls(**kwargs)
+        config = config_cls(**kwargs)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{config_cls.__name__} rejected the config: {e}") from e
+    save_steps = config.save_steps
+    if (
+        str(getattr(config.save_strategy, "value", config.save_strategy)) == "steps"
+        and isinstance(save_steps, int)
+        and not is_generation_boundary(config, save_steps)
+    ):
+        notes.append(
+            f"save_steps={save_steps} is not a multiple of the optimizer steps of one generation batch "
+            f"(steps_per_generation x num_iterations / gradient_accumulation_steps = "
+            f"{config.steps_per_generation * config.num_iterations / config.gradient_accumulation_steps:g}): "
+            "TRL does not checkpoint its generated batch, so a run resumed from such a checkpoint generates a new "
+            "one and does not continue exactly like the uninterrupted run"
+        )
+    return config
+
+
+def is_generation_boundary(config: Any, global_step: int) -> bool:
+    """True if optimizer step ``global_step`` ends a generation batch (TRL regenerates every
+    ``steps_per_generation x num_iterations`` micro-steps); only there does a resume continue exactly."""
+    cycle = config.steps_per_generation * config.num_iterations
+    return (global_step * config.gradient_accumulation_steps) % cycle == 0
 
 
 def _toy_module() -> Any:
