@@ -71,6 +71,7 @@ def test_dry_run_prints_resolved_config(tmp_path, capsys):
     assert not (tmp_path / "out").exists()  # nothing trained or written
 
 
+@pytest.mark.slow  # a fresh Python process: ~10 s of imports on an idle machine
 def test_two_step_toy_run_console_script(tmp_path):
     path = _write(tmp_path, _toy(tmp_path))
     script = Path(sys.executable).with_name("nft-train")
@@ -322,3 +323,12 @@ def test_checkpoints_inside_a_generation_batch_are_flagged(tmp_path, capsys):
     run["save_steps"] = 2
     assert main(["--config", str(_write(tmp_path, run)), "--dry-run"]) == 0
     assert "save_steps=" not in capsys.readouterr().out.split("run:")[0]
+
+
+def test_trainer_input_errors_are_reported(tmp_path, capsys):
+    file = tmp_path / "bad_reward.py"
+    file.write_text("def one_arg(x):\n    return [1.0]\n")
+    path = _write(tmp_path, _toy(tmp_path, reward_funcs=[f"{file}:one_arg"]))
+    err = _error(capsys, ["--config", str(path)])
+    assert "NFTTrainer refused the run: " in err and "one_arg" in err
+    assert not (tmp_path / "out" / "checkpoint-1").exists()

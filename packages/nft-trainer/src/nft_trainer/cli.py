@@ -250,16 +250,20 @@ def train(
         model.save_pretrained(init_dir)
         spec.tokenizer.save_pretrained(init_dir)
         model = str(init_dir)
-    trainer = spec.trainer_cls(
-        model=model,
-        reward_funcs=spec.reward_funcs,
-        args=spec.config,
-        train_dataset=spec.train_dataset,
-        eval_dataset=spec.eval_dataset,
-        processing_class=spec.tokenizer,
-        peft_config=spec.peft_config,
-        callbacks=callbacks,
-    )
+    try:
+        trainer = spec.trainer_cls(
+            model=model,
+            reward_funcs=spec.reward_funcs,
+            args=spec.config,
+            train_dataset=spec.train_dataset,
+            eval_dataset=spec.eval_dataset,
+            processing_class=spec.tokenizer,
+            peft_config=spec.peft_config,
+            callbacks=callbacks,
+        )
+    except (TypeError, ValueError) as e:
+        # The trainer's input checks (reward signature, chat template, batch/group sizes) name the fix.
+        raise ConfigError(f"{spec.trainer_cls.__name__} refused the run: {e}") from e
     start = time.perf_counter()
     output = trainer.train(resume_from_checkpoint=resume_from)
     eval_reward = None
