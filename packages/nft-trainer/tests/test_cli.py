@@ -332,3 +332,22 @@ def test_trainer_input_errors_are_reported(tmp_path, capsys):
     err = _error(capsys, ["--config", str(path)])
     assert "NFTTrainer refused the run: " in err and "one_arg" in err
     assert not (tmp_path / "out" / "checkpoint-1").exists()
+
+
+def test_conversational_prompts_run(tmp_path, capsys):
+    # Chat-style prompts: TRL renders them with the tokenizer's chat template and hands the verifier
+    # conversational completions ([{"role": "assistant", "content": ...}]).
+    data = tmp_path / "chat.jsonl"
+    rows = [{"prompt": [{"role": "user", "content": f"{a}+1="}], "answer": str(a + 1)} for a in range(8)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run = _toy(
+        tmp_path,
+        dataset=str(data),
+        dataset_kwargs=None,
+        max_steps=1,
+        reward_funcs=["numeric_match", "math_verify"],
+    )
+    assert main(["--config", str(_write(tmp_path, run))]) == 0
+    out = capsys.readouterr().out
+    assert "steps            1 / 1" in out
+    assert "numeric_match_reward: 0.0000" in out  # untrained model: wrong, but scored (not n/a)
