@@ -50,11 +50,7 @@ def test_pipeline_end_to_end_and_resume(bench, tmp_path):
 
     # rerun: the SFT checkpoint and both runs come from the cache (files untouched)
     cache = tmp_path / "cache"
-    cached = [
-        cache / "sft" / "model.safetensors",
-        cache / "runs" / "NFT_s0.json",
-        cache / "runs" / "GRPO_s0.json",
-    ]
+    cached = [cache / "sft" / "model.safetensors", cache / "runs" / "NFT_s0.json", cache / "runs" / "GRPO_s0.json"]
     before = [p.stat().st_mtime_ns for p in cached]
     bench.main([*args, "--no-throughput"])
     assert [p.stat().st_mtime_ns for p in cached] == before
