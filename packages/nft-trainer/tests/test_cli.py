@@ -351,3 +351,11 @@ def test_conversational_prompts_run(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "steps            1 / 1" in out
     assert "numeric_match_reward: 0.0000" in out  # untrained model: wrong, but scored (not n/a)
+
+
+def test_grpo_baseline_with_kl_on_toy_model(tmp_path, capsys):
+    # beta > 0 makes TRL load a reference model from a path: the CLI saves the in-memory toy model first.
+    run = _toy(tmp_path, trainer="grpo", beta=0.04, max_steps=1)
+    assert main(["--config", str(_write(tmp_path, run))]) == 0
+    assert "trainer          GRPOTrainer" in capsys.readouterr().out
+    assert (tmp_path / "out" / "toy-init" / "config.json").is_file()
