@@ -57,7 +57,13 @@ def _error(capsys, argv) -> str:
 
 def test_dry_run_prints_resolved_config(tmp_path, capsys):
     path = _write(tmp_path, _toy(tmp_path, neg_weight=0.5))
-    assert main(["--config", str(path), "--dry-run", "--set", "learning_rate=0.01"]) == 0
+    # "1e-2" is a string to PyYAML (YAML 1.1); float fields take it as the number YAML 1.2 and TRL read.
+    assert (
+        main(
+            ["--config", str(path), "--dry-run", "--set", "learning_rate=1e-2", "--set", "max_grad_norm=5e-1"]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "dry run: configuration is valid; nothing was trained" in out
     doc = yaml.safe_load(out.split("\ndry run:")[0])
@@ -66,6 +72,7 @@ def test_dry_run_prints_resolved_config(tmp_path, capsys):
     assert "32 rows" in doc["run"]["dataset"]
     assert doc["config"]["neg_weight"] == 0.5
     assert doc["config"]["learning_rate"] == 0.01  # --set override
+    assert doc["config"]["max_grad_norm"] == 0.5
     assert doc["config"]["max_steps"] == 2
     assert doc["config"]["bf16"] is False
     assert not (tmp_path / "out").exists()  # nothing trained or written

@@ -35,6 +35,7 @@ import functools
 import importlib
 import importlib.util
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -143,6 +144,25 @@ def _config_class(trainer_name: str) -> tuple[type, type]:
     return NFTConfig, NFTTrainer
 
 
+_FLOAT_RE = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|[-+]?(?:inf|nan)", re.IGNORECASE)
+
+
+def _coerce_number(value: Any, annotation: Any) -> Any:
+    """YAML 1.1 (PyYAML) reads ``1e-6`` as a string; YAML 1.2 and TRL's own argument parser read a
+    number. Convert such strings for fields typed float (or int), leave everything else as written."""
+    if not isinstance(value, str):
+        return value
+    tokens = set(re.findall(r"\w+", annotation if isinstance(annotation, str) else str(annotation)))
+    if "str" in tokens or "Any" in tokens:
+        return value
+    text = value.strip()
+    if "float" in tokens and _FLOAT_RE.fullmatch(text):
+        return float(text)
+    if "int" in tokens and re.fullmatch(r"[-+]?\d+", text):
+        return int(text)
+    return value
+
+
 def _config_fields(config_cls: type) -> list[str]:
     return [f.name for f in dataclasses.fields(config_cls) if f.init]
 
@@ -167,7 +187,8 @@ def build_config(trainer_name: str, overrides: Mapping[str, Any], notes: list[st
                 f"unknown key {key!r}: not a run key {RUN_KEYS} nor a field of {config_cls.__name__}"
                 f"{_suggest(key, valid + list(RUN_KEYS))}"
             )
-    kwargs = dict(overrides)
+    fields = {f.name: f for f in dataclasses.fields(config_cls)}
+    kwargs = {k: _coerce_number(v, fields[k].type) for k, v in overrides.items()}
     if "output_dir" not in kwargs:
         raise ConfigError("output_dir: required (where checkpoints and the final model are written)")
     if "bf16" not in kwargs and not kwargs.get("fp16", False) and not _bf16_available():
