@@ -366,3 +366,13 @@ def test_grpo_baseline_with_kl_on_toy_model(tmp_path, capsys):
     assert main(["--config", str(_write(tmp_path, run))]) == 0
     assert "trainer          GRPOTrainer" in capsys.readouterr().out
     assert (tmp_path / "out" / "toy-init" / "config.json").is_file()
+
+
+def test_train_bad_arguments(tmp_path):
+    from nft_trainer.cli import train
+
+    with pytest.raises(TypeError, match="spec must be a RunSpec"):
+        train({"model": "toy:tiny_llama"})
+    spec = resolve_run(_toy(tmp_path), load=False)
+    with pytest.raises(TypeError, match="resume must be None, a bool or a checkpoint path"):
+        train(spec, resume=3)

@@ -189,9 +189,9 @@ def dry_run_report(spec: RunSpec) -> str:
     }
     text = yaml.safe_dump({"run": run, "config": fields}, sort_keys=False, default_flow_style=False)
     notes = "".join(f"# note: {n}\n" for n in spec.notes)
-    world = config.per_device_train_batch_size * config.gradient_accumulation_steps
+    per_process = config.per_device_train_batch_size * config.gradient_accumulation_steps
     notes += (
-        f"# per-process batch {world} completions per optimizer step "
+        f"# per-process batch {per_process} completions per optimizer step "
         f"(x number of processes); num_generations={config.num_generations}\n"
     )
     return notes + text
@@ -241,6 +241,12 @@ def train(
     """Build the trainer from a resolved run, train (optionally resuming), save, and summarize."""
     from transformers.trainer_utils import get_last_checkpoint
 
+    if not isinstance(spec, RunSpec):
+        raise TypeError(f"train: spec must be a RunSpec (from resolve_run), got {type(spec).__name__}")
+    if resume is not None and not isinstance(resume, (bool, str, Path)):
+        raise TypeError(
+            f"train: resume must be None, a bool or a checkpoint path, got {type(resume).__name__}"
+        )
     resume_from = _resume_target(spec, resume)
     _warn_if_mid_generation(spec, resume_from)
     model = spec.model
