@@ -733,23 +733,37 @@ def main(argv: Sequence[str] | None = None, *, settings: Settings | None = None)
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--workers", type=int, default=2, help="parallel RL processes (each single-threaded)")
     p.add_argument("--out", type=Path, default=RESULTS, help="results folder (cache in <out>/cache)")
-    p.add_argument("--rl-steps", type=int, default=None)
-    p.add_argument("--rl-lr", type=float, default=None)
+    p.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override Settings fields, e.g. --set rl_steps=100 steps_per_generation=8",
+    )
     p.add_argument("--no-throughput", action="store_true")
     p.add_argument("--smoke", action="store_true", help="trivially small budget (pipeline check only)")
     a = p.parse_args(argv)
+    if a.workers < 1:
+        p.error(f"--workers must be >= 1, got {a.workers}")
+    if any(sd < 0 for sd in a.seeds):
+        p.error(f"--seeds must be non-negative integers, got {a.seeds}")
     s = settings or (SMOKE if a.smoke else Settings())
-    if a.rl_steps is not None:
-        s = dataclasses.replace(s, rl_steps=a.rl_steps)
-    if a.rl_lr is not None:
-        s = dataclasses.replace(s, rl_lr=a.rl_lr)
+    types = {f.name: f.type for f in dataclasses.fields(Settings)}
+    for item in a.set:
+        name, sep, value = item.partition("=")
+        if not sep or name not in types:
+            p.error(f"--set takes FIELD=VALUE with FIELD one of {sorted(types)}, got {item!r}")
+        kind = {"int": int, "float": float, "str": str}[types[name]]
+        try:
+            s = dataclasses.replace(s, **{name: kind(value)})
+        except ValueError:
+            p.error(f"--set {name} needs a {types[name]}, got {value!r}")
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     cache = a.out / "cache"
     ckpt = sft_checkpoint(s, cache)
     results = run_all(a.methods, a.seeds, s, ckpt, cache, a.workers)
-    pair_ok = "NFT" in a.methods or "GRPO" in a.methods
-    tp_rows = [] if a.no_throughput or not pair_ok else throughput(s, ckpt)
+    tp_rows = [] if a.no_throughput else throughput(s, ckpt)
     md = report(s, ckpt, results, tp_rows, a.methods, a.out, time.perf_counter() - t0)
     print(md)
     return md

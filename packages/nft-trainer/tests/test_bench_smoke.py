@@ -50,7 +50,11 @@ def test_pipeline_end_to_end_and_resume(bench, tmp_path):
 
     # rerun: the SFT checkpoint and both runs come from the cache (files untouched)
     cache = tmp_path / "cache"
-    cached = [cache / "sft" / "model.safetensors", cache / "runs" / "NFT_s0.json", cache / "runs" / "GRPO_s0.json"]
+    cached = [
+        cache / "sft" / "model.safetensors",
+        cache / "runs" / "NFT_s0.json",
+        cache / "runs" / "GRPO_s0.json",
+    ]
     before = [p.stat().st_mtime_ns for p in cached]
     bench.main([*args, "--no-throughput"])
     assert [p.stat().st_mtime_ns for p in cached] == before
@@ -76,3 +80,19 @@ def test_method_specs(bench):
     assert bench.method_spec("DAPO")[1]["epsilon_high"] == 0.28
     with pytest.raises(ValueError, match="method must be one of"):
         bench.method_spec("PPO")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--set", "nope=1"],
+        ["--set", "rl_steps"],
+        ["--set", "rl_steps=1.5"],
+        ["--workers", "0"],
+        ["--seeds", "-1"],
+    ],
+)
+def test_bad_command_line(bench, argv, capsys):
+    with pytest.raises(SystemExit):
+        bench.main(argv)
+    assert "error" in capsys.readouterr().err
