@@ -17,12 +17,11 @@ import os
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch import nn
-
 from tetrajet import TetraJetRecipe, convert_to_tetrajet, load_sr_state, sr_state
 from tetrajet._dist import full_tensor
 from tetrajet.oscillation import OscillationTracker
 from tetrajet.qema import QEMA
+from torch import nn
 
 
 def build(init_seed: int) -> nn.Module:

@@ -4,10 +4,9 @@ import math
 
 import pytest
 import torch
-from torch import nn
-
 from tetrajet import QuantizerSpec, TetraJetRecipe, convert_to_tetrajet, fake_quantize
 from tetrajet.oscillation import OscillationCallback, OscillationTracker, oscillation_ratio
+from torch import nn
 
 MX = QuantizerSpec("mxfp4", "rne", "truncation_free")
 

@@ -5,10 +5,9 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from tetrajet import TetraJetRecipe, convert_to_tetrajet, fake_quantize, quantize_toward, tetrajet_linear
 from tetrajet.qema import QEMA, QEMAConfig
+from torch import nn
 
 
 def _model(seed: int = 0) -> nn.Module:

@@ -6,11 +6,10 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from tetrajet import TetraJetRecipe, convert_to_tetrajet, sr_state
 from tetrajet.oscillation import OscillationTracker
 from tetrajet.qramping import QRamping, ramping_periods
+from torch import nn
 
 
 def _model(seed: int = 0) -> nn.Module:
@@ -59,7 +58,9 @@ def test_period_one_equals_adamw() -> None:
         torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6)
 
 
-def _reference_element(w0: float, grads: list[float], k: int, lr: float, b1: float, b2: float, eps: float, wd: float):
+def _reference_element(
+    w0: float, grads: list[float], k: int, lr: float, b1: float, b2: float, eps: float, wd: float
+):
     """AdamW_BS_Ramping for one scalar, written out plainly."""
     w, m, v, t, acc, cnt = w0, 0.0, 0.0, 0, 0.0, 0
     for g in grads:
@@ -128,7 +129,8 @@ def test_calibrate_restores_state_and_sets_periods() -> None:
     for idx, s in opt_before["state"].items():
         assert torch.equal(st[idx]["exp_avg"], s["exp_avg"])
     want = {
-        n: ramping_periods(tracker.dist_w()[n], tracker.dist_q()[n], k1=0.5, k2=2, n_max=9) for n in qr.layer_names
+        n: ramping_periods(tracker.dist_w()[n], tracker.dist_q()[n], k1=0.5, k2=2, n_max=9)
+        for n in qr.layer_names
     }
     got = qr.periods()
     for n in qr.layer_names:

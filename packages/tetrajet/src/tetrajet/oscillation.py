@@ -16,6 +16,7 @@ or, via ``as_trainer_callback()``, for a transformers ``Trainer``.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -115,10 +116,14 @@ class OscillationTracker:
                 raise TypeError("layers must be a sequence of layer names (str)")
             missing = sorted(set(layers) - set(found))
             if missing:
-                raise ValueError(f"layers {missing} are not TetraJetLinear modules of model; known: {sorted(found)}")
+                raise ValueError(
+                    f"layers {missing} are not TetraJetLinear modules of model; known: {sorted(found)}"
+                )
             chosen = {n: found[n] for n in layers}
         if not chosen:
-            raise ValueError("model has no TetraJetLinear layers to track (convert it with convert_to_tetrajet first)")
+            raise ValueError(
+                "model has no TetraJetLinear layers to track (convert it with convert_to_tetrajet first)"
+            )
         self.layers: dict[str, TetraJetLinear] = dict(chosen)
         self.spec = spec
         self.follow_reference = follow_reference
@@ -159,7 +164,9 @@ class OscillationTracker:
             st = self._stats[name]
             w = self._weight(layer)
             if w.shape != st.prev_w.shape:
-                raise RuntimeError(f"weight of {name!r} changed shape from {tuple(st.prev_w.shape)} to {tuple(w.shape)}")
+                raise RuntimeError(
+                    f"weight of {name!r} changed shape from {tuple(st.prev_w.shape)} to {tuple(w.shape)}"
+                )
             q = self._quantized(layer, w)
             dq = (q - st.prev_q).abs()
             st.dist_w += (w - st.prev_w).abs()
@@ -214,7 +221,7 @@ class OscillationTracker:
         """Counts of R_w over elements that moved (dist_W > 0), bins [edges[i], edges[i+1]).
         ``edges``: ascending, >= 2 values (the last may be inf). Returns (edges, counts)."""
         e = [float(v) for v in edges] if isinstance(edges, (list, tuple)) else None
-        if e is None or len(e) < 2 or any(not a < b for a, b in zip(e, e[1:], strict=False)) or math.isnan(e[0]):
+        if e is None or len(e) < 2 or any(not a < b for a, b in itertools.pairwise(e)) or math.isnan(e[0]):
             raise ValueError(f"edges must be an ascending list/tuple of >= 2 numbers, got {edges!r}")
         counts = [0] * (len(e) - 1)
         inner = torch.tensor(e[1:-1], dtype=torch.float32)
@@ -272,12 +279,16 @@ class OscillationTracker:
             raise ValueError("state must be a dict from OscillationTracker.state_dict()")
         layers = state["layers"]
         if set(layers) != set(self._stats):
-            raise ValueError(f"state layers {sorted(layers)} do not match tracked layers {sorted(self._stats)}")
+            raise ValueError(
+                f"state layers {sorted(layers)} do not match tracked layers {sorted(self._stats)}"
+            )
         for n, d in layers.items():
             st = self._stats[n]
             for key in ("prev_w", "prev_q", "dist_w", "dist_q", "last_flip"):
                 if tuple(d[key].shape) != tuple(st.dist_w.shape):
-                    raise ValueError(f"state of {n!r}: {key} has shape {tuple(d[key].shape)}, expected {tuple(st.dist_w.shape)}")
+                    raise ValueError(
+                        f"state of {n!r}: {key} has shape {tuple(d[key].shape)}, expected {tuple(st.dist_w.shape)}"
+                    )
         for n, d in layers.items():
             st = self._stats[n]
             dev = st.dist_w.device

@@ -41,7 +41,11 @@ class QEMAConfig:
     start_step: int = 10
 
     def __post_init__(self) -> None:
-        if isinstance(self.beta, bool) or not isinstance(self.beta, (int, float)) or not 0.0 < self.beta < 1.0:
+        if (
+            isinstance(self.beta, bool)
+            or not isinstance(self.beta, (int, float))
+            or not 0.0 < self.beta < 1.0
+        ):
             raise ValueError(f"beta must be a float in (0, 1), got {self.beta!r}")
         if isinstance(self.start_step, bool) or not isinstance(self.start_step, int) or self.start_step < 0:
             raise ValueError(f"start_step must be an int >= 0, got {self.start_step!r}")
@@ -84,7 +88,9 @@ class QEMA:
             if m.recipe.w_fwd.enabled and m.recipe.w_fwd.rounding == "rne"
         }
         if not self.layers:
-            raise ValueError("model has no TetraJetLinear layer with an enabled rne w_fwd quantizer for Q-EMA")
+            raise ValueError(
+                "model has no TetraJetLinear layer with an enabled rne w_fwd quantizer for Q-EMA"
+            )
         self.num_updates = 0
         self.ema: dict[str, torch.Tensor] = {
             n: full_tensor(m.weight).float().clone() for n, m in self.layers.items()
@@ -150,7 +156,9 @@ class QEMA:
         config = QEMAConfig(beta=state["beta"], start_step=state["start_step"])
         ema = state["ema"]
         if not isinstance(ema, dict) or set(ema) != set(self.ema):
-            raise ValueError(f"state ema layers {sorted(ema) if isinstance(ema, dict) else ema!r} do not match {sorted(self.ema)}")
+            raise ValueError(
+                f"state ema layers {sorted(ema) if isinstance(ema, dict) else ema!r} do not match {sorted(self.ema)}"
+            )
         for n, t in ema.items():
             if not isinstance(t, torch.Tensor) or t.shape != self.ema[n].shape:
                 raise ValueError(f"ema of {n!r} must be a tensor of shape {tuple(self.ema[n].shape)}")

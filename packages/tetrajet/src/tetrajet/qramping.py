@@ -187,8 +187,11 @@ class QRamping:
         bc1 = 1.0 - torch.pow(beta1, t)
         bc2 = 1.0 - torch.pow(beta2, t)
         safe = ready & (t > 0)
-        upd = lr * cnt * (m / torch.where(safe, bc1, 1.0)) / (
-            v.sqrt() / torch.where(safe, bc2, 1.0).sqrt() + eps
+        upd = (
+            lr
+            * cnt
+            * (m / torch.where(safe, bc1, 1.0))
+            / (v.sqrt() / torch.where(safe, bc2, 1.0).sqrt() + eps)
         )
         p.sub_(torch.where(safe, upd, 0.0).to(p.dtype))
         st["exp_avg"].copy_(m)
@@ -229,10 +232,17 @@ class QRamping:
             load_sr_state(self.model, snap_sr)
             self.optimizer.zero_grad(set_to_none=True)
         dw, dq = tracker.dist_w(), tracker.dist_q()
-        new = {n: ramping_periods(dw[n], dq[n], k1=self.k1, k2=self.k2, n_max=self.n_max) for n in self.layer_names}
+        new = {
+            n: ramping_periods(dw[n], dq[n], k1=self.k1, k2=self.k2, n_max=self.n_max)
+            for n in self.layer_names
+        }
         self.set_periods(new)
         ks = torch.cat([k.flatten().float() for k in new.values()])
-        return {"mean_k": float(ks.mean()), "ramped_fraction": float((ks > 1).float().mean()), "max_k": float(ks.max())}
+        return {
+            "mean_k": float(ks.mean()),
+            "ramped_fraction": float((ks > 1).float().mean()),
+            "max_k": float(ks.max()),
+        }
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
@@ -240,7 +250,9 @@ class QRamping:
         return {
             "optimizer": self.optimizer.state_dict(),
             "layers": list(self.layer_names),
-            "ramping": {n: {k: v.clone() for k, v in self.state[i].items()} for i, n in enumerate(self.layer_names)},
+            "ramping": {
+                n: {k: v.clone() for k, v in self.state[i].items()} for i, n in enumerate(self.layer_names)
+            },
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -255,7 +267,9 @@ class QRamping:
                 raise ValueError(f"ramping state of {n!r} must have keys {sorted(self.state[i])}")
             for k, v in d.items():
                 if v.shape != self.state[i][k].shape:
-                    raise ValueError(f"ramping state {n!r}.{k} has shape {tuple(v.shape)}, expected {tuple(self.state[i][k].shape)}")
+                    raise ValueError(
+                        f"ramping state {n!r}.{k} has shape {tuple(v.shape)}, expected {tuple(self.state[i][k].shape)}"
+                    )
         self.optimizer.load_state_dict(state["optimizer"])
         for i, n in enumerate(self.layer_names):
             for k, v in state["ramping"][n].items():

@@ -47,7 +47,9 @@ RHT_SIZES = (16, 32, 64, 128)
 _OUTLIER_SEED_SALT = 0x5EED_0F_0C7
 
 
-def random_hadamard(t: torch.Tensor, *, dim: int, seed: int, size: int = 16, side: str = "left") -> torch.Tensor:
+def random_hadamard(
+    t: torch.Tensor, *, dim: int, seed: int, size: int = 16, side: str = "left"
+) -> torch.Tensor:
     """Random Hadamard transform of every length-``size`` group along ``dim``: g ↦ H·(s ⊙ g)/√size,
     signs s = ``random_hadamard_signs(size, seed)``. The same map for ``side`` "left" and "right"
     (orthonormal and symmetric, so T(A)·T(B) = A·B for matching seeds); a new tensor in t's dtype.
@@ -184,7 +186,9 @@ class OutControlLinear(TetraJetLinear):
         if not self.channels_chosen:
             return super().forward(x)
         if x.dim() < 1 or x.shape[-1] != self.in_features:
-            raise ValueError(f"x.shape[-1] must equal in_features={self.in_features}, got x.shape={tuple(x.shape)}")
+            raise ValueError(
+                f"x.shape[-1] must equal in_features={self.in_features}, got x.shape={tuple(x.shape)}"
+            )
         call = self.sr_calls
         if training:
             self.sr_calls += 1
@@ -218,7 +222,9 @@ def enable_outcontrol(
     modules = dict(model.named_modules())
     for fqn, layer in layers.items():
         parent_name, _, child = fqn.rpartition(".")
-        new = OutControlLinear.from_tetrajet(layer, ratio=ratio, record_start=record_start, record_steps=record_steps)
+        new = OutControlLinear.from_tetrajet(
+            layer, ratio=ratio, record_start=record_start, record_steps=record_steps
+        )
         setattr(modules[parent_name], child, new)
     return model
 
@@ -247,7 +253,12 @@ class OsciReset:
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-        for name, v, lo in (("start", start, 0), ("stop", stop, 0), ("period", period, 1), ("window", window, 1)):
+        for name, v, lo in (
+            ("start", start, 0),
+            ("stop", stop, 0),
+            ("period", period, 1),
+            ("window", window, 1),
+        ):
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
                 raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
         if stop <= start:
