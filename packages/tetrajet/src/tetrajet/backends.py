@@ -5,8 +5,9 @@ GEMM backend: ``fn(a, b) -> Tensor`` computes C = A·B in float32 (the accumulat
   a: QuantizedOperand of logical shape [M, K], b: QuantizedOperand of logical shape [K, N].
   With ``blocks="reduction"`` specs (what hardware supports) a is blocked along K in 1xB row
   blocks (``a.axis == -1``) and b along K in Bx1 column blocks (``b.axis == -2``) -- the
-  ``tl.dot_scaled`` / tcgen05 block-scaled convention -- and both payloads are zero padded along K
-  to the same length. Payloads may be transposed views (``QuantizedOperand.t()``); call
+  ``tl.dot_scaled`` / tcgen05 block-scaled convention -- and both quantized payloads are zero
+  padded along K to the same length (an fmt "none" operand's payload is the unpadded
+  high-precision tensor; a backend that cannot mix it says so through ``supports``). Payloads may be transposed views (``QuantizedOperand.t()``); call
   ``.contiguous()`` on them if the kernel needs it. ``supports(a_spec, b_spec) -> str | None``
   returns None when the backend can run the pair, else the reason it cannot.
   "emulated" (built in): dequantize both operands to float32 and matmul; any device, any specs.

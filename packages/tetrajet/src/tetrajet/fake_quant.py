@@ -223,7 +223,8 @@ def quantize_toward(
     """Quantize ``x`` with its own block scales S (those of ``spec``), but of the two grid values
     bracketing x/S pick the one nearer to reference/S (Q-EMA, TetraJet Alg. 1: the EMA of the
     weights decides the rounding direction; ties go to the larger magnitude). Elements already on
-    the grid stay; values beyond the format's max saturate as in RNE. The result is a real packed
+    the grid stay; values beyond the format's max saturate as in RNE; where x or the reference is
+    not finite, or the block scale is 0/NaN, the RNE code is kept. The result is a real packed
     operand (same scales as ``quantize_operand(x, spec)``), usable by any GEMM backend.
 
     x, reference: 2-D, same shape, float32/float16/bfloat16 (neither modified); spec: an enabled,
@@ -261,7 +262,7 @@ def quantize_toward(
     mag = torch.where(pick_hi, hi, lo)
     codes = _mx_ref.encode(sign * mag, elem, "rne")
     rne_codes = _codes_of(q, elem)
-    codes = torch.where(ok & torch.isfinite(xp), codes, rne_codes)
+    codes = torch.where(ok & torch.isfinite(xp) & torch.isfinite(rp), codes, rne_codes)
     dim = axis % 2
     if elem is _mx_ref.E2M1:
         data = _mx_ref.pack_fp4(codes, dim)
