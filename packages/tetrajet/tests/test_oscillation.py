@@ -122,6 +122,7 @@ def test_callback_logs_every_n_steps() -> None:
     assert s["step"] == 4 and "flip_fraction_last_2" in s and len(s["ratio_hist_counts"]) == 8
 
 
+@pytest.mark.slow  # imports transformers (~10 s)
 def test_trainer_callback_adapter() -> None:
     pytest.importorskip("transformers")
     from transformers import TrainerCallback
