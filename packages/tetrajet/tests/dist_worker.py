@@ -103,6 +103,29 @@ class Run:
         return out
 
 
+def ramping_run() -> dict:
+    """Q-Ramping under DDP: calibrate (3 steps), then 2 ramped steps; periods and weights must agree."""
+    from tetrajet.qramping import QRamping
+    from torch.nn.parallel import DistributedDataParallel
+
+    model = DistributedDataParallel(build(0))
+    qr = QRamping(torch.optim.AdamW(model.parameters(), lr=5e-2), model, t0=3, k1=0.5, k2=2, n_max=5)
+    counter = iter(range(10, 20))
+
+    def train_step() -> None:
+        x, y = batch(dist.get_rank(), next(counter))
+        F.cross_entropy(model(x), y).backward()
+
+    info = qr.calibrate(train_step)
+    for _ in range(2):
+        qr.zero_grad()
+        train_step()
+        qr.step()
+    snap = {f"period:{n}": k.float() for n, k in qr.periods().items()}
+    snap.update({f"param:{n}": p.detach().clone() for n, p in model.named_parameters()})
+    return {"mode": "ddp_ramping", "max_k": info["max_k"], "not_equal_across_ranks": same_on_all_ranks(snap)}
+
+
 def same_on_all_ranks(snap: dict[str, torch.Tensor]) -> list[str]:
     bad = []
     for k in sorted(snap):
@@ -114,36 +137,45 @@ def same_on_all_ranks(snap: dict[str, torch.Tensor]) -> list[str]:
     return bad
 
 
+def qema_run(mode: str, out: str) -> dict:
+    """Q-EMA + tracker under DDP or FSDP2: cross-rank equality and checkpoint resume."""
+    rank = dist.get_rank()
+    run = Run(mode, init_seed=0)
+    losses = [run.step(0), run.step(1)]
+    path = os.path.join(out, f"{mode}_ck_rank{rank}.pt")
+    torch.save(run.checkpoint(), path)
+    dist.barrier()
+    losses.append(run.step(2))
+    ref = run.snapshot()
+    result = {
+        "mode": mode,
+        "losses": losses,
+        "qema_active": run.qema.active,
+        "flip_fraction": run.tracker.flip_fraction(3),
+        "not_equal_across_ranks": same_on_all_ranks(ref),
+    }
+    resumed = Run(mode, init_seed=123)
+    resumed.load(torch.load(path, weights_only=False))
+    result["resumed_loss"] = resumed.step(2)
+    got = resumed.snapshot()
+    result["resume_mismatch"] = [k for k in sorted(ref) if not torch.equal(ref[k], got[k])]
+    result["keys"] = len(ref)
+    return result
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
-    ap.add_argument("--modes", default="ddp,fsdp")
+    ap.add_argument("--modes", default="ddp,fsdp,ddp_ramping")
     args = ap.parse_args()
     dist.init_process_group("gloo")
     rank = dist.get_rank()
     torch.set_num_threads(1)
     for mode in args.modes.split(","):
-        result: dict = {"mode": mode}
         try:
-            run = Run(mode, init_seed=0)
-            losses = [run.step(0), run.step(1)]
-            path = os.path.join(args.out, f"{mode}_ck_rank{rank}.pt")
-            torch.save(run.checkpoint(), path)
-            dist.barrier()
-            losses.append(run.step(2))
-            ref = run.snapshot()
-            result["losses"] = losses
-            result["qema_active"] = run.qema.active
-            result["flip_fraction"] = run.tracker.flip_fraction(3)
-            result["not_equal_across_ranks"] = same_on_all_ranks(ref)
-            resumed = Run(mode, init_seed=123)
-            resumed.load(torch.load(path, weights_only=False))
-            result["resumed_loss"] = resumed.step(2)
-            got = resumed.snapshot()
-            result["resume_mismatch"] = [k for k in sorted(ref) if not torch.equal(ref[k], got[k])]
-            result["keys"] = len(ref)
+            result = ramping_run() if mode == "ddp_ramping" else qema_run(mode, args.out)
         except Exception as e:  # report instead of hanging the other rank
-            result["error"] = f"{type(e).__name__}: {e}"
+            result = {"mode": mode, "error": f"{type(e).__name__}: {e}"}
         with open(os.path.join(args.out, f"{mode}_rank{rank}.json"), "w") as f:
             json.dump(result, f)
         if "error" in result:

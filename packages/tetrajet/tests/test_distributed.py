@@ -33,7 +33,7 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, int], d
     proc = subprocess.run([*cmd, "--out", str(out)], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     res = {}
-    for mode in ("ddp", "fsdp"):
+    for mode in ("ddp", "fsdp", "ddp_ramping"):
         for rank in (0, 1):
             path = out / f"{mode}_rank{rank}.json"
             assert path.exists(), f"{path.name} missing: {proc.stderr[-3000:]}"
@@ -63,3 +63,12 @@ def test_checkpoint_resume_gives_same_next_step(results: dict, mode: str) -> Non
         assert "error" not in r, r.get("error")
         assert r["resume_mismatch"] == []
         assert r["resumed_loss"] == r["losses"][2]
+
+
+@pytest.mark.slow
+def test_qramping_consistent_across_ranks(results: dict) -> None:
+    for rank in (0, 1):
+        r = results["ddp_ramping", rank]
+        assert "error" not in r, r.get("error")
+        assert r["max_k"] > 1  # calibration found oscillating elements, so ramping is exercised
+        assert r["not_equal_across_ranks"] == []
