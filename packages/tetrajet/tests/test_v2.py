@@ -13,6 +13,7 @@ from tetrajet.backends import available_grad_transforms
 from tetrajet.v2 import (
     OsciReset,
     OutControlLinear,
+    convert_to_tetrajet_v2,
     enable_outcontrol,
     nvfp4_v2_recipe,
     outcontrol_recipe,
@@ -252,3 +253,19 @@ def test_outcontrol_bad_inputs() -> None:
     m[0].outlier_idx.fill_(0)
     with pytest.raises(ValueError, match="in_features"):
         m[0](torch.randn(3, 63))
+
+
+def test_convert_to_tetrajet_v2_honours_outlier_ratio() -> None:
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(64, 32), nn.GELU(), nn.Linear(32, 8))
+    convert_to_tetrajet_v2(m, module_filter_fn=lambda mod, fqn: fqn == "0", record_start=0, record_steps=1)
+    assert isinstance(m[0], OutControlLinear) and not isinstance(m[2], OutControlLinear)
+    assert isinstance(m[2], nn.Linear) and not isinstance(m[2], TetraJetLinear)
+    assert m[0].recipe.outlier_channel_ratio == 0.0 and m[0].outlier_idx.numel() == math.ceil(0.1 * 64)
+    assert m[0].recipe.grad_transform == "rht" and m[0].outlier_recipe.x_fwd.fmt == "mxfp8_e4m3"
+    m2 = convert_to_tetrajet_v2(nn.Sequential(nn.Linear(16, 16)), nvfp4_v2_recipe())
+    assert type(m2[0]) is TetraJetLinear
+    with pytest.raises(TypeError, match="TetraJetRecipe"):
+        convert_to_tetrajet_v2(nn.Sequential(nn.Linear(16, 16)), "nvfp4")
+    with pytest.raises(ValueError, match="not TetraJetLinear"):
+        enable_outcontrol(m, layers=["1"])

@@ -28,7 +28,7 @@ from torch import nn
 
 from ._dist import assign_full, full_tensor
 from .backends import available_grad_transforms, register_grad_transform
-from .convert import tetrajet_layers
+from .convert import FilterFn, convert_to_tetrajet, tetrajet_layers
 from .fake_quant import fake_quantize
 from .linear import TetraJetLinear, tetrajet_linear
 from .oscillation import OscillationTracker
@@ -37,6 +37,7 @@ from .recipe import QUANTIZER_NAMES, QuantizerSpec, TetraJetRecipe
 __all__ = [
     "OsciReset",
     "OutControlLinear",
+    "convert_to_tetrajet_v2",
     "enable_outcontrol",
     "nvfp4_v2_recipe",
     "outcontrol_recipe",
@@ -210,13 +211,25 @@ class OutControlLinear(TetraJetLinear):
 
 
 def enable_outcontrol(
-    model: nn.Module, *, ratio: float = 0.1, record_start: int = 500, record_steps: int = 50
+    model: nn.Module,
+    *,
+    ratio: float = 0.1,
+    record_start: int = 500,
+    record_steps: int = 50,
+    layers: list[str] | None = None,
 ) -> nn.Module:
-    """Swap, in place, every TetraJetLinear of ``model`` for an OutControlLinear (same parameters;
-    paper: ratio 0.1, record from iteration 501 for 50 iterations). Returns ``model``."""
+    """Swap, in place, every TetraJetLinear of ``model`` (or those named in ``layers``) for an
+    OutControlLinear (same parameters; paper: ratio 0.1, record from iteration 501 for 50
+    iterations). Returns ``model``."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    layers = {n: m for n, m in tetrajet_layers(model).items() if not isinstance(m, OutControlLinear)}
+    found = tetrajet_layers(model)
+    if layers is not None:
+        missing = sorted(set(layers) - set(found))
+        if missing:
+            raise ValueError(f"layers {missing} are not TetraJetLinear modules of model")
+        found = {n: found[n] for n in layers}
+    layers = {n: m for n, m in found.items() if not isinstance(m, OutControlLinear)}
     if not layers:
         raise ValueError("model has no TetraJetLinear layers (call convert_to_tetrajet first)")
     modules = dict(model.named_modules())
@@ -226,6 +239,34 @@ def enable_outcontrol(
             layer, ratio=ratio, record_start=record_start, record_steps=record_steps
         )
         setattr(modules[parent_name], child, new)
+    return model
+
+
+def convert_to_tetrajet_v2(
+    model: nn.Module,
+    config: TetraJetRecipe | None = None,
+    module_filter_fn: FilterFn | None = None,
+    *,
+    record_start: int = 500,
+    record_steps: int = 50,
+) -> nn.Module:
+    """``convert_to_tetrajet`` for TetraJet-v2 that honours ``config.outlier_channel_ratio``: the
+    selected nn.Linear modules become OutControlLinear layers (outlier channels in
+    ``config.outlier_fmt``) when the ratio is > 0, plain TetraJetLinear otherwise.
+    config: default ``nvfp4_v2_recipe(outlier_channel_ratio=0.1)`` (the paper's full method)."""
+    if config is None:
+        config = nvfp4_v2_recipe(outlier_channel_ratio=0.1)
+    if not isinstance(config, TetraJetRecipe):
+        raise TypeError(f"config must be a TetraJetRecipe, got {type(config).__name__}")
+    ratio = float(config.outlier_channel_ratio)
+    before = set(tetrajet_layers(model)) if isinstance(model, nn.Module) else set()
+    convert_to_tetrajet(model, config.replace(outlier_channel_ratio=0.0), module_filter_fn)
+    if ratio > 0:
+        new = sorted(set(tetrajet_layers(model)) - before)
+        if new:
+            enable_outcontrol(
+                model, ratio=ratio, record_start=record_start, record_steps=record_steps, layers=new
+            )
     return model
 
 
