@@ -233,7 +233,7 @@ def test_outcontrol_with_v2_recipe_trains() -> None:
         loss = F.cross_entropy(m(x), y)
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     assert all(math.isfinite(v) for v in losses) and m[0].channels_chosen
     assert m[0].outlier_idx.numel() == math.ceil(0.1 * 256)
 

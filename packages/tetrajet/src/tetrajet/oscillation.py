@@ -248,6 +248,7 @@ class OscillationTracker:
             "step": self.total_updates,
             "window_steps": self.steps,
             f"flip_fraction_last_{last_n}": self.flip_fraction(last_n),
+            "threshold": float(threshold),
             "oscillating_fraction": self.oscillating_fraction(threshold),
             "rate_of_change": sum(roc.values()) / len(roc),
             "ratio_hist_edges": edges,
@@ -359,6 +360,6 @@ class OscillationCallback:
 def _print_summary(s: dict[str, Any]) -> None:
     flips = next(v for k, v in s.items() if k.startswith("flip_fraction"))
     print(
-        f"[oscillation] step {s['step']}: flipped {flips:.4%}, R_w>16 {s['oscillating_fraction']:.4%}, "
+        f"[oscillation] step {s['step']}: flipped {flips:.4%}, R_w>{s['threshold']:g} {s['oscillating_fraction']:.4%}, "
         f"r(Q)={s['rate_of_change']:.5f}, R_w hist {s['ratio_hist_counts']}"
     )
