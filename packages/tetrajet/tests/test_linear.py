@@ -334,13 +334,21 @@ def test_weight_rounding_reference_hook():
     torch.testing.assert_close(layer(x), _q(x, r.x_fwd, -1) @ rne.t(), rtol=1e-5, atol=1e-5)
 
 
-def test_weight_rounding_reference_nvfp4():
-    spec = QuantizerSpec("nvfp4", nvfp4_outer="block128")
+@pytest.mark.parametrize(
+    "spec",
+    [
+        QuantizerSpec("nvfp4", nvfp4_outer="block128"),
+        QuantizerSpec("mxfp8_e4m3"),
+        QuantizerSpec("mxfp8_e5m2", scale_rule="truncation_free"),
+        QuantizerSpec("mxfp4"),
+    ],
+)
+def test_weight_rounding_reference_other_formats(spec):
     w = torch.randn(8, 200)
     rne = quantize_operand(w, spec, -1).dequantize()
     up = quantize_toward(w, w + 5.0, spec, -1).dequantize()
     down = quantize_toward(w, w - 5.0, spec, -1).dequantize()
-    # an E4M3 block scale rounded down saturates its largest element (lo = hi = max): RNE too
+    # a saturated element (E4M3 block scale rounded down, OCP floor scale) has lo = hi = max: RNE too
     assert ((up >= w) | (up == rne)).all() and ((down <= w) | (down == rne)).all()
     assert (up >= w).float().mean() > 0.95 and (down <= w).float().mean() > 0.95
     assert ((up == rne) | (down == rne)).all()
