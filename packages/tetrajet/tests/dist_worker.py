@@ -126,6 +126,37 @@ def ramping_run() -> dict:
     return {"mode": "ddp_ramping", "max_k": info["max_k"], "not_equal_across_ranks": same_on_all_ranks(snap)}
 
 
+def oscireset_run() -> dict:
+    """OsciReset under FSDP2: the reset goes through gather -> mask -> re-shard (``assign_full``);
+    the elements it changes must be exactly the reported fraction, identical on both ranks."""
+    from tetrajet.v2 import OsciReset
+
+    run = Run("fsdp", init_seed=0)
+    osr = OsciReset(run.model, start=1, stop=10, period=2, window=1, threshold=0.5)
+    changed = total = 0
+    fracs = []
+    for i in range(3):
+        x, y = batch(dist.get_rank(), i)
+        run.opt.zero_grad(set_to_none=True)
+        F.cross_entropy(run.model(x), y).backward()
+        run.opt.step()
+        before = {n: full_tensor(p).clone() for n, p in run.model.named_parameters() if n.endswith("weight")}
+        frac = osr.step()
+        if frac is not None:
+            fracs.append(frac)
+            for n, p in run.model.named_parameters():
+                if n in before:
+                    changed += int((full_tensor(p) != before[n]).sum())
+                    total += before[n].numel()
+    snap = {f"param:{n}": full_tensor(p).float().clone() for n, p in run.model.named_parameters()}
+    return {
+        "mode": "fsdp_oscireset",
+        "fracs": fracs,
+        "changed_fraction": changed / max(total, 1),
+        "not_equal_across_ranks": same_on_all_ranks(snap),
+    }
+
+
 def same_on_all_ranks(snap: dict[str, torch.Tensor]) -> list[str]:
     bad = []
     for k in sorted(snap):
@@ -166,14 +197,19 @@ def qema_run(mode: str, out: str) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
-    ap.add_argument("--modes", default="ddp,fsdp,ddp_ramping")
+    ap.add_argument("--modes", default="ddp,fsdp,ddp_ramping,fsdp_oscireset")
     args = ap.parse_args()
     dist.init_process_group("gloo")
     rank = dist.get_rank()
     torch.set_num_threads(1)
     for mode in args.modes.split(","):
         try:
-            result = ramping_run() if mode == "ddp_ramping" else qema_run(mode, args.out)
+            if mode == "ddp_ramping":
+                result = ramping_run()
+            elif mode == "fsdp_oscireset":
+                result = oscireset_run()
+            else:
+                result = qema_run(mode, args.out)
         except Exception as e:  # report instead of hanging the other rank
             result = {"mode": mode, "error": f"{type(e).__name__}: {e}"}
         with open(os.path.join(args.out, f"{mode}_rank{rank}.json"), "w") as f:

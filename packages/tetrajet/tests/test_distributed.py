@@ -33,7 +33,7 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, int], d
     proc = subprocess.run([*cmd, "--out", str(out)], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     res = {}
-    for mode in ("ddp", "fsdp", "ddp_ramping"):
+    for mode in ("ddp", "fsdp", "ddp_ramping", "fsdp_oscireset"):
         for rank in (0, 1):
             path = out / f"{mode}_rank{rank}.json"
             assert path.exists(), f"{path.name} missing: {proc.stderr[-3000:]}"
@@ -71,4 +71,14 @@ def test_qramping_consistent_across_ranks(results: dict) -> None:
         r = results["ddp_ramping", rank]
         assert "error" not in r, r.get("error")
         assert r["max_k"] > 1  # calibration found oscillating elements, so ramping is exercised
+        assert r["not_equal_across_ranks"] == []
+
+
+@pytest.mark.slow
+def test_oscireset_under_fsdp_resets_the_reported_elements(results: dict) -> None:
+    for rank in (0, 1):
+        r = results["fsdp_oscireset", rank]
+        assert "error" not in r, r.get("error")
+        assert len(r["fracs"]) == 1 and r["fracs"][0] > 0
+        assert r["changed_fraction"] == pytest.approx(r["fracs"][0], abs=1e-12)
         assert r["not_equal_across_ranks"] == []

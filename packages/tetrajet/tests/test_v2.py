@@ -269,3 +269,28 @@ def test_convert_to_tetrajet_v2_honours_outlier_ratio() -> None:
         convert_to_tetrajet_v2(nn.Sequential(nn.Linear(16, 16)), "nvfp4")
     with pytest.raises(ValueError, match="not TetraJetLinear"):
         enable_outcontrol(m, layers=["1"])
+
+
+def test_outcontrol_with_qema_reference_slices_it() -> None:
+    from tetrajet import tetrajet_linear
+    from tetrajet.qema import QEMA
+
+    m = _oc_model(TetraJetRecipe.tetrajet())
+    enable_outcontrol(m, ratio=0.03, record_start=0, record_steps=1)
+    layer = m[0]
+    layer(_oc_input(0))  # choose the channels
+    q = QEMA(m, beta=0.5, start_step=0)
+    with torch.no_grad():
+        q.ema["0"].add_(
+            0.05 * torch.sign(torch.randn(q.ema["0"].shape, generator=torch.Generator().manual_seed(1)))
+        )
+    x = _oc_input(4)
+    oi, mi = layer.outlier_idx, layer.main_idx()
+    want = tetrajet_linear(
+        x[..., mi], layer.weight[:, mi], layer.bias, layer.recipe, weight_reference=q.ema["0"][:, mi]
+    ) + tetrajet_linear(x[..., oi], layer.weight[:, oi], None, layer.outlier_recipe)
+    with torch.no_grad():
+        got = layer(x)
+        torch.testing.assert_close(got, want.detach(), rtol=0, atol=0)
+        q.detach()
+        assert not torch.equal(layer(x), got)
