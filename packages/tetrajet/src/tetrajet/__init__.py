@@ -14,9 +14,30 @@ from .backends import (
 from .convert import convert_to_tetrajet, load_sr_state, sr_state, tetrajet_layers
 from .fake_quant import QuantizedOperand, derive_seed, fake_quantize, quantize_operand, quantize_toward
 from .linear import TetraJetLinear, tetrajet_linear
+from .oscillation import OscillationCallback, OscillationTracker, oscillation_ratio
+from .qema import QEMA, QEMAConfig
+from .qramping import QRamping, ramping_periods
 from .recipe import QuantizerSpec, TetraJetRecipe
 
+# TetraJet-v2 (importing it registers the "rht" gradient transform that TetraJetRecipe.nvfp4_v2() uses)
+from .v2 import (
+    OsciReset,
+    OutControlLinear,
+    convert_to_tetrajet_v2,
+    enable_outcontrol,
+    nvfp4_v2_recipe,
+    outcontrol_recipe,
+    random_hadamard,
+)
+
 __all__ = [
+    "QEMA",
+    "OsciReset",
+    "OscillationCallback",
+    "OscillationTracker",
+    "OutControlLinear",
+    "QEMAConfig",
+    "QRamping",
     "QuantizedOperand",
     "QuantizerSpec",
     "TetraJetLinear",
@@ -25,11 +46,18 @@ __all__ = [
     "available_gemm_backends",
     "available_grad_transforms",
     "convert_to_tetrajet",
+    "convert_to_tetrajet_v2",
     "derive_seed",
+    "enable_outcontrol",
     "fake_quantize",
     "load_sr_state",
+    "nvfp4_v2_recipe",
+    "oscillation_ratio",
+    "outcontrol_recipe",
     "quantize_operand",
     "quantize_toward",
+    "ramping_periods",
+    "random_hadamard",
     "register_gemm_backend",
     "register_grad_transform",
     "sr_state",
