@@ -101,17 +101,17 @@ def test_two_processes_match_one(runs, trainer):
     # Loss per optimizer step: mean over processes (what the Trainer logs) equals the 1-process loss.
     assert len(ref["losses"]) == 2 and all(len(r["losses"]) == 2 for r in ranks)
     mean_losses = [(a + b) / 2 for a, b in zip(ranks[0]["losses"], ranks[1]["losses"], strict=True)]
-    assert mean_losses == pytest.approx(ref["losses"], rel=1e-5, abs=1e-7)
+    assert mean_losses == pytest.approx(ref["losses"], rel=1e-5, abs=1e-10)
     if trainer == "nft":
         assert ref["losses"][0] == pytest.approx(0.0, abs=1e-7)  # on-policy: ratio 1, NFT loss value 0
-    assert abs(ref["losses"][1]) > 1e-4  # off-policy step: a real number to compare
+    assert abs(ref["losses"][1]) > 1e-5  # off-policy step: a real number to compare
 
-    # Weights after each step equal, and moved.
+    # Weights after each step equal, and moved: the difference of the two runs' updates is below 1e-4 of the
+    # largest update (float32 round-off is ~1e-6 of it; a gradient off by DDP's factor 2 would be ~0.5).
     before = ref["before"]
     for step, (w1, w2) in enumerate(zip(ref["after_steps"], ranks[0]["after_steps"], strict=True), start=1):
+        assert w1.keys() == w2.keys() == before.keys()
         moved = max((w1[k] - before[k]).abs().max().item() for k in before)
-        assert moved > 1e-3, f"step {step}: weights did not move ({moved})"
-        for k in before:
-            torch.testing.assert_close(
-                w2[k], w1[k], rtol=1e-5, atol=1e-6, msg=lambda m, k=k, s=step: f"step {s} {k}: {m}"
-            )
+        assert moved > 1e-4, f"step {step}: weights did not move ({moved})"
+        worst = max((w2[k] - w1[k]).abs().max().item() for k in before)
+        assert worst <= 1e-4 * moved, f"step {step}: weights differ by {worst} (largest update {moved})"

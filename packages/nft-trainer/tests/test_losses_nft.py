@@ -267,6 +267,14 @@ def test_empty_and_single_token_answers(ratio_type, reduction):
     assert all(torch.isfinite(v).all() for v in metrics2.values())
 
 
+def test_tensor_normalizer_gives_a_scalar_loss():
+    lp, old, correct, rate, mask = _batch(seed=6)
+    loss, _ = nft_loss(lp, old, correct, rate, mask, normalizer=torch.tensor([250.0]))
+    assert loss.shape == () and loss.item() == pytest.approx(
+        nft_loss(lp, old, correct, rate, mask, normalizer=250.0)[0].item()
+    )
+
+
 def test_zero_size_batch():
     loss, metrics = nft_loss(
         torch.zeros(0, 3),
@@ -359,6 +367,7 @@ def test_bad_tensors(mutate, exc, match):
         ({"neg_weight": -1.0}, ValueError, "neg_weight must be >= 0"),
         ({"neg_weight": float("nan")}, ValueError, "neg_weight must be finite"),
         ({"ratio_type": "seq"}, ValueError, "ratio_type must be one of"),
+        ({"log_ratio_clamp": 100.0}, ValueError, "log_ratio_clamp must be <= 80"),
         ({"rate_clip": (0.0, 0.98)}, ValueError, r"rate_clip\[0\] must be > 0"),
         ({"rate_clip": (0.5, 0.4)}, ValueError, "low <= high"),
         ({"rate_clip": 0.5}, TypeError, "rate_clip must be a pair"),

@@ -370,3 +370,112 @@ def test_config_defaults_are_the_papers():
     )
     assert (cfg.prompt_weighting, cfg.loss_reduction, cfg.loss_normalizer) == ("1-r", "sum", None)
     assert cfg.filter_zero_variance_groups is True and cfg.num_generations == 8
+
+
+@pytest.mark.parametrize("filter_groups", [True, False])
+def test_zero_variance_groups_filter_and_unclipped_rates(tmp_path, tok, dataset, filter_groups):
+    def first_group_all_right(completions, **kwargs):  # group 0 all right, group 1 all wrong, others mixed
+        return [1.0 if i < 4 else 0.0 if i < 8 else float(i % 2) for i in range(len(completions))]
+
+    trainer = _trainer(
+        tmp_path,
+        tok,
+        dataset,
+        reward=first_group_all_right,
+        per_device_train_batch_size=16,
+        filter_zero_variance_groups=filter_groups,
+    )
+    inputs = _batch(trainer)
+    expected_rate = torch.tensor([1.0] * 4 + [0.0] * 4 + [0.5] * 8)
+    torch.testing.assert_close(
+        inputs["nft_correct_rate"], expected_rate
+    )  # unclipped here, clipped in the loss
+    expected_keep = torch.tensor([not filter_groups] * 8 + [True] * 8)
+    assert torch.equal(inputs["nft_keep"], expected_keep)
+    logs = trainer._metrics["train"]
+    assert logs["nft/frac_groups_zero_variance"][-1] == pytest.approx(0.5)
+    assert torch.isfinite(trainer._compute_loss(trainer.model, inputs))
+
+
+def test_peft_lora_with_num_iterations(tmp_path, tok, dataset):
+    """A LoRA adapter trains; num_iterations=2 reuses each batch, so the 2nd update sees a ratio ≠ 1."""
+    peft = pytest.importorskip("peft")
+    model = tiny_llama(tok, hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, seed=0)
+    trainer = NFTTrainer(
+        model=model,
+        reward_funcs=parity_reward,
+        args=_config(tmp_path, num_iterations=2, max_steps=2, learning_rate=1e-2),
+        train_dataset=dataset,
+        processing_class=tok,
+        peft_config=peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"]),
+    )
+    lora = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_B" in n}
+    trainer.train()
+    assert lora and any(not torch.equal(p, lora[n]) for n, p in trainer.model.named_parameters() if n in lora)
+    ratios = [h["nft/ratio_mean"] for h in trainer.state.log_history if "loss" in h]
+    assert ratios[0] == pytest.approx(1.0) and abs(ratios[1] - 1.0) > 1e-6
+
+
+def test_reward_signature_check_units():
+    import functools
+
+    from nft_trainer.input_checks import check_reward_signature
+
+    class Verifier:
+        def __call__(self, completions, answer, **kwargs):
+            return [0.0] * len(completions)
+
+    def two_columns(completions, answer, scale, **kwargs):
+        return [0.0] * len(completions)
+
+    check_reward_signature(0, Verifier(), ["prompt", "answer"])  # a callable instance
+    check_reward_signature(
+        0, functools.partial(two_columns, scale=2.0), ["prompt", "answer"]
+    )  # bound by partial
+    check_reward_signature(
+        0, two_columns, None
+    )  # columns unknown (streamed dataset): only **kwargs is checked
+    with pytest.raises(TypeError, match=r"requires \['scale'\]"):
+        check_reward_signature(1, two_columns, ["prompt", "answer"])
+
+    def explicit(prompts, completions, completion_ids, trainer_state, log_extra, log_metric, answer):
+        return [0.0] * len(completions)
+
+    check_reward_signature(0, explicit, ["prompt", "answer"])  # every passed keyword named: accepted
+    with pytest.raises(TypeError, match=r"does not accept the keyword arguments \['level'\]"):
+        check_reward_signature(0, explicit, ["prompt", "answer", "level"])
+
+
+@pytest.mark.parametrize("reduction", ["sum", "token_mean", "sequence_mean"])
+def test_micro_batch_losses_add_up_to_the_step_loss(tmp_path, tok, dataset, reduction):
+    """gradient_accumulation_steps=2: the two micro-batch losses sum to the reduction over the whole step batch."""
+    from trl.trainer.utils import split_tensor_dict
+
+    trainer = _trainer(
+        tmp_path,
+        tok,
+        dataset,
+        loss_reduction=reduction,
+        gradient_accumulation_steps=2,
+        per_device_train_batch_size=8,
+    )
+    inputs = _batch(trainer)  # the generation batch: 2 micro-batches of 8
+    assert inputs["completion_ids"].shape[0] == 16
+    with torch.no_grad():
+        current = _logps(trainer, inputs)
+    inputs["old_per_token_logps"] = current + 0.2 * torch.randn(
+        current.shape, generator=torch.Generator().manual_seed(1)
+    )
+    halves = split_tensor_dict(inputs, 2)
+    total = sum(trainer._compute_loss(trainer.model, half) for half in halves)
+    mask = inputs["completion_mask"] * inputs["nft_keep"][:, None]
+    expected, _ = nft_loss(
+        _logps(trainer, inputs),
+        inputs["old_per_token_logps"],
+        inputs["nft_correct"],
+        inputs["nft_correct_rate"],
+        mask,
+        reduction=reduction,
+    )
+    assert expected.item() != 0.0
+    torch.testing.assert_close(total, expected, rtol=1e-5, atol=1e-8)

@@ -68,6 +68,7 @@ class RunSummary:
     train_runtime_s: float | None
     final_reward: float | None
     final_reward_step: int | None
+    final_reward_per_func: dict[str, float]
     eval_reward: float | None
     last_checkpoint: str | None
     output_dir: str
@@ -90,7 +91,12 @@ class RunSummary:
                 if self.final_reward_step
                 else ""
             )
-            + "; with one 0/1 verifier this is the training accuracy",
+            + (
+                "; one 0/1 verifier: this is the training accuracy"
+                if len(self.final_reward_per_func) == 1
+                else ""
+            ),
+            *(f"    {name}: {f(value)}" for name, value in self.final_reward_per_func.items()),
             f"  eval reward      {f(self.eval_reward)}",
             f"  last checkpoint  {self.last_checkpoint or 'none (save_strategy=no?)'}",
             f"  final model      {self.output_dir}",
@@ -247,6 +253,11 @@ def train(
     trainer.save_model(spec.config.output_dir)
     wall = time.perf_counter() - start
     reward, reward_step = _last_logged(trainer.state.log_history, "reward")
+    per_func = {}
+    for name in trainer.reward_func_names:
+        value, _ = _last_logged(trainer.state.log_history, f"rewards/{name}/mean")
+        if value is not None:
+            per_func[name] = value
     out_dir = Path(spec.config.output_dir)
     return RunSummary(
         trainer=type(trainer).__name__,
@@ -256,6 +267,7 @@ def train(
         train_runtime_s=output.metrics.get("train_runtime"),
         final_reward=reward,
         final_reward_step=reward_step,
+        final_reward_per_func=per_func,
         eval_reward=None if eval_reward is None else float(eval_reward),
         last_checkpoint=get_last_checkpoint(str(out_dir)) if out_dir.is_dir() else None,
         output_dir=str(out_dir),

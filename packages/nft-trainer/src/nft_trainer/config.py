@@ -128,6 +128,11 @@ class NFTConfig(GRPOConfig):
                 f"NFTConfig.ratio_type must be one of {list(RATIO_TYPES)}, got {self.ratio_type!r}"
             )
         self.log_ratio_clamp = _real("log_ratio_clamp", self.log_ratio_clamp)
+        if self.log_ratio_clamp > 80.0:
+            raise ValueError(
+                f"NFTConfig.log_ratio_clamp must be <= 80 (exp overflows float32 beyond ~88), got {self.log_ratio_clamp}; "
+                "the code uses 10"
+            )
         lo = _real("correct_rate_min", self.correct_rate_min)
         hi = _real("correct_rate_max", self.correct_rate_max)
         if not 0.0 < lo <= hi < 1.0:

@@ -359,9 +359,17 @@ def resolve_reward_func(spec: Any, *, key: str = "reward_funcs") -> tuple[Callab
         import inspect
 
         try:
+            params = inspect.signature(fn).parameters
             inspect.signature(fn).bind_partial(**kwargs)
-        except TypeError as e:
+        except (TypeError, ValueError) as e:
             raise ConfigError(f"{key}: bad kwargs for {spec!r}: {e}") from e
+        named = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        unknown_kw = [k for k in kwargs if k not in named]
+        if unknown_kw:
+            # Would otherwise vanish into the function's **kwargs (TRL's extra arguments) unnoticed.
+            raise ConfigError(
+                f"{key}: bad kwargs for {spec!r}: {unknown_kw} are not parameters of it {named}"
+            )
         bound = functools.partial(fn, **kwargs)
 
         @functools.wraps(fn)

@@ -57,6 +57,19 @@ class NFTTrainer(GRPOTrainer):
 
     _tag_names: ClassVar[list[str]] = ["trl", "nft"]
     _name = "NFT"
+    _paper: ClassVar[dict[str, str]] = {
+        "title": "Bridging Supervised Learning and Reinforcement Learning in Math Reasoning",
+        "id": "2505.18116",
+        "citation": (
+            "@article{chen2025nft,\n"
+            "    title   = {{Bridging Supervised Learning and Reinforcement Learning in Math Reasoning}},\n"
+            "    author  = {Huayu Chen and Kaiwen Zheng and Qinsheng Zhang and Ganqu Cui and Yin Cui and Haotian Ye and "
+            "Tsung-Yi Lin and Ming-Yu Liu and Jun Zhu and Haoxiang Wang},\n"
+            "    journal = {arXiv preprint arXiv:2505.18116},\n"
+            "    year    = 2025\n"
+            "}"
+        ),
+    }
 
     def __init__(
         self,
@@ -169,7 +182,8 @@ class NFTTrainer(GRPOTrainer):
         correct = torch.nan_to_num(rewards, nan=-torch.inf) >= self.args.correct_threshold
         valid = ~unscorable
         rate = group_correct_rate(correct.float(), group_size, valid=valid)
-        # all right or all wrong among the scorable completions (an unscorable row copies its group's first label)
+        # all right or all wrong among the scorable rows: an unscorable row takes its group's majority label,
+        # which cannot change whether the scorable rows agree
         labels = torch.where(valid, correct.float(), rate.round())
         zero_var = zero_variance_groups(labels, group_size)
         keep = valid & ~zero_var if self.args.filter_zero_variance_groups else valid

@@ -129,7 +129,8 @@ def nft_loss(
         neg_weight: w⁻ ≥ 0 on the negative term; 1 = NFT, 0 = RFT (the code's −1 DAPO switch is
             :func:`nft_trainer.losses.dapo_loss`).
         ratio_type: ``"token"`` (R per token) or ``"sequence"`` (R = exp(min(Σ_t Δ_t, clamp)) per row).
-        log_ratio_clamp: upper clamp of the log-ratio before ``exp`` (10 in the code).
+        log_ratio_clamp: upper clamp of the log-ratio before ``exp`` (10 in the code; at most 80 so that
+            ``exp`` stays finite in float32).
         rate_clip: ``(low, high)`` clip of r̂_q, ``0 < low <= high < 1`` ((0.02, 0.98) in the code).
         clamp_negative: floor |ε⁻| > 0 of the straight-through clamp of P (1.0 in the scripts; 0.5 the
             alternative). Its absolute value is used, as in the code.
@@ -176,7 +177,9 @@ def nft_loss(
     )
     neg_weight = check_finite_number("neg_weight", neg_weight, low=0.0)
     check_choice("ratio_type", ratio_type, RATIO_TYPES)
-    log_ratio_clamp = check_finite_number("log_ratio_clamp", log_ratio_clamp)
+    log_ratio_clamp = check_finite_number(
+        "log_ratio_clamp", log_ratio_clamp, high=80.0
+    )  # exp(88) overflows fp32
     if not isinstance(rate_clip, (tuple, list)) or len(rate_clip) != 2:
         raise TypeError(f"rate_clip must be a pair (low, high), got {rate_clip!r}")
     low = check_finite_number("rate_clip[0]", rate_clip[0], low=0.0, low_open=True)
@@ -238,7 +241,7 @@ def nft_loss(
         neg_num, pos_num = neg.sum(), pos.sum()
     if normalizer is not None:
         den = (
-            normalizer.to(dtype=dtype, device=lp.device)
+            normalizer.to(dtype=dtype, device=lp.device).reshape(())
             if isinstance(normalizer, torch.Tensor)
             else normalizer
         )
