@@ -138,7 +138,9 @@ def run(trainer_name: str, out_dir: Path) -> None:
     snapshots: list = []
     trainer.add_callback(SnapshotWeights(snapshots))
     trainer.train()
-    result = {"records": records, "losses": trainer.recorded_losses, "world": world}
+    dist = torch.distributed
+    backend = dist.get_backend() if dist.is_available() and dist.is_initialized() else None
+    result = {"records": records, "losses": trainer.recorded_losses, "world": world, "backend": backend}
     if rank == 0:
         result["before"] = before
         result["after_steps"] = snapshots

@@ -57,7 +57,13 @@ def _error(capsys, argv) -> str:
 
 def test_dry_run_prints_resolved_config(tmp_path, capsys):
     path = _write(tmp_path, _toy(tmp_path, neg_weight=0.5))
-    assert main(["--config", str(path), "--dry-run", "--set", "learning_rate=0.01"]) == 0
+    # "1e-2" is a string to PyYAML (YAML 1.1); float fields take it as the number YAML 1.2 and TRL read.
+    assert (
+        main(
+            ["--config", str(path), "--dry-run", "--set", "learning_rate=1e-2", "--set", "max_grad_norm=5e-1"]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "dry run: configuration is valid; nothing was trained" in out
     doc = yaml.safe_load(out.split("\ndry run:")[0])
@@ -66,11 +72,13 @@ def test_dry_run_prints_resolved_config(tmp_path, capsys):
     assert "32 rows" in doc["run"]["dataset"]
     assert doc["config"]["neg_weight"] == 0.5
     assert doc["config"]["learning_rate"] == 0.01  # --set override
+    assert doc["config"]["max_grad_norm"] == 0.5
     assert doc["config"]["max_steps"] == 2
     assert doc["config"]["bf16"] is False
     assert not (tmp_path / "out").exists()  # nothing trained or written
 
 
+@pytest.mark.slow  # a fresh Python process: ~10 s of imports on an idle machine
 def test_two_step_toy_run_console_script(tmp_path):
     path = _write(tmp_path, _toy(tmp_path))
     script = Path(sys.executable).with_name("nft-train")
@@ -123,6 +131,20 @@ def test_local_model_jsonl_dataset_module_reward_and_resume(tmp_path, capsys):
     assert main(["--config", str(path), "--resume", "--set", "max_steps=1"]) == 0
     out = capsys.readouterr().out
     assert f"resumed from     {tmp_path / 'out' / 'checkpoint-1'}" in out
+
+
+def test_saved_toy_model_with_toy_tokenizer(tmp_path, capsys):
+    from nft_trainer.toy import char_tokenizer, tiny_llama
+
+    model_dir = tmp_path / "weights_only"
+    tiny_llama(char_tokenizer(), hidden_size=32, num_layers=1).save_pretrained(model_dir)
+    run = _toy(tmp_path, model=str(model_dir), model_kwargs=None)
+    assert "tokenizer: cannot load a tokenizer from" in _error(
+        capsys, ["--config", str(_write(tmp_path, run)), "--dry-run"]
+    )
+    run["tokenizer"] = "toy:char"
+    assert main(["--config", str(_write(tmp_path, run)), "--dry-run"]) == 0
+    assert f"model: {model_dir}" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("suffix", [".json", ".parquet"])
@@ -203,7 +225,7 @@ def test_reward_specs(tmp_path):
         ({"model_kwargs": {"hidden_sise": 8}}, "model_kwargs: bad arguments for nft_trainer.toy.tiny_llama"),
         ({"model": "/no/such/dir"}, "model_kwargs: only for 'toy:' models"),
         ({"model_kwargs": [1]}, "model_kwargs: must be a mapping"),
-        ({"tokenizer": "/x"}, "tokenizer: toy models use"),
+        ({"tokenizer": "/x"}, "tokenizer: toy models use 'toy:char'"),
         ({"dataset": None}, "dataset: required"),
         ({"dataset": "toy:chess"}, "unknown toy dataset 'chess'"),
         ({"dataset_kwargs": {}}, r"dataset_kwargs: 'n' \(number of examples\) is required"),
@@ -259,3 +281,98 @@ def test_resolve_run_does_not_mutate_input(tmp_path):
     frozen = json.loads(json.dumps(raw))
     resolve_run(raw, load=False)
     assert raw == frozen
+
+
+CONFIGS = Path(__file__).with_name("configs")
+
+
+def test_example_toy_config_is_valid(capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    assert main(["--config", str(CONFIGS / "toy_nft.yaml"), "--dry-run"]) == 0
+    assert "512 rows" in capsys.readouterr().out
+
+
+def test_example_paper_config_fields_are_valid(tmp_path):
+    # The GPU recipe cannot run here: swap model/dataset for toy ones and bf16 off, keep every other field.
+    raw = yaml.safe_load((CONFIGS / "qwen_7b_paper.yaml").read_text())
+    raw.update(
+        model="toy:tiny_llama",
+        dataset="toy:arithmetic",
+        dataset_kwargs={"n": 4},
+        bf16=False,
+        output_dir=str(tmp_path / "out"),
+    )
+    spec = resolve_run(raw, load=False)
+    config = spec.config
+    world = 8  # the recipe's processes
+    completions_per_update = config.per_device_train_batch_size * config.gradient_accumulation_steps * world
+    assert completions_per_update == 512
+    assert config.steps_per_generation // config.gradient_accumulation_steps == 16  # updates per rollout
+    assert config.per_device_train_batch_size * config.steps_per_generation * world == 512 * 16
+    assert (config.neg_weight, config.ratio_type, config.prompt_weighting) == (1.0, "token", "1-r")
+
+
+def test_checkpoints_inside_a_generation_batch_are_flagged(tmp_path, capsys):
+    from nft_trainer.cli import _warn_if_mid_generation
+
+    run = _toy(tmp_path, steps_per_generation=2, per_device_train_batch_size=4, save_steps=1)
+    assert main(["--config", str(_write(tmp_path, run)), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "# note: save_steps=1 is not a multiple of the optimizer steps of one generation batch" in out
+    spec = resolve_run(run, load=False)
+    with pytest.warns(UserWarning, match="in the middle of a generation batch"):
+        _warn_if_mid_generation(spec, str(tmp_path / "out" / "checkpoint-3"))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _warn_if_mid_generation(spec, str(tmp_path / "out" / "checkpoint-4"))
+    run["save_steps"] = 2
+    assert main(["--config", str(_write(tmp_path, run)), "--dry-run"]) == 0
+    assert "save_steps=" not in capsys.readouterr().out.split("run:")[0]
+
+
+def test_trainer_input_errors_are_reported(tmp_path, capsys):
+    file = tmp_path / "bad_reward.py"
+    file.write_text("def one_arg(x):\n    return [1.0]\n")
+    path = _write(tmp_path, _toy(tmp_path, reward_funcs=[f"{file}:one_arg"]))
+    err = _error(capsys, ["--config", str(path)])
+    assert "NFTTrainer refused the run: " in err and "one_arg" in err
+    assert not (tmp_path / "out" / "checkpoint-1").exists()
+
+
+def test_conversational_prompts_run(tmp_path, capsys):
+    # Chat-style prompts: TRL renders them with the tokenizer's chat template and hands the verifier
+    # conversational completions ([{"role": "assistant", "content": ...}]).
+    data = tmp_path / "chat.jsonl"
+    rows = [{"prompt": [{"role": "user", "content": f"{a}+1="}], "answer": str(a + 1)} for a in range(8)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run = _toy(
+        tmp_path,
+        dataset=str(data),
+        dataset_kwargs=None,
+        max_steps=1,
+        reward_funcs=["numeric_match", "math_verify"],
+    )
+    assert main(["--config", str(_write(tmp_path, run))]) == 0
+    out = capsys.readouterr().out
+    assert "steps            1 / 1" in out
+    assert "numeric_match_reward: 0.0000" in out  # untrained model: wrong, but scored (not n/a)
+
+
+def test_grpo_baseline_with_kl_on_toy_model(tmp_path, capsys):
+    # beta > 0 makes TRL load a reference model from a path: the CLI saves the in-memory toy model first.
+    run = _toy(tmp_path, trainer="grpo", beta=0.04, max_steps=1)
+    assert main(["--config", str(_write(tmp_path, run))]) == 0
+    assert "trainer          GRPOTrainer" in capsys.readouterr().out
+    assert (tmp_path / "out" / "toy-init" / "config.json").is_file()
+
+
+def test_train_bad_arguments(tmp_path):
+    from nft_trainer.cli import train
+
+    with pytest.raises(TypeError, match="spec must be a RunSpec"):
+        train({"model": "toy:tiny_llama"})
+    spec = resolve_run(_toy(tmp_path), load=False)
+    with pytest.raises(TypeError, match="resume must be None, a bool or a checkpoint path"):
+        train(spec, resume=3)

@@ -93,6 +93,7 @@ def test_two_processes_match_one(runs, trainer):
     ref = _load(one / f"{trainer}_rank0.pt")
     ranks = [_load(two / f"{trainer}_rank{r}.pt") for r in (0, 1)]
     assert ref["world"] == 1 and [r["world"] for r in ranks] == [2, 2]
+    assert ref["backend"] is None and [r["backend"] for r in ranks] == ["gloo", "gloo"]
 
     # Same rows generated, split in two contiguous halves.
     assert sorted(ref["records"]) == sorted(ranks[0]["records"] + ranks[1]["records"])

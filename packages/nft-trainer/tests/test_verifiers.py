@@ -242,3 +242,20 @@ def test_math_verify_reward_in_worker_thread():
     t.start()
     t.join()
     assert result["r"] == [1.0, 0.0]
+
+
+def test_long_adversarial_inputs_are_fast():
+    # Unclosed \boxed{ repeated: answer extraction is linear (a quadratic scan took minutes at this size).
+    import time
+
+    texts = [
+        "\\boxed{" * 20000 + "\\boxed{7}",
+        "\\boxed{" * 20000,
+        "1," * 20000,
+        "-" * 50000 + "5",
+        "1e1" * 20000,
+    ]
+    start = time.perf_counter()
+    out = numeric_match_reward(texts, ["7", "7", "1", "5", "1"])
+    assert time.perf_counter() - start < 10.0
+    assert out[:2] == [1.0, 0.0]

@@ -19,14 +19,16 @@ final mean reward, eval reward when an eval set is given, checkpoint and model p
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nft_trainer.run_config import ConfigError, RunSpec, load_yaml, resolve_run
+from nft_trainer.run_config import ConfigError, RunSpec, is_generation_boundary, load_yaml, resolve_run
 
 __all__ = ["RunSummary", "build_parser", "dry_run_report", "main", "run", "train"]
 
@@ -187,9 +189,9 @@ def dry_run_report(spec: RunSpec) -> str:
     }
     text = yaml.safe_dump({"run": run, "config": fields}, sort_keys=False, default_flow_style=False)
     notes = "".join(f"# note: {n}\n" for n in spec.notes)
-    world = config.per_device_train_batch_size * config.gradient_accumulation_steps
+    per_process = config.per_device_train_batch_size * config.gradient_accumulation_steps
     notes += (
-        f"# per-process batch {world} completions per optimizer step "
+        f"# per-process batch {per_process} completions per optimizer step "
         f"(x number of processes); num_generations={config.num_generations}\n"
     )
     return notes + text
@@ -213,6 +215,19 @@ def _resume_target(spec: RunSpec, resume: str | bool | None) -> str | None:
     return str(resume)
 
 
+def _warn_if_mid_generation(spec: RunSpec, checkpoint: str | None) -> None:
+    if checkpoint is None:
+        return
+    match = re.search(r"checkpoint-(\d+)$", str(checkpoint).rstrip("/"))
+    if match and not is_generation_boundary(spec.config, int(match.group(1))):
+        warnings.warn(
+            f"resuming from {checkpoint}, in the middle of a generation batch: TRL does not checkpoint the "
+            "generated batch, so a new one is generated and the run will not match an uninterrupted one",
+            UserWarning,
+            stacklevel=2,
+        )
+
+
 def _last_logged(history: list[dict[str, Any]], key: str) -> tuple[float | None, int | None]:
     for entry in reversed(history):
         if key in entry:
@@ -226,7 +241,14 @@ def train(
     """Build the trainer from a resolved run, train (optionally resuming), save, and summarize."""
     from transformers.trainer_utils import get_last_checkpoint
 
+    if not isinstance(spec, RunSpec):
+        raise TypeError(f"train: spec must be a RunSpec (from resolve_run), got {type(spec).__name__}")
+    if resume is not None and not isinstance(resume, (bool, str, Path)):
+        raise TypeError(
+            f"train: resume must be None, a bool or a checkpoint path, got {type(resume).__name__}"
+        )
     resume_from = _resume_target(spec, resume)
+    _warn_if_mid_generation(spec, resume_from)
     model = spec.model
     if spec.config.beta != 0.0 and not isinstance(model, str):
         # A reference model is loaded from a path (TRL); save the in-memory toy model so it has one.
@@ -234,16 +256,20 @@ def train(
         model.save_pretrained(init_dir)
         spec.tokenizer.save_pretrained(init_dir)
         model = str(init_dir)
-    trainer = spec.trainer_cls(
-        model=model,
-        reward_funcs=spec.reward_funcs,
-        args=spec.config,
-        train_dataset=spec.train_dataset,
-        eval_dataset=spec.eval_dataset,
-        processing_class=spec.tokenizer,
-        peft_config=spec.peft_config,
-        callbacks=callbacks,
-    )
+    try:
+        trainer = spec.trainer_cls(
+            model=model,
+            reward_funcs=spec.reward_funcs,
+            args=spec.config,
+            train_dataset=spec.train_dataset,
+            eval_dataset=spec.eval_dataset,
+            processing_class=spec.tokenizer,
+            peft_config=spec.peft_config,
+            callbacks=callbacks,
+        )
+    except (TypeError, ValueError) as e:
+        # The trainer's input checks (reward signature, chat template, batch/group sizes) name the fix.
+        raise ConfigError(f"{spec.trainer_cls.__name__} refused the run: {e}") from e
     start = time.perf_counter()
     output = trainer.train(resume_from_checkpoint=resume_from)
     eval_reward = None

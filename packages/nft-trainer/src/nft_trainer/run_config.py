@@ -10,8 +10,9 @@ run key                meaning
 ``model``              local model directory (``from_pretrained``) or ``toy:tiny_llama``
 ``model_kwargs``       keyword arguments of ``nft_trainer.toy.tiny_llama`` (toy models only; for a
                        local model use the config field ``model_init_kwargs``)
-``tokenizer``          local tokenizer directory (default: the model directory; ``toy:`` models use
-                       ``nft_trainer.toy.char_tokenizer()``)
+``tokenizer``          local tokenizer directory (default: the model directory), or ``toy:char``
+                       (``nft_trainer.toy.char_tokenizer()``, always used by ``toy:`` models; give it
+                       for a saved toy model whose directory holds no tokenizer files)
 ``dataset``            local ``.json``/``.jsonl``/``.parquet`` file, a ``save_to_disk`` directory, or
                        ``toy:arithmetic``; it needs a ``prompt`` column
 ``dataset_kwargs``     keyword arguments of ``nft_trainer.toy.arithmetic_dataset`` (toy datasets)
@@ -34,6 +35,7 @@ import functools
 import importlib
 import importlib.util
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +45,7 @@ __all__ = [
     "RUN_KEYS",
     "ConfigError",
     "RunSpec",
+    "is_generation_boundary",
     "load_yaml",
     "resolve_reward_func",
     "resolve_run",
@@ -63,6 +66,7 @@ RUN_KEYS: tuple[str, ...] = (
 TRAINERS: tuple[str, ...] = ("nft", "grpo")
 TOY_MODELS: tuple[str, ...] = ("tiny_llama",)
 TOY_DATASETS: tuple[str, ...] = ("arithmetic",)
+TOY_TOKENIZER = "toy:char"
 DATASET_SUFFIXES: dict[str, str] = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 
 # Verifier names accepted in ``reward_funcs`` (also with the ``_reward`` suffix).
@@ -140,6 +144,25 @@ def _config_class(trainer_name: str) -> tuple[type, type]:
     return NFTConfig, NFTTrainer
 
 
+_FLOAT_RE = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|[-+]?(?:inf|nan)", re.IGNORECASE)
+
+
+def _coerce_number(value: Any, annotation: Any) -> Any:
+    """YAML 1.1 (PyYAML) reads ``1e-6`` as a string; YAML 1.2 and TRL's own argument parser read a
+    number. Convert such strings for fields typed float (or int), leave everything else as written."""
+    if not isinstance(value, str):
+        return value
+    tokens = set(re.findall(r"\w+", annotation if isinstance(annotation, str) else str(annotation)))
+    if "str" in tokens or "Any" in tokens:
+        return value
+    text = value.strip()
+    if "float" in tokens and _FLOAT_RE.fullmatch(text):
+        return float(text)
+    if "int" in tokens and re.fullmatch(r"[-+]?\d+", text):
+        return int(text)
+    return value
+
+
 def _config_fields(config_cls: type) -> list[str]:
     return [f.name for f in dataclasses.fields(config_cls) if f.init]
 
@@ -164,7 +187,8 @@ def build_config(trainer_name: str, overrides: Mapping[str, Any], notes: list[st
                 f"unknown key {key!r}: not a run key {RUN_KEYS} nor a field of {config_cls.__name__}"
                 f"{_suggest(key, valid + list(RUN_KEYS))}"
             )
-    kwargs = dict(overrides)
+    fields = {f.name: f for f in dataclasses.fields(config_cls)}
+    kwargs = {k: _coerce_number(v, fields[k].type) for k, v in overrides.items()}
     if "output_dir" not in kwargs:
         raise ConfigError("output_dir: required (where checkpoints and the final model are written)")
     if "bf16" not in kwargs and not kwargs.get("fp16", False) and not _bf16_available():
@@ -172,9 +196,30 @@ def build_config(trainer_name: str, overrides: Mapping[str, Any], notes: list[st
         kwargs["bf16"] = False
         notes.append("bf16 not set and no bf16-capable GPU found: using bf16=False (float32)")
     try:
-        return config_cls(**kwargs)
+        config = config_cls(**kwargs)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{config_cls.__name__} rejected the config: {e}") from e
+    save_steps = config.save_steps
+    if (
+        str(getattr(config.save_strategy, "value", config.save_strategy)) == "steps"
+        and isinstance(save_steps, int)
+        and not is_generation_boundary(config, save_steps)
+    ):
+        notes.append(
+            f"save_steps={save_steps} is not a multiple of the optimizer steps of one generation batch "
+            f"(steps_per_generation x num_iterations / gradient_accumulation_steps = "
+            f"{config.steps_per_generation * config.num_iterations / config.gradient_accumulation_steps:g}): "
+            "TRL does not checkpoint its generated batch, so a run resumed from such a checkpoint generates a new "
+            "one and does not continue exactly like the uninterrupted run"
+        )
+    return config
+
+
+def is_generation_boundary(config: Any, global_step: int) -> bool:
+    """True if optimizer step ``global_step`` ends a generation batch (TRL regenerates every
+    ``steps_per_generation x num_iterations`` micro-steps); only there does a resume continue exactly."""
+    cycle = config.steps_per_generation * config.num_iterations
+    return (global_step * config.gradient_accumulation_steps) % cycle == 0
 
 
 def _toy_module() -> Any:
@@ -214,9 +259,9 @@ def resolve_model(run: Mapping[str, Any], *, load: bool = True) -> tuple[Any, An
             raise ConfigError(
                 f"model: unknown toy model {name!r}; available: {['toy:' + m for m in TOY_MODELS]}"
             )
-        if tokenizer_spec is not None:
+        if tokenizer_spec not in (None, TOY_TOKENIZER):
             raise ConfigError(
-                "tokenizer: toy models use nft_trainer.toy.char_tokenizer(); remove the tokenizer key"
+                f"tokenizer: toy models use {TOY_TOKENIZER!r} (nft_trainer.toy.char_tokenizer()), got {tokenizer_spec!r}"
             )
         toy = _toy_module()
         tokenizer = toy.char_tokenizer()
@@ -243,6 +288,8 @@ def resolve_model(run: Mapping[str, Any], *, load: bool = True) -> tuple[Any, An
         )
     if not (path / "config.json").is_file():
         raise ConfigError(f"model: {spec!r} has no config.json; give a directory written by save_pretrained")
+    if tokenizer_spec == TOY_TOKENIZER:
+        return str(path), _toy_module().char_tokenizer(), spec
     tok_path = Path(tokenizer_spec) if tokenizer_spec is not None else path
     if not tok_path.is_dir():
         raise ConfigError(f"tokenizer: {str(tok_path)!r} is not a local directory")

@@ -60,18 +60,20 @@ _FRAC_RE = re.compile(r"\\[dt]?frac\s*\{([^{}]*)\}\s*\{([^{}]*)\}")
 
 
 def _last_boxed(text: str) -> str | None:
-    """Content of the last ``\\boxed{...}`` / ``\\fbox{...}`` with balanced braces, or None."""
+    """Content of the last ``\\boxed{...}`` / ``\\fbox{...}`` with balanced braces, or None (one pass, O(n))."""
     starts = [m.end() for m in _BOXED_RE.finditer(text)]
+    if not starts:
+        return None
+    closing: dict[int, int] = {}  # index after an opening brace -> index of its closing brace
+    stack: list[int] = []
+    for i, ch in enumerate(text):
+        if ch == "{":
+            stack.append(i + 1)
+        elif ch == "}" and stack:
+            closing[stack.pop()] = i
     for start in reversed(starts):
-        depth = 1
-        for i in range(start, len(text)):
-            if text[i] == "{":
-                depth += 1
-            elif text[i] == "}":
-                depth -= 1
-                if depth == 0:
-                    return text[start:i].strip()
-        # Unbalanced: try the previous \boxed.
+        if start in closing:  # unbalanced boxes are skipped
+            return text[start : closing[start]].strip()
     return None
 
 
