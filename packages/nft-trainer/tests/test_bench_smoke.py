@@ -96,3 +96,22 @@ def test_bad_command_line(bench, argv, capsys):
     with pytest.raises(SystemExit):
         bench.main(argv)
     assert "error" in capsys.readouterr().err
+
+
+def test_diagnostic_probe(bench):
+    spec = importlib.util.spec_from_file_location(
+        "bench_cpu_proof_diag", BENCH.with_name("bench_cpu_proof_diag.py")
+    )
+    diag = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(diag)
+    from nft_trainer.toy import char_tokenizer, tiny_llama
+
+    tok = char_tokenizer()
+    model = tiny_llama(tok, hidden_size=16, num_layers=1, num_heads=2, num_kv_heads=1)
+    model.train()
+    got = diag.probe(model, tok, ["1+2=", "10-30="], ["3", "-20"], 4, seed=0)
+    assert set(got) == {"greedy_acc", "sampled_acc", "greedy_answer_entropy"}
+    assert got["greedy_acc"] in (0.0, 0.5, 1.0) and got["sampled_acc"] in (0.0, 0.5, 1.0)
+    # a random model over 104 tokens is close to uniform: entropy near log(104) = 4.64 nats
+    assert 3.0 < got["greedy_answer_entropy"] <= 4.65
+    assert model.training
