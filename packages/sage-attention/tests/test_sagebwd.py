@@ -5,10 +5,9 @@ and errors for backward through inference-only variants."""
 from __future__ import annotations
 
 import pytest
+import sageattention
 import torch
 import torch.nn.functional as F
-
-import sageattention
 from sageattention import sageattn, sageattn_train
 from sageattention.sagebwd import SageBwdFunction
 from sageattention.sagebwd import reference as sref
@@ -79,8 +78,10 @@ def test_grads_nhd_bool_mask_lse_and_bf16():
     qn, kn, vn = (x.transpose(1, 2).contiguous().requires_grad_() for x in (q, k, v))
     o, lse = sageattn(qn, kn, vn, tensor_layout="NHD", attn_mask=mask, return_lse=True)
     assert o.dtype == torch.bfloat16 and o.shape == (1, 70, 2, 48)
-    ((o.float() * do.transpose(1, 2).float()).sum() + (torch.where(lse.isinf(), 0, lse) * dlse).sum()).backward()
-    oe, dq, dk, dv = _exact_grads(q, k, v, do, mask=mask, dlse=dlse)
+    (
+        (o.float() * do.transpose(1, 2).float()).sum() + (torch.where(lse.isinf(), 0, lse) * dlse).sum()
+    ).backward()
+    _oe, dq, dk, dv = _exact_grads(q, k, v, do, mask=mask, dlse=dlse)
     assert torch.all(o[:, 5] == 0) and torch.all(lse[:, :, 5] == float("-inf"))
     assert torch.all(qn.grad[:, 5] == 0)
     for got, want in ((qn.grad, dq), (kn.grad, dk), (vn.grad, dv)):
@@ -223,14 +224,18 @@ def test_triton_kernels_match_reference(b, hq, hkv, nq, nk, d, dv, causal, maske
     mask = None
     if masked:
         g = torch.Generator().manual_seed(2)
-        mask = torch.where(torch.rand(b, 1, nq, nk, generator=g) < 0.3, float("-inf"), torch.randn(b, 1, nq, nk, generator=g))
+        mask = torch.where(
+            torch.rand(b, 1, nq, nk, generator=g) < 0.3, float("-inf"), torch.randn(b, 1, nq, nk, generator=g)
+        )
         mask[..., 3, :] = float("-inf")
     kw = dict(sm_scale=d**-0.5, is_causal=causal, mask=mask)
     o, lse, saved = sref.sagebwd_forward(q, k, v, smooth_k=True, **kw)
     o2, lse2, saved2 = kernels.forward(q, k, v, smooth_k=True, **kw)
     torch.testing.assert_close(o2, o, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(lse2, lse, rtol=1e-5, atol=1e-5)
-    assert torch.equal(saved2.q8.float(), saved.q8.float()) and torch.equal(saved2.k8.float(), saved.k8.float())
+    assert torch.equal(saved2.q8.float(), saved.q8.float()) and torch.equal(
+        saved2.k8.float(), saved.k8.float()
+    )
     want = sref.sagebwd_backward(saved, do, dlse, **kw)
     got = kernels.backward(saved2, do, dlse, **kw)
     for name, a, w in zip(("dq", "dk", "dv"), got, want, strict=True):
@@ -258,7 +263,9 @@ def test_sdpa_drop_in_trains():
     target = torch.randn(4, 2, 24, 16)
     losses = {}
     for name, fn in (("sdpa", F.scaled_dot_product_attention), ("sage", sageattn)):
-        w = torch.nn.Parameter(torch.eye(16) + 0.1 * torch.randn(16, 16, generator=torch.Generator().manual_seed(1)))
+        w = torch.nn.Parameter(
+            torch.eye(16) + 0.1 * torch.randn(16, 16, generator=torch.Generator().manual_seed(1))
+        )
         opt = torch.optim.SGD([w], lr=0.5)
         hist = []
         for _ in range(10):

@@ -11,11 +11,6 @@ from . import triton_api as _triton_api
 from .core import sageattn
 from .sagebwd import sageattn_train
 from .sagebwd.autograd import no_backward as _no_backward
-
-# inference-only kernels: backward through them raises a RuntimeError pointing to sageattn (SageBwd)
-sageattn_qk_int8_pv_fp8_triton = _no_backward(_triton_api.sageattn_qk_int8_pv_fp8_triton)
-sageattn_qk_int8_pv_fp16_triton = _no_backward(_triton_api.sageattn_qk_int8_pv_fp16_triton)
-sageattn_varlen_triton = _no_backward(_triton_api.sageattn_varlen_triton)
 from .variants import (
     sageattn_qk_int8_pv_fp8_cuda,
     sageattn_qk_int8_pv_fp8_cuda_sm90,
@@ -32,6 +27,11 @@ if (
     importlib.util.find_spec(f"{__name__}.cuda_sm90") is not None
 ):  # the Hopper wgmma kernel (added separately)
     from . import cuda_sm90  # noqa: F401
+
+# inference-only kernels: backward through them raises a RuntimeError pointing to sageattn (SageBwd)
+sageattn_qk_int8_pv_fp8_triton = _no_backward(_triton_api.sageattn_qk_int8_pv_fp8_triton)
+sageattn_qk_int8_pv_fp16_triton = _no_backward(_triton_api.sageattn_qk_int8_pv_fp16_triton)
+sageattn_varlen_triton = _no_backward(_triton_api.sageattn_varlen_triton)
 
 __all__ = [
     "__version__",

@@ -115,7 +115,9 @@ def sageattn_train(
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if not isinstance(quantize, bool):
         raise TypeError(f"quantize must be a bool, got {type(quantize).__name__}")
-    p = core.prepare_inputs(q, k, v, tensor_layout, is_causal, sm_scale, return_lse, smooth_k, attn_mask, scale)
+    p = core.prepare_inputs(
+        q, k, v, tensor_layout, is_causal, sm_scale, return_lse, smooth_k, attn_mask, scale
+    )
     if isinstance(attn_mask, torch.Tensor) and attn_mask.requires_grad and torch.is_grad_enabled():
         raise ValueError(
             "attn_mask requires grad: sageattn_train has no gradient for the mask; detach it "
@@ -139,9 +141,7 @@ def sageattn_train(
         o = p.q.new_zeros((*p.q.shape[:3], dv)) + 0 * (p.q.sum() + p.k.sum() + p.v.sum())
         lse = p.q.new_full(p.q.shape[:3], float("-inf"), dtype=torch.float32)
         return p.finish(o, lse)
-    o, lse = SageBwdFunction.apply(
-        p.q, p.k, p.v, p.mask, p.sm_scale, p.is_causal, p.smooth_k, quantize, impl
-    )
+    o, lse = SageBwdFunction.apply(p.q, p.k, p.v, p.mask, p.sm_scale, p.is_causal, p.smooth_k, quantize, impl)
     return p.finish(o, lse)
 
 

@@ -276,7 +276,7 @@ def sagebwd_dq_kernel(
         vt16 = tl.load(v16_ptr + (bhk64 * NK + cols[None, :]) * DV + dv[:, None],
                        mask=cmask[None, :] & (dv < DV)[:, None], other=0.0)  # fmt: skip
         m_ptrs = m_base + rows[:, None].to(tl.int64) * stride_mm + cols[None, :]
-        p, ds = _ds_tile(q, kt, qs, ks, rows, cols, rmask, cmask, m_ptrs, lse_use, delta, do16,
+        _p, ds = _ds_tile(q, kt, qs, ks, rows, cols, rmask, cmask, m_ptrs, lse_use, delta, do16,
                          vt16, g, MASK_MODE, IS_CAUSAL, INTERPRET)  # fmt: skip
         sds = _tile_scale(ds)
         ds8 = _int8_round(ds, sds)
@@ -324,7 +324,11 @@ def forward(
     hkv, nk, dv = k.shape[1], k.shape[2], v.shape[3]
     dev = q.device
     q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
-    km = quant.token_reduce(k, torch.empty((b, hkv, d), dtype=torch.float32, device=dev), True) if smooth_k else None
+    km = (
+        quant.token_reduce(k, torch.empty((b, hkv, d), dtype=torch.float32, device=dev), True)
+        if smooth_k
+        else None
+    )
     q8 = torch.empty((b, hq, nq, d), dtype=torch.int8, device=dev)
     qs = torch.empty((b, hq, -(-nq // ref.BLKQ)), dtype=torch.float32, device=dev)
     quant.quant_int8(q, None, q8, qs, ref.BLKQ, sm_scale * ref.LOG2E)

@@ -154,7 +154,7 @@ def sagebwd_forward(
 
     Cost: ``2·B·Hq·Nq·Nk·(D + Dv)`` INT8 ops (materialises S: a reference, not a kernel)."""
     b, hq, nq, _ = q.shape
-    hkv, nk = k.shape[1], k.shape[2]
+    _hkv, nk = k.shape[1], k.shape[2]
     exact = torch.float64 if q.dtype == torch.float64 else torch.float32
     if quantize:
         q8, qs, _ = ref.quantize_int8_per_block(q, ref.BLKQ, multiplier=sm_scale * LOG2E)
@@ -202,9 +202,7 @@ def do_fp16(do: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     vp = ref.v_channel_scale(v)  # [B, Hkv, 1, Dv]
     x = do.float() * _expand(vp, hq)
     amax = x.abs().amax(dim=(-2, -1), keepdim=True)
-    g = torch.where(
-        (amax > 0) & torch.isfinite(amax), torch.exp2(torch.ceil(torch.log2(amax / DO_MAX))), 1.0
-    )
+    g = torch.where((amax > 0) & torch.isfinite(amax), torch.exp2(torch.ceil(torch.log2(amax / DO_MAX))), 1.0)
     return (x / g).half(), (v.float() / vp).half(), g
 
 
@@ -217,9 +215,12 @@ def sagebwd_backward(
     is_causal: bool = False,
     mask: torch.Tensor | None = None,
     quantize: bool = True,
+    dp_int8: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Steps 5-10: ``(dQ [B, Hq, Nq, D], dK, dV [B, Hkv, Nk, D/Dv])`` (float32, float64 un-quantized
-    in float64). ``dlse`` is the gradient of the natural-log lse (None: 0)."""
+    in float64). ``dlse`` is the gradient of the natural-log lse (None: 0). ``dp_int8`` (ablation of
+    the paper's Table 1c, not SageBwd): ``dP = (dO8·V8ᵀ)·sdO·sV`` with dO per 64 rows and V per 64
+    keys INT8 instead of step 6's fp16."""
     o, lse2, v = saved.o, saved.lse2, saved.v
     b, hq, nq = o.shape[:3]
     hkv, nk = v.shape[1], v.shape[2]
@@ -244,8 +245,14 @@ def sagebwd_backward(
         return dq, dk, dv
     s = _scores(saved.q8, saved.qs, saved.k8, saved.ks, mask, is_causal, nq, nk, exact)
     p = torch.exp2(s - lse_use[..., None])
-    do16, v16, g = do_fp16(do, v)
-    dp = torch.matmul(do16.double(), _expand(v16, hq).double().transpose(-1, -2)).float() * g
+    if dp_int8:
+        do8, sdo, _ = ref.quantize_int8_per_block(do, BLOCK_M)
+        v8, sv, _ = ref.quantize_int8_per_block(_expand(v, hq), BLOCK_N)
+        dp = torch.matmul(do8.double(), v8.double().transpose(-1, -2)).float()
+        dp = dp * _row_scale(sdo, BLOCK_M, nq)[..., :, None] * _row_scale(sv, BLOCK_N, nk)[..., None, :]
+    else:
+        do16, v16, g = do_fp16(do, v)
+        dp = torch.matmul(do16.double(), _expand(v16, hq).double().transpose(-1, -2)).float() * g
     ds = p * (dp - delta[..., None])
     # dV = Pᵀ·dO: P per tile, dO per block of BLOCK_M rows (int32 accumulation per tile)
     p8, sp = quantize_tiles(p, BLOCK_M, BLOCK_N)
