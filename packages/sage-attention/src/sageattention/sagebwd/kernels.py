@@ -389,17 +389,20 @@ def backward(
     dvv = torch.empty((b, hkv, nk, dv), dtype=torch.float32, device=dev)
     common = dict(
         QGROUP=ref.BLKQ, BLOCK_M=sref.BLOCK_M, BLOCK_N=sref.BLOCK_N, BLOCK_D=bd, BLOCK_DV=bdv,
-        IS_CAUSAL=is_causal, MASK_MODE=mode, INTERPRET=not q8.is_cuda, num_warps=4,
+        IS_CAUSAL=is_causal, MASK_MODE=mode, INTERPRET=not q8.is_cuda,
     )  # fmt: skip
     nqb, nkb = saved.qs.shape[-1], saved.ks.shape[-1]
+    # 8 warps for dK/dV (two 64 x D float32 accumulators) and for dQ when D > 64: no spills at
+    # D = 128 on sm80-sm100a (kernel_specs / tools/kernel_report)
     sagebwd_dkdv_kernel[(triton.cdiv(nk, sref.BLOCK_N), b * hkv)](
         q8, k8, v16, saved.qs, saved.ks, mptr, lse2, delta, do16, g, do8, sdo, dk, dvv,
-        nq, nk, hq, hkv, d, dv, nqb, nkb, sdo.shape[-1], *mstr, **common,
+        nq, nk, hq, hkv, d, dv, nqb, nkb, sdo.shape[-1], *mstr, **common, num_warps=8,
     )  # fmt: skip
     dq = torch.empty((b, hq, nq, d), dtype=torch.float32, device=dev)
     sagebwd_dq_kernel[grid_q](
         q8, k8, v16, saved.qs, saved.ks, mptr, lse2, delta, do16, g, dq,
         nq, nk, hq, hkv, d, dv, nqb, nkb, *mstr, float(sm_scale), **common,
+        num_warps=8 if max(d, dv) > 64 else 4,
     )  # fmt: skip
     if dlse is not None and saved.km is not None:
         km = saved.km.repeat_interleave(hq // hkv, dim=1) if hkv != hq else saved.km
