@@ -39,11 +39,10 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from _inputs import capture_minilm, metrics, synthetic  # noqa: E402
-
-from sageattention import reference as ref  # noqa: E402
-from sageattention import sageattn  # noqa: E402
-from sageattention.sagebwd import reference as sref  # noqa: E402
+from _inputs import capture_minilm, metrics, synthetic
+from sageattention import reference as ref
+from sageattention import sageattn
+from sageattention.sagebwd import reference as sref
 
 RESULTS = pathlib.Path(__file__).parent / "results"
 PAPER_DQ_COS = {"fp16 dP (SageBwd)": 0.9977, "INT8 dP (ablation)": 0.9747}
@@ -101,10 +100,9 @@ def grad_accuracy(quick: bool, smoke: bool) -> list[dict]:
 
 
 def _text() -> str:
+    import argparse as ap_mod
     import string
     import textwrap
-
-    import argparse as ap_mod
 
     return "".join(pathlib.Path(m.__file__).read_text() for m in (ap_mod, textwrap, string))
 
@@ -216,7 +214,10 @@ def _plot(runs: dict, path: pathlib.Path, w: int) -> None:
     ax[0].set_ylabel("cross-entropy (nats/char)")
     ax[0].legend()
     ax[0].set_title("tiny char LM: SDPA vs SageBwd (CPU)")
-    diff = [a - b for a, b in zip(_smooth(runs["sagebwd"]["train"], w), _smooth(runs["sdpa"]["train"], w))]
+    diff = [
+        a - b
+        for a, b in zip(_smooth(runs["sagebwd"]["train"], w), _smooth(runs["sdpa"]["train"], w), strict=False)
+    ]
     ax[1].plot(diff)
     ax[1].axhline(0.05, color="r", ls=":")
     ax[1].axhline(-0.05, color="r", ls=":")
@@ -242,8 +243,10 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
     torch.manual_seed(0)
-    print(f"# SageBwd benchmark, {datetime.date.today()}, torch {torch.__version__}, CPU, PyTorch reference maths, "
-          f"{args.threads} torch thread(s)")
+    print(
+        f"# SageBwd benchmark, {datetime.date.today()}, torch {torch.__version__}, CPU, PyTorch reference maths, "
+        f"{args.threads} torch thread(s)"
+    )
     if args.part in ("all", "accuracy"):
         rows = grad_accuracy(args.quick, args.smoke)
         with open(out / "sagebwd_grad_accuracy.csv", "w", newline="") as f:
@@ -264,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         runs = finetune(steps, ctx, batch, cache)
         w = max(1, min(25, steps // 4))
         sm_s, sm_g = _smooth(runs["sdpa"]["train"], w), _smooth(runs["sagebwd"]["train"], w)
-        max_gap = max(abs(a - b) for a, b in zip(sm_s, sm_g))
+        max_gap = max(abs(a - b) for a, b in zip(sm_s, sm_g, strict=False))
         v_s, v_g = runs["sdpa"]["val"][-1][1], runs["sagebwd"]["val"][-1][1]
         rel_val = abs(v_g - v_s) / v_s
         ok = max_gap <= 0.05 and rel_val <= 0.02
@@ -281,7 +284,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{runs['sdpa']['seconds']:.0f}, sagebwd {runs['sagebwd']['seconds']:.0f}")  # fmt: skip
         print(f"# final {w}-step mean train loss: sdpa {sm_s[-1]:.4f}, sagebwd {sm_g[-1]:.4f}; "
               f"max |gap| {max_gap:.4f} (tolerance 0.05)")  # fmt: skip
-        print(f"# final val loss: sdpa {v_s:.4f}, sagebwd {v_g:.4f}; rel. diff {rel_val:.4f} (tolerance 0.02)")
+        print(
+            f"# final val loss: sdpa {v_s:.4f}, sagebwd {v_g:.4f}; rel. diff {rel_val:.4f} (tolerance 0.02)"
+        )
         print(f"# within tolerance: {'YES' if ok else 'NO'}")
         if not all(math.isfinite(x) for x in runs["sagebwd"]["train"]):
             ok = False

@@ -40,7 +40,7 @@ def _spec(name, kernel, signature, d, causal=False, mask_mode=0, tc=True, warps=
         signature=signature,
         constexprs=_cx(d, causal, mask_mode),
         expect={a: (_TC if tc else _NONE)[a] for a in _ARCHS},
-        divisible_by_16=tuple(k for k in signature if k.endswith("_ptr")) + ("D", "DV"),
+        divisible_by_16=(*tuple(k for k in signature if k.endswith("_ptr")), "D", "DV"),
         num_warps=warps,
         num_stages=1,
         archs=_ARCHS,
@@ -61,7 +61,14 @@ _DKDV = {
     **dict.fromkeys((*_INTS, "NDOB", *_MSTR), "i32"),
 }  # fmt: skip
 _DQ = {**_COMMON_BWD, "dq_ptr": "*fp32", **dict.fromkeys(_INTS + _MSTR, "i32"), "sm_scale": "fp32"}
-_PRE = {"do_ptr": "*fp32", "o_ptr": "*fp32", "dlse_ptr": "*fp32", "delta_ptr": "*fp32", "NQ": "i32", "DV": "i32"}
+_PRE = {
+    "do_ptr": "*fp32",
+    "o_ptr": "*fp32",
+    "dlse_ptr": "*fp32",
+    "delta_ptr": "*fp32",
+    "NQ": "i32",
+    "DV": "i32",
+}
 
 
 def _pre_spec():
@@ -82,7 +89,7 @@ TRITON_KERNELS = [
     _spec("sagebwd_fwd_d128", "sagebwd_fwd_kernel", _FWD, 128),
     _spec("sagebwd_fwd_d64_causal", "sagebwd_fwd_kernel", _FWD, 64, causal=True),
     _spec("sagebwd_dkdv_d128", "sagebwd_dkdv_kernel", _DKDV, 128, warps=8),
-    _spec("sagebwd_dkdv_d64_causal_addmask", "sagebwd_dkdv_kernel", _DKDV, 64, mask_mode=1, warps=8),
+    _spec("sagebwd_dkdv_d64_addmask", "sagebwd_dkdv_kernel", _DKDV, 64, mask_mode=1, warps=8),
     _spec("sagebwd_dq_d128", "sagebwd_dq_kernel", _DQ, 128, warps=8),
     _spec("sagebwd_dq_d64_causal", "sagebwd_dq_kernel", _DQ, 64, causal=True),
     _pre_spec(),
