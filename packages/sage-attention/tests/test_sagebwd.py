@@ -278,3 +278,13 @@ def test_sdpa_drop_in_trains():
         losses[name] = hist
     assert losses["sage"][-1] < losses["sage"][0]
     assert abs(losses["sage"][-1] - losses["sdpa"][-1]) < 0.01 * losses["sdpa"][-1]
+
+
+def test_triton_backend_on_cpu_without_interpreter_is_an_error(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    q = torch.randn(1, 1, 8, 16, requires_grad=True)
+    with pytest.raises(ValueError, match="backend='triton' needs CUDA tensors"):
+        sageattn_train(q, q, q, backend="triton")
+    o = sageattn_train(q, q, q)  # "auto" on the CPU: the PyTorch reference
+    o.sum().backward()
+    assert torch.isfinite(q.grad).all()
