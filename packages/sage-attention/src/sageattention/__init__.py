@@ -7,12 +7,10 @@ __version__ = "0.1.0.dev0"
 
 import importlib.util
 
+from . import triton_api as _triton_api
 from .core import sageattn
-from .triton_api import (
-    sageattn_qk_int8_pv_fp8_triton,
-    sageattn_qk_int8_pv_fp16_triton,
-    sageattn_varlen_triton,
-)
+from .sagebwd import sageattn_train
+from .sagebwd.autograd import no_backward as _no_backward
 from .variants import (
     sageattn_qk_int8_pv_fp8_cuda,
     sageattn_qk_int8_pv_fp8_cuda_sm90,
@@ -28,6 +26,11 @@ from . import (
     cuda_sm90,  # noqa: F401  (the Hopper wgmma kernel, where built and on sm90)
 )
 
+# inference-only kernels: backward through them raises a RuntimeError pointing to sageattn (SageBwd)
+sageattn_qk_int8_pv_fp8_triton = _no_backward(_triton_api.sageattn_qk_int8_pv_fp8_triton)
+sageattn_qk_int8_pv_fp16_triton = _no_backward(_triton_api.sageattn_qk_int8_pv_fp16_triton)
+sageattn_varlen_triton = _no_backward(_triton_api.sageattn_varlen_triton)
+
 __all__ = [
     "__version__",
     "sageattn",
@@ -36,6 +39,7 @@ __all__ = [
     "sageattn_qk_int8_pv_fp8_triton",
     "sageattn_qk_int8_pv_fp16_cuda",
     "sageattn_qk_int8_pv_fp16_triton",
+    "sageattn_train",
     "sageattn_varlen",
     "sageattn_varlen_triton",
 ]

@@ -314,6 +314,14 @@ def sageattn(
     with two-level ``"fp32+fp32"`` accumulation, no masks; the Hopper kernel on sm90), else the
     Triton kernel (``sageattn_qk_int8_pv_fp16_triton`` with per-warp Q scales and fp32 P·V
     accumulation) on every CUDA device; the plain reference only where Triton is missing. Cost: ``2·B·Hq·Nq·Nk·(D + Dv)`` FLOPs.
+
+    Training: when grad mode is on and q, k or v requires grad, ``sageattn`` runs SageBwd
+    (:func:`sageattention.sagebwd.sageattn_train`): its forward is SageBwd's per-block INT8 forward
+    (INT8 Q, K, V and per-token INT8 P, not the SageAttention2 fp16/FP8 P·V above) and the backward
+    quantizes QKᵀ, dV, dQ, dK to per-block INT8 with dO·Vᵀ in fp16. ``backend="auto"`` then runs
+    the Triton kernels on CUDA (head dims ≤ 256) and the PyTorch reference elsewhere; ``"torch"``
+    and ``"cpu"`` run the PyTorch reference (the fused CPU kernel has no backward). The lse is
+    differentiable too; ``attn_mask`` must not require grad.
     """
     tensor_layout = check_layout(tensor_layout)
     _check_bool("enable_gqa", enable_gqa)
@@ -325,6 +333,13 @@ def sageattn(
         )
     if not isinstance(backend, str) or backend not in _BACKENDS:
         raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
+    if torch.is_grad_enabled() and any(isinstance(x, torch.Tensor) and x.requires_grad for x in (q, k, v)):
+        from .sagebwd import sageattn_train  # training: SageBwd's INT8 forward, with a backward
+
+        return sageattn_train(
+            q, k, v, tensor_layout, is_causal, sm_scale, return_lse, attn_mask=attn_mask, scale=scale,
+            smooth_k=smooth_k, backend="auto" if backend == "auto" else "torch",
+        )  # fmt: skip
     p = prepare_inputs(q, k, v, tensor_layout, is_causal, sm_scale, return_lse, smooth_k, attn_mask, scale)
     if backend == "auto":
         if p.q.device.type == "cuda":

@@ -25,7 +25,9 @@ Beyond upstream (keyword-only): ``attn_mask`` (bool or additive, broadcastable, 
 correction), ``qk_rotation`` (``None``, ``"hadamard"``, ``"random_hadamard"``), ``backend``;
 ``qk_quant_gran`` also takes ``"per_block"`` and ``"per_token"``; fp32 inputs are accepted; head
 dims are any (the reference needs no padding; kernels will pad to 64/128/256). Unknown keywords are
-a ``TypeError`` (upstream swallows them). ``smooth_v`` follows upstream: honoured only with
+a ``TypeError`` (upstream swallows them). These are inference kernels: when q, k or v requires grad
+they run under ``no_grad`` and backward through their output raises a ``RuntimeError`` naming the
+variant and pointing to ``sageattn`` (SageBwd), never silent wrong gradients. ``smooth_v`` follows upstream: honoured only with
 ``pv_accum_dtype="fp16"`` (fp16 PV) or ``"fp32"`` (FP8 PV), otherwise ignored with a warning.
 """
 
@@ -39,6 +41,7 @@ import torch
 
 from .core import Prepared, prepare_inputs
 from .modes import GRANULARITIES, ROTATIONS, SageConfig, sage_attention_mode
+from .sagebwd.autograd import no_backward
 
 __all__ = [
     "KERNELS",
@@ -251,6 +254,7 @@ def variant_config(name: str, head_dim: int, **kwargs) -> SageConfig:
     return _CONFIGS[name](head_dim, **kwargs)
 
 
+@no_backward
 def sageattn_qk_int8_pv_fp16_cuda(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -290,6 +294,7 @@ def sageattn_qk_int8_pv_fp16_cuda(
     )  # fmt: skip
 
 
+@no_backward
 def sageattn_qk_int8_pv_fp8_cuda(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -327,6 +332,7 @@ def sageattn_qk_int8_pv_fp8_cuda(
     )  # fmt: skip
 
 
+@no_backward
 def sageattn_qk_int8_pv_fp8_cuda_sm90(
     q: torch.Tensor,
     k: torch.Tensor,
