@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import triton
 import triton.language as tl
-
 from shared_kernels.kernel_specs import TritonKernelSpec
 
 __all__ = ["SA3_KERNEL_SPECS", "sa3_fwd_kernel"]
