@@ -92,10 +92,15 @@ def sa3_attention(
     per_block_mean: bool = True,
     quantize: bool = True,
     range_guard: bool = True,
+    smooth_q: bool = True,
+    two_level_p: bool = True,
     dtype: torch.dtype = torch.float32,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """SageAttention3 forward (steps 1-6 above) computed in ``dtype`` (float32 or float64):
-    returns ``(O [B, Hq, Nq, Dv], lse [B, Hq, Nq] natural log)`` in ``dtype``."""
+    returns ``(O [B, Hq, Nq, Dv], lse [B, Hq, Nq] natural log)`` in ``dtype``.
+
+    Ablations (the paper's, for benchmarks): ``smooth_q=False`` skips step 2; ``two_level_p=False``
+    quantizes ``P = exp2(S - m)`` in [0, 1] directly with per-16 E4M3 scales (no 2688 level)."""
     if dtype not in (torch.float32, torch.float64):
         raise TypeError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
     b, hq, nq, _ = q.shape
@@ -103,7 +108,7 @@ def sa3_attention(
     qf, kf, vf = q.to(dtype), k.to(dtype), v.to(dtype)
     km = kf.mean(dim=-2, keepdim=True) if nk else torch.zeros_like(kf[..., :1, :])
     ks = kf - km  # step 1 (never in place)
-    qm = q_block_mean(qf, per_block_mean)
+    qm = q_block_mean(qf, per_block_mean) if smooth_q else torch.zeros_like(qf)
     qs = qf - qm  # step 2
     if quantize:  # step 3
         qs, ksq, vq = nvfp4_roundtrip(qs, -1, range_guard), nvfp4_roundtrip(ks, -1, range_guard), None
@@ -128,14 +133,16 @@ def sa3_attention(
         p = torch.exp2(sb - m_use[..., None])
         alpha = torch.exp2(m - m_use)
         lsum = lsum * alpha + p.sum(dim=-1)
-        pt = p * P_SCALE
+        pt = p * P_SCALE if two_level_p else p
         if quantize:
             pt = nvfp4_roundtrip(pt, -1, guard=False)
         acc = acc * alpha[..., None] + torch.matmul(pt, vq_e[..., j0 : j0 + BLKK, :])
         m = m_new
     empty = lsum == 0
     o = torch.where(
-        empty[..., None], torch.zeros_like(acc), acc / (P_SCALE * torch.where(empty, 1.0, lsum))[..., None]
+        empty[..., None],
+        torch.zeros_like(acc),
+        acc / ((P_SCALE if two_level_p else 1.0) * torch.where(empty, 1.0, lsum))[..., None],
     )
     lse2 = torch.where(
         empty, torch.full_like(m, float("-inf")), m + torch.log2(torch.where(empty, 1.0, lsum))
