@@ -48,7 +48,8 @@ def _e4m3_rne(x):
     ex = ((x.to(tl.int32, bitcast=True) >> 23) & 255) - 127
     ex = tl.maximum(ex, -6)
     q = ((ex - 3 + 127) << 23).to(tl.float32, bitcast=True)
-    t = x / q  # exact: power of two
+    inv_q = ((3 - ex + 127) << 23).to(tl.float32, bitcast=True)
+    t = x * inv_q  # exact: power of two
     n = (t + 8388608.0) - 8388608.0
     return tl.minimum(n * q, 448.0)
 
@@ -140,8 +141,9 @@ def sa3_fwd_kernel(
         l_i = l_i * alpha + tl.sum(p, axis=1)
         # two-level P quantization: row max -> 2688, then E4M3 scales blockmax/6 per 16 keys
         pr = tl.reshape(p * 2688.0, [BLOCK_M, NG, 16])
-        psc = _e4m3_rne(tl.max(pr, axis=2) / 6.0)
-        x = pr / tl.where(psc > 0, psc, 1.0)[:, :, None]
+        # IEEE divisions (Triton's fp32 "/" is div.full, <= 2 ulp) so the codes match the reference
+        psc = _e4m3_rne(tl.math.div_rn(tl.max(pr, axis=2), tl.full([BLOCK_M, NG], 6.0, tl.float32)))
+        x = tl.math.div_rn(pr, tl.broadcast_to(tl.where(psc > 0, psc, 1.0)[:, :, None], [BLOCK_M, NG, 16]))
         code = tl.where(psc[:, :, None] > 0, _e2m1_code(x), 0)
         lo, hi_c = tl.split(tl.reshape(code, [BLOCK_M, N2, 2]))
         p8 = (lo | (hi_c << 4)).to(tl.uint8)
