@@ -120,18 +120,15 @@ def _close_to_reference(o_t, o_r, lse_t, lse_r, v):
         (dict(hq=4, hkv=2, nq=70, nk=150, d=64), dict()),  # GQA, padded Nq/Nk
         (dict(hq=2, hkv=1, nq=130, nk=130, d=80, dv=48), dict(is_causal=True)),  # D padded to 128
         (dict(hq=2, hkv=2, nq=40, nk=200, d=128), dict(per_block_mean=False, sm_scale=0.3)),
+        (dict(b=2, hq=1, hkv=1, nq=1, nk=17, d=32, dv=16), dict()),  # one query, D padded to 64
     ],
 )
 def test_triton_matches_reference(shape, kw):
     q, k, v = _qkv(**shape, dtype=torch.bfloat16)
     o_t, lse_t = sageattn3_blackwell(q, k, v, return_lse=True, backend="triton", **kw)
     o_r, lse_r = sageattn3_blackwell(q, k, v, return_lse=True, backend="torch", **kw)
-    assert o_t.dtype == torch.bfloat16 and o_t.shape == (
-        1,
-        shape["hq"],
-        shape["nq"],
-        shape.get("dv") or shape["d"],
-    )
+    want = (shape.get("b", 1), shape["hq"], shape["nq"], shape.get("dv") or shape["d"])
+    assert o_t.dtype == torch.bfloat16 and o_t.shape == want
     _close_to_reference(o_t, o_r, lse_t, lse_r, v)
     e, _ = exact_ref.attention_exact(
         q, k, v, sm_scale=kw.get("sm_scale"), is_causal=kw.get("is_causal", False)
