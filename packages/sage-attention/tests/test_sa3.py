@@ -2,6 +2,8 @@
 smoothing, the Triton ``tl.dot_scaled`` kernel (interpreter) against the reference, and the
 ``sageattn3_blackwell`` API (GQA, causal, masks, layouts, padding, LSE, no mutation, bad input)."""
 
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -102,6 +104,16 @@ def test_nvfp4_roundtrip_uses_shared_kernels_format():
 
 
 # ------------------------------------------------------------------------------ Triton kernel
+def _kernel_device() -> str:
+    """CPU under the interpreter (NATIVE=False path); on a GPU machine the CUDA device, where the
+    native NVFP4 ``tl.dot_scaled`` path runs (FP4 tensor cores: compute capability >= 10.0)."""
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return "cpu"
+    if torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 10:
+        return "cuda"
+    pytest.skip("the NVFP4 Triton kernel needs TRITON_INTERPRET=1 or a GPU with compute capability >= 10.0")
+
+
 def _close_to_reference(o_t, o_r, lse_t, lse_r, v):
     """Same quantized operands and block order; exp2 / summation order may flip a few FP4 codes of P."""
     vmax = v.abs().max().item()
@@ -125,7 +137,9 @@ def _close_to_reference(o_t, o_r, lse_t, lse_r, v):
 )
 def test_triton_matches_reference(shape, kw):
     q, k, v = _qkv(**shape, dtype=torch.bfloat16)
-    o_t, lse_t = sageattn3_blackwell(q, k, v, return_lse=True, backend="triton", **kw)
+    dev = _kernel_device()
+    o_t, lse_t = sageattn3_blackwell(*(x.to(dev) for x in (q, k, v)), return_lse=True, backend="triton", **kw)
+    o_t, lse_t = o_t.cpu(), lse_t.cpu()
     o_r, lse_r = sageattn3_blackwell(q, k, v, return_lse=True, backend="torch", **kw)
     want = (shape.get("b", 1), shape["hq"], shape["nq"], shape.get("dv") or shape["d"])
     assert o_t.dtype == torch.bfloat16 and o_t.shape == want
@@ -148,7 +162,11 @@ def test_triton_masks_and_nhd(mask_kind):
         mask = torch.randn(50, 140, generator=g) * 2  # broadcast over B, H
     qn, kn, vn = (x.transpose(1, 2).contiguous() for x in (q, k, v))
     copies = [x.clone() for x in (qn, kn, vn, mask)]
-    o_t, lse_t = sageattn3_blackwell(qn, kn, vn, mask, return_lse=True, tensor_layout="NHD", backend="triton")
+    dev = _kernel_device()
+    o_t, lse_t = sageattn3_blackwell(
+        *(x.to(dev) for x in (qn, kn, vn, mask)), return_lse=True, tensor_layout="NHD", backend="triton"
+    )
+    o_t, lse_t = o_t.cpu(), lse_t.cpu()
     o_r, lse_r = sageattn3_blackwell(qn, kn, vn, mask, return_lse=True, tensor_layout="NHD", backend="torch")
     for x, c in zip((qn, kn, vn, mask), copies, strict=True):
         assert torch.equal(x, c)  # no mutation (upstream smooths K in place)
