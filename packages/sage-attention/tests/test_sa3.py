@@ -241,6 +241,14 @@ def test_bad_arguments(kwargs, exc, match):
         sageattn3_blackwell(q, k, v, **kwargs)
 
 
+def test_no_backward_is_a_clear_error():
+    q, k, v = _qkv(nq=8, nk=8)
+    with pytest.raises(RuntimeError, match="no backward"):
+        sageattn3_blackwell(q.requires_grad_(), k, v)
+    with torch.no_grad():
+        assert sageattn3_blackwell(q, k, v).shape == (1, 4, 8, 64)
+
+
 def test_bad_tensors():
     q, k, v = _qkv(nq=8, nk=8)
     with pytest.raises(TypeError, match="q must be float16, bfloat16 or float32"):

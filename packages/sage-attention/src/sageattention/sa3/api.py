@@ -144,7 +144,8 @@ def sageattn3_blackwell(
     torch maths, to 64/128/256 for the kernel: exact, a zero never changes a group's amax), a
     honoured ``attn_mask`` (bool, True = attend, or additive float, broadcastable to
     ``[B, Hq, Nq, Nk]``; not with ``is_causal``), causal masking top-left aligned like SDPA, and the
-    caller's tensors are never modified (upstream subtracts K's mean in place). ``per_block_mean``:
+    caller's tensors are never modified (upstream subtracts K's mean in place). There is no backward:
+    inputs that require grad (with grad mode on) raise ``RuntimeError``. ``per_block_mean``:
     Q smoothing by the mean of each 128-token block (else one mean over all tokens), corrected
     exactly by ``q̄·Kᵀ``. Rows with every key masked give 0 (and lse ``-inf``).
 
@@ -161,6 +162,12 @@ def sageattn3_blackwell(
     return_lse = _check_bool("return_lse", return_lse)
     if not isinstance(backend, str) or backend not in _BACKENDS:
         raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
+    if torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v)):
+        raise RuntimeError(
+            "sageattn3_blackwell has no backward (SageAttention3 is inference-only): gradients through "
+            "the FP4 quantizers would be silently wrong. Call it under torch.no_grad() / "
+            "torch.inference_mode(), or detach q, k, v"
+        )
     qh, kh, vh = check_qkv_consistent(q, k, v, tensor_layout)
     b, hq, nq, d = qh.shape
     nk, dv = kh.shape[2], vh.shape[3]
