@@ -208,8 +208,8 @@ def _spec(name: str, *, d: int = 128, causal: bool = False, mask: bool = False, 
 
 
 #: For ``tools/kernel_report`` (its arch list is 80/89/90/100): sm100a must show the block-scaled
-#: ``tcgen05.mma ... kind::mxf4nvf4.block_scale.block16`` (SASS ``UTCQMMA``-class). sm120a is not in the
-#: report's arch list; compiled by hand it shows ``mma.sync...kind::mxf4nvf4.block_scale...ue4m3``.
+#: ``tcgen05.mma ... kind::mxf4nvf4.block_scale.block16`` (SASS ``UTCOMMA.4X``). sm120a is not in the
+#: report's arch list; compiled by hand it shows ``mma.sync...kind::mxf4nvf4.block_scale...ue4m3`` (SASS ``OMMA.SF.16864...UE4M3.4X``).
 #: sm80/89/90 would compile too but only by upcasting to bf16 (no FP4 tensor cores), so they are not
 #: listed: ``sageattn3_blackwell`` refuses the Triton backend there.
 SA3_KERNEL_SPECS = [
