@@ -1,0 +1,151 @@
+"""SageAttention3 (NVFP4 attention, arXiv 2505.11594) forward in plain PyTorch, float32 or float64.
+
+HND layout: ``q [B, Hq, Nq, D]``, ``k [B, Hkv, Nk, D]``, ``v [B, Hkv, Nk, Dv]``; GQA/MQA by head
+repetition (query head ``h`` uses kv head ``h // (Hq // Hkv)``). ``mask``: None or an additive mask
+(natural-log units, ``-inf`` = masked) broadcastable to ``[B, Hq, Nq, Nk]``; causal masking is
+top-left aligned like SDPA. The maths (SA3 paper §3, upstream ``sageattn3``):
+
+1. K smoothing: ``K' = K - mean_tokens(K)`` (out of place; upstream subtracts in place). Softmax is
+   invariant to the per-row constant ``q·mean(K)``; only the LSE carries it back (step 6).
+2. Q smoothing: ``Q' = Q - q̄_b`` with ``q̄_b`` the mean of the query block ``b`` of ``BLKQ = 128``
+   tokens (``per_block_mean``; else one mean over all tokens), and the exact correction
+   ``ΔS = q̄_b · K'ᵀ`` (computed unquantized): ``Q·K'ᵀ = Q'·K'ᵀ + ΔS``.
+3. NVFP4 microscaling of ``Q'`` and ``K'`` (groups of 16 along D) and of ``V`` (groups of 16 along
+   tokens): E2M1 elements, E4M3 group scale ``amax_16 / 6`` (``shared_kernels.quantize_nvfp4`` with
+   ``outer="none"``). Beyond upstream, each (batch, head) tensor is first divided by a power of two
+   ``g = 2^ceil(log2(amax / 2688))`` (``range_guard``) so the largest group scale lands in
+   (224, 448]: exact wherever upstream's E4M3 scales are normal, and it keeps small-valued V/Q/K out
+   of the E4M3 subnormals (and large ones from saturating). ``g`` is multiplied back after the dot.
+4. ``S = sm_scale · (deq(Q')·deq(K')ᵀ + ΔS) + mask`` (log2 units inside: times ``log2 e``).
+5. Online softmax over key blocks of ``BLKK = 128`` with two-level P quantization: with the running
+   row max ``m``, ``P̃ = 2688 · exp2(S - m)`` (level 1: the row max maps to 448·6), then NVFP4 per 16
+   keys with E4M3 scales ``blockmax / 6`` (level 2); ``acc = acc·α + deq(P̃)·deq(V)``; the row sum
+   ``l`` accumulates the unquantized ``exp2(S - m)``; ``O = acc / (2688·l)``.
+6. ``lse = (m + log2 l)·ln 2 + sm_scale · q·mean(K)``: natural log of the un-smoothed scores.
+
+Rows with every key masked give 0 and lse ``-inf``. ``quantize=False`` skips steps 3 and 5's FP4
+rounding (so the result is exact attention through the smoothing algebra: a test of step 2).
+Cost: ``2·B·Hq·Nq·Nk·(D + Dv)`` FLOPs plus ``2·B·Hq·(Nq/128)·Nk·D`` for ΔS.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from shared_kernels import dequantize_nvfp4, quantize_nvfp4
+
+__all__ = ["BLKK", "BLKQ", "P_SCALE", "nvfp4_roundtrip", "pow2_range_scale", "q_block_mean", "sa3_attention"]
+
+BLKQ = 128
+BLKK = 128
+P_SCALE = 448.0 * 6.0  # 2688: the row max of P maps here (E4M3 max x E2M1 max)
+LOG2E = 1.4426950408889634
+
+
+def pow2_range_scale(x: torch.Tensor) -> torch.Tensor:
+    """Per-(batch, head) power of two ``g [B, H, 1, 1]`` with ``amax(x) / g`` in (1344, 2688]; 1 for
+    an all-zero (or non-finite) head."""
+    amax = x.abs().amax(dim=(-2, -1), keepdim=True).double()
+    e = torch.ceil(torch.log2(amax / P_SCALE))
+    g = torch.exp2(e)
+    return torch.where(torch.isfinite(g) & (amax > 0), g, torch.ones_like(g))
+
+
+def nvfp4_roundtrip(x: torch.Tensor, axis: int, guard: bool = True) -> torch.Tensor:
+    """``deq(quant(x))`` for NVFP4 groups of 16 along ``axis`` (-1 or -2) in ``x``'s dtype; the axis and
+    the last dim are zero-padded to multiples of 16 (zeros never change a group's amax)."""
+    n_ax, d = x.shape[axis], x.shape[-1]
+    pad_ax, pad_d = -n_ax % 16, -d % 16
+    xp = torch.nn.functional.pad(x, (0, pad_d, 0, pad_ax if axis == -2 else 0))
+    g = pow2_range_scale(xp) if guard else torch.ones((), dtype=torch.float64, device=x.device)
+    xq = quantize_nvfp4((xp / g.to(xp.dtype)).float().contiguous(), axis=axis, outer="none")
+    y = dequantize_nvfp4(xq).to(x.dtype) * g.to(x.dtype)
+    return y[..., : x.shape[-2], :d] if axis == -2 else y[..., :d]
+
+
+def q_block_mean(q: torch.Tensor, per_block_mean: bool) -> torch.Tensor:
+    """Per-row query mean ``[B, H, Nq, D]``: the mean of its 128-token block (valid rows only) or of
+    all tokens."""
+    nq = q.shape[-2]
+    if not per_block_mean or nq == 0:
+        return q.mean(dim=-2, keepdim=True).expand_as(q)
+    nb = -(-nq // BLKQ)
+    qp = torch.nn.functional.pad(q, (0, 0, 0, nb * BLKQ - nq)).reshape(*q.shape[:-2], nb, BLKQ, q.shape[-1])
+    counts = torch.clamp(nq - torch.arange(nb, device=q.device) * BLKQ, max=BLKQ).to(q.dtype)
+    means = qp.sum(dim=-2) / counts[:, None]
+    return means.repeat_interleave(BLKQ, dim=-2)[..., :nq, :]
+
+
+def _expand(x: torch.Tensor, hq: int) -> torch.Tensor:
+    return x.repeat_interleave(hq // x.shape[1], dim=1) if x.shape[1] != hq else x
+
+
+def sa3_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    sm_scale: float,
+    is_causal: bool = False,
+    mask: torch.Tensor | None = None,
+    per_block_mean: bool = True,
+    quantize: bool = True,
+    range_guard: bool = True,
+    smooth_q: bool = True,
+    two_level_p: bool = True,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """SageAttention3 forward (steps 1-6 above) computed in ``dtype`` (float32 or float64):
+    returns ``(O [B, Hq, Nq, Dv], lse [B, Hq, Nq] natural log)`` in ``dtype``.
+
+    Ablations (the paper's, for benchmarks): ``smooth_q=False`` skips step 2; ``two_level_p=False``
+    quantizes ``P = exp2(S - m)`` in [0, 1] directly with per-16 E4M3 scales (no 2688 level)."""
+    if dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+    b, hq, nq, _ = q.shape
+    nk = k.shape[2]
+    qf, kf, vf = q.to(dtype), k.to(dtype), v.to(dtype)
+    km = kf.mean(dim=-2, keepdim=True) if nk else torch.zeros_like(kf[..., :1, :])
+    ks = kf - km  # step 1 (never in place)
+    qm = q_block_mean(qf, per_block_mean) if smooth_q else torch.zeros_like(qf)
+    qs = qf - qm  # step 2
+    if quantize:  # step 3
+        qs, ksq, vq = nvfp4_roundtrip(qs, -1, range_guard), nvfp4_roundtrip(ks, -1, range_guard), None
+        vq = nvfp4_roundtrip(vf, -2, range_guard)
+    else:
+        ksq, vq = ks, vf
+    ks_e, ksq_e, vq_e = _expand(ks, hq), _expand(ksq, hq), _expand(vq, hq)
+    s = torch.matmul(qs, ksq_e.transpose(-1, -2)) + torch.matmul(qm, ks_e.transpose(-1, -2))
+    s = s * (sm_scale * LOG2E)  # step 4, log2 units
+    if mask is not None:
+        s = s + mask.to(dtype) * LOG2E
+    if is_causal:
+        keep = torch.arange(nk, device=q.device)[None, :] <= torch.arange(nq, device=q.device)[:, None]
+        s = s.masked_fill(~keep, float("-inf"))
+    m = torch.full((b, hq, nq), float("-inf"), dtype=dtype, device=q.device)
+    lsum = torch.zeros_like(m)
+    acc = torch.zeros((b, hq, nq, v.shape[-1]), dtype=dtype, device=q.device)
+    for j0 in range(0, nk, BLKK):  # step 5
+        sb = s[..., j0 : j0 + BLKK]
+        m_new = torch.maximum(m, sb.amax(dim=-1))
+        m_use = torch.where(m_new == float("-inf"), torch.zeros_like(m_new), m_new)
+        p = torch.exp2(sb - m_use[..., None])
+        alpha = torch.exp2(m - m_use)
+        lsum = lsum * alpha + p.sum(dim=-1)
+        pt = p * P_SCALE if two_level_p else p
+        if quantize:
+            pt = nvfp4_roundtrip(pt, -1, guard=False)
+        acc = acc * alpha[..., None] + torch.matmul(pt, vq_e[..., j0 : j0 + BLKK, :])
+        m = m_new
+    empty = lsum == 0
+    o = torch.where(
+        empty[..., None],
+        torch.zeros_like(acc),
+        acc / ((P_SCALE if two_level_p else 1.0) * torch.where(empty, 1.0, lsum))[..., None],
+    )
+    lse2 = torch.where(
+        empty, torch.full_like(m, float("-inf")), m + torch.log2(torch.where(empty, 1.0, lsum))
+    )
+    corr = torch.matmul(qf, _expand(km, hq).transpose(-1, -2))[..., 0] * sm_scale
+    return o, lse2 * math.log(2.0) + corr  # step 6
