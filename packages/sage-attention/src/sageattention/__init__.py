@@ -9,6 +9,7 @@ import importlib.util
 
 from . import triton_api as _triton_api
 from .core import sageattn
+from .sa3 import sageattn3_blackwell
 from .sagebwd import sageattn_train
 from .sagebwd.autograd import no_backward as _no_backward
 from .variants import (
@@ -34,6 +35,7 @@ sageattn_varlen_triton = _no_backward(_triton_api.sageattn_varlen_triton)
 __all__ = [
     "__version__",
     "sageattn",
+    "sageattn3_blackwell",
     "sageattn_qk_int8_pv_fp8_cuda",
     "sageattn_qk_int8_pv_fp8_cuda_sm90",
     "sageattn_qk_int8_pv_fp8_triton",

@@ -302,3 +302,8 @@ TRITON_KERNELS = [
 ]
 
 CUDA_KERNELS: list = []
+
+# SageAttention3 (NVFP4, tl.dot_scaled with E4M3 scales per 16): block-scaled tensor cores on sm100a
+from .sa3.triton_fp4 import SA3_KERNEL_SPECS  # noqa: E402
+
+TRITON_KERNELS += SA3_KERNEL_SPECS
