@@ -22,7 +22,7 @@ import os
 
 import torch
 
-__all__ = ["MX_FORMATS", "mx_matmul", "jit_kernel"]
+__all__ = ["MX_FORMATS", "jit_kernel", "mx_matmul", "tile_config"]
 
 MX_FORMATS = ("mxfp4", "mxfp8_e4m3", "mxfp8_e5m2")
 _TL_FORMAT = {"mxfp4": "e2m1", "mxfp8_e4m3": "e4m3", "mxfp8_e5m2": "e5m2"}
@@ -103,8 +103,14 @@ def _build_kernel():
                 other=127,
             )
             acc = tl.dot_scaled(a, sa, A_FMT, b, sb, B_FMT, acc)
+        if c_ptr.dtype.element_ty == tl.bfloat16:
+            # Round to nearest even on the bits (Triton's interpreter truncates float32 -> bfloat16;
+            # on a GPU this equals the hardware RNE cast): the cast below is then exact.
+            bits = acc.to(tl.uint32, bitcast=True)
+            bits = (bits + (0x7FFF + ((bits >> 16) & 1))) & 0xFFFF0000
+            acc = tl.where(acc != acc, acc, bits.to(tl.float32, bitcast=True))
         c_ptrs = c_ptr + offs_m[:, None] * stride_cm + offs_n[None, :] * stride_cn
-        tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty, fp_downcast_rounding="rtne"), mask=m_ok[:, None] & n_ok[None, :])
+        tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
 
     return mx_matmul_kernel
 
@@ -115,6 +121,13 @@ def jit_kernel():
     if _KERNEL is None:
         _KERNEL = _build_kernel()
     return _KERNEL
+
+
+def tile_config(device: torch.device) -> tuple[int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps) for ``device``: the shapes the kernel report checks."""
+    if device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 10:
+        return 128, 128, 128, 4
+    return 128, 128, 64, 8
 
 
 def _check_operand(side: str, data: object, scales: object, fmt: object) -> tuple[int, int]:
@@ -156,9 +169,9 @@ def mx_matmul(
     fmt_b: str = "mxfp4",
     out_dtype: torch.dtype = torch.float32,
     *,
-    block_m: int = 128,
-    block_n: int = 128,
-    block_k: int = 128,
+    block_m: int | None = None,
+    block_n: int | None = None,
+    block_k: int | None = None,
 ) -> torch.Tensor:
     """C = A · Bᵀ for MX operands A [M, K] and B [N, K], blocked along K (``tl.dot_scaled``).
 
@@ -168,7 +181,10 @@ def mx_matmul(
     ``axis=-2`` along K (x [K, N]) pass ``data.t()`` and ``scales.t()`` (any strides are read in
     place, nothing is copied). K must be a multiple of 32; M and N are arbitrary (masked).
     ``out_dtype``: float32, bfloat16 or float16 (float32 accumulation, one rounding at the end).
-    ``block_m``/``block_n`` (powers of two >= 16) and ``block_k`` (power of two >= 32) set the tile.
+    ``block_m``/``block_n`` (powers of two >= 16) and ``block_k`` (power of two >= 32) override the
+    tile (launched with 4 warps); by default ``tile_config(device)``: 128x128x128 with 4 warps on
+    sm100+ (block-scaled tcgen05 MMA), 128x128x64 with 8 warps elsewhere (the upcast path spills
+    with the larger tile; see ``tetrajet.kernel_specs``).
     Returns a new [M, N] tensor; the inputs are not modified.
     """
     m, k = _check_operand("a", a_data, a_scales, fmt_a)
@@ -187,9 +203,13 @@ def mx_matmul(
         )
     if not isinstance(out_dtype, torch.dtype) or out_dtype not in _OUT_DTYPES:
         raise TypeError(f"out_dtype must be one of {_OUT_DTYPES}, got {out_dtype!r}")
+    bm, bn, bk, warps = tile_config(a_data.device)
+    if (block_m, block_n, block_k) != (None, None, None):
+        warps = 4
     for name, v, lo in (("block_m", block_m, 16), ("block_n", block_n, 16), ("block_k", block_k, 32)):
-        if not isinstance(v, int) or isinstance(v, bool) or v < lo or v & (v - 1):
-            raise ValueError(f"{name} must be a power of two >= {lo}, got {v!r}")
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < lo or v & (v - 1)):
+            raise ValueError(f"{name} must be a power of two >= {lo} (or None), got {v!r}")
+    block_m, block_n, block_k = block_m or bm, block_n or bn, block_k or bk
     out = torch.empty((m, n), dtype=out_dtype, device=a_data.device)
     if m == 0 or n == 0:
         return out
@@ -207,5 +227,6 @@ def mx_matmul(
         out.stride(0), out.stride(1),
         A_FMT=_TL_FORMAT[fmt_a], B_FMT=_TL_FORMAT[fmt_b],
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
+        num_warps=warps, num_stages=3,
     )  # fmt: skip
     return out
