@@ -2,11 +2,10 @@
 its use as TetraJetLinear's "triton_scaled" GEMM backend."""
 
 import pytest
+import tetrajet
+import tetrajet.gemm
 import torch
 from shared_kernels import dequantize_mx, quantize_mx
-
-import tetrajet
-import tetrajet.gemm  # noqa: F401  (registers the backends)
 from tetrajet import TetraJetLinear, TetraJetRecipe
 from tetrajet.gemm import mx_matmul, triton_scaled_gemm
 
@@ -171,10 +170,14 @@ def test_triton_backend_on_mixed_formats_and_its_errors():
     ref = TetraJetLinear(32, 8, recipe=TetraJetRecipe.tetrajet(x_fwd=recipe.x_fwd))
     ref.load_state_dict(layer.state_dict())
     torch.testing.assert_close(layer(x), ref(x), rtol=1e-5, atol=1e-5)
-    with pytest.raises(ValueError, match="triton_scaled.*MX operands"):
-        TetraJetLinear(32, 8, recipe=TetraJetRecipe.nvfp4_v2(grad_transform="none", gemm_backend="triton_scaled"))
-    with pytest.raises(ValueError, match="cutlass_sm100.*built for"):
-        TetraJetLinear(32, 8, recipe=TetraJetRecipe.tetrajet(x_fwd=recipe.x_fwd, gemm_backend="cutlass_sm100"))
+    with pytest.raises(ValueError, match=r"triton_scaled.*MX operands"):
+        TetraJetLinear(
+            32, 8, recipe=TetraJetRecipe.nvfp4_v2(grad_transform="none", gemm_backend="triton_scaled")
+        )
+    with pytest.raises(ValueError, match=r"cutlass_sm100.*built for"):
+        TetraJetLinear(
+            32, 8, recipe=TetraJetRecipe.tetrajet(x_fwd=recipe.x_fwd, gemm_backend="cutlass_sm100")
+        )
     with pytest.raises(TypeError, match="a must be a QuantizedOperand"):
         triton_scaled_gemm(torch.zeros(2, 2), torch.zeros(2, 2))
 
@@ -189,7 +192,9 @@ def test_cutlass_backend_refuses_cpu_with_reason():
 def test_cuda_triton_backend_matches_emulated():
     torch.manual_seed(0)
     ref = TetraJetLinear(256, 192, recipe=TetraJetRecipe.tetrajet(seed=1)).cuda()
-    tri = TetraJetLinear(256, 192, recipe=TetraJetRecipe.tetrajet(seed=1, gemm_backend="triton_scaled")).cuda()
+    tri = TetraJetLinear(
+        256, 192, recipe=TetraJetRecipe.tetrajet(seed=1, gemm_backend="triton_scaled")
+    ).cuda()
     tri.load_state_dict(ref.state_dict())
     x = torch.randn(300, 256, device="cuda")
     torch.testing.assert_close(tri(x), ref(x), rtol=1e-4, atol=1e-4)
@@ -202,15 +207,16 @@ def test_sm100a_lowering_is_block_scaled_mma(monkeypatch, a_fmt, b_fmt):
     """AOT compile (no GPU needed) of the kernel-report spec for sm100a: the PTX holds the
     block-scaled tcgen05 MMA, not an upcast to bf16 followed by a plain MMA."""
     triton = pytest.importorskip("triton")
+    from tetrajet import kernel_specs
+    from tetrajet.gemm import triton_scaled
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from tetrajet import kernel_specs
-    from tetrajet.gemm import triton_scaled
-
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     fn = triton_scaled._build_kernel()  # a compilable @triton.jit (not the interpreter's)
-    spec = next(s for s in kernel_specs.TRITON_KERNELS if s.name.startswith(f"tetrajet_mx_matmul_{a_fmt}x{b_fmt}_"))
+    spec = next(
+        s for s in kernel_specs.TRITON_KERNELS if s.name.startswith(f"tetrajet_mx_matmul_{a_fmt}x{b_fmt}_")
+    )
     assert spec.archs == (100,)
     names = list(fn.arg_names)
     sig = {n: ("constexpr" if n in spec.constexprs else spec.signature[n]) for n in names}

@@ -64,7 +64,17 @@ def _spec(a_fmt: str, b_fmt: str, tile: tuple[int, int, int], warps: int, archs:
         signature=sig,
         constexprs={**unit, "A_FMT": a_fmt, "B_FMT": b_fmt, "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk},
         expect={a: _TC[a] for a in archs},
-        divisible_by_16=("a_ptr", "sa_ptr", "b_ptr", "sb_ptr", "c_ptr", "K", "stride_am", "stride_bn", "stride_cm"),
+        divisible_by_16=(
+            "a_ptr",
+            "sa_ptr",
+            "b_ptr",
+            "sb_ptr",
+            "c_ptr",
+            "K",
+            "stride_am",
+            "stride_bn",
+            "stride_cm",
+        ),
         num_warps=warps,
         num_stages=3,
         archs=archs,
@@ -74,6 +84,7 @@ def _spec(a_fmt: str, b_fmt: str, tile: tuple[int, int, int], warps: int, archs:
 # The tiles ``tetrajet.gemm.triton_scaled.tile_config`` launches: 128x128x128 / 4 warps on sm100a,
 # 128x128x64 / 8 warps before Blackwell. Triton has no e4m3 on sm80 (that arch is skipped for FP8).
 TRITON_KERNELS = [_spec(a, b, (128, 128, 128), 4, (100,)) for a, b in BLOCK_SCALED_PTX] + [
-    _spec(a, b, (128, 128, 64), 8, (80, 89, 90) if a == b == "e2m1" else (89, 90)) for a, b in BLOCK_SCALED_PTX
+    _spec(a, b, (128, 128, 64), 8, (80, 89, 90) if a == b == "e2m1" else (89, 90))
+    for a, b in BLOCK_SCALED_PTX
 ]
 CUDA_KERNELS: list = []

@@ -55,7 +55,10 @@ def mx_gemm_sm100_available(device: torch.device | str | None = None) -> tuple[b
     if not _lib.native_available():
         return False, f"the compiled module is missing ({_lib._IMPORT_ERROR!r})"
     if not _lib.cuda_compiled():
-        return False, "this shared-kernels build has no CUDA code (built without nvcc or SHARED_KERNELS_CUDA=OFF)"
+        return (
+            False,
+            "this shared-kernels build has no CUDA code (built without nvcc or SHARED_KERNELS_CUDA=OFF)",
+        )
     if not getattr(_lib.native(), "mx_gemm_sm100_compiled", False):
         return False, "this shared-kernels build has no sm100a code (100a not in SHARED_KERNELS_CUDA_ARCHS)"
     if not torch.cuda.is_available():
@@ -65,7 +68,10 @@ def mx_gemm_sm100_available(device: torch.device | str | None = None) -> tuple[b
         return False, f"the CUTLASS sm100a GEMM runs on CUDA tensors, these are on {dev.type}"
     major, minor = torch.cuda.get_device_capability(dev)
     if major != 10:
-        return False, f"the CUTLASS block-scaled GEMM needs compute capability 10.x (sm100a), got {major}.{minor}"
+        return (
+            False,
+            f"the CUTLASS block-scaled GEMM needs compute capability 10.x (sm100a), got {major}.{minor}",
+        )
     return True, ""
 
 
