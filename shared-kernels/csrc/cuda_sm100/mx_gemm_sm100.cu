@@ -7,7 +7,7 @@
 // Cost: 2·M·N·K FLOPs; bytes moved M·K·b + N·K·b (b = 0.5 for MXFP4, 1 for MXFP8) + (M + N)·K/32 scale
 // bytes + M·N·itemsize(out).
 //
-// Compiled only for sm100a (its own CMake object library); the Python op refuses other devices.
+// Built when 100a is among the CUDA archs (its own CMake object library); the Python op refuses other devices.
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -29,6 +29,18 @@ namespace shared_kernels::cuda {
 namespace {
 
 using namespace cute;
+
+// The kernel body exists only in the sm100a cubin; the cubins of the other archs in the build get an
+// empty kernel of the same name (never launched: the Python op refuses non-10.x devices).
+template <class Kernel>
+struct Sm100Only : Kernel {
+  template <class... Args>
+  CUTLASS_DEVICE void operator()(Args&&... args) {
+#if defined(__CUDA_ARCH_FEAT_SM100_ALL)
+    Kernel::operator()(static_cast<Args&&>(args)...);
+#endif
+  }
+};
 
 // One GEMM type per (operand format, output type). ElementC = void: no source operand (beta = 0).
 template <class ElementAB, int kAlign, class ElementOut, class TileK>
@@ -52,8 +64,8 @@ struct MxGemm {
           sizeof(typename CollectiveEpilogue::SharedStorage))>,
       cutlass::gemm::collective::KernelScheduleAuto>::CollectiveOp;
 
-  using Kernel =
-      cutlass::gemm::kernel::GemmUniversal<Shape<int, int, int, int>, CollectiveMainloop, CollectiveEpilogue, void>;
+  using Kernel = Sm100Only<
+      cutlass::gemm::kernel::GemmUniversal<Shape<int, int, int, int>, CollectiveMainloop, CollectiveEpilogue, void>>;
   using Gemm = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
 };
 

@@ -192,10 +192,17 @@ def mx_gemm(
     return torch.ops.shared_kernels.mx_gemm(a_data, a_scales, b_data, b_scales, fmt, out_dtype, resolved)
 
 
+# One row per output type (bf16, fp32). On sm80/89/90a the symbols are CUTLASS's arch-guard stubs
+# (no MMA, nothing expected; the op refuses those devices).
 CUDA_SPECS = [
     CudaKernelSpec(
-        name="mx_gemm_sm100 (CUTLASS block-scaled, tcgen05)",
-        match="OpClassBlockScaledTensorOp",
+        name="mx_gemm_sm100 MXFP4xMXFP4 (CUTLASS tcgen05.mma kind::mxf4 block_scale)",
+        match="SM100_MMA_MXF4_SS",
+        expect={100: ("tcgen05",)},
+    ),
+    CudaKernelSpec(
+        name="mx_gemm_sm100 MXFP8xMXFP8 (CUTLASS tcgen05.mma kind::mxf8f6f4 block_scale)",
+        match="SM100_MMA_MXF8F6F4_SS",
         expect={100: ("tcgen05",)},
     ),
 ]
