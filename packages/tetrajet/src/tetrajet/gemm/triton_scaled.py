@@ -7,9 +7,11 @@ OCP MX v1.0 GEMM on the packed storage of ``shared_kernels.quantize_mx``::
 a and b hold E2M1 ("mxfp4", two codes per uint8 byte along K, low nibble = even k) or E4M3 / E5M2
 ("mxfp8_*", one float8 per element); the scales are E8M0 bytes (uint8), one per 32 consecutive k.
 Accumulation in float32. On sm100a Triton lowers ``tl.dot_scaled`` to the Blackwell block-scaled
-tensor-core MMA (``tcgen05.mma.cta_group::1.kind::mxf4`` / ``kind::mxf8f6f4 .block_scale``, SASS
-``UTCQMMA``/``UTCOMMA``); on sm80/sm89/sm90 it upcasts the operands to bf16 in registers and multiplies
-with ``mma.sync`` (sm80/89) or ``wgmma`` (sm90a), i.e. correct but not faster than a BF16 GEMM.
+tensor-core MMA (PTX ``tcgen05.mma.cta_group::1.kind::mxf4.block_scale.block32`` for MXFP4 x MXFP4,
+``kind::mxf8f6f4.block_scale.block32`` for MXFP8 and mixed pairs; SASS ``UTCOMMA`` / ``UTCQMMA``);
+on sm80/sm89/sm90a it decodes and scales the operands to bf16 in registers and multiplies with
+``mma.sync`` (HMMA, sm80/89) or ``wgmma`` (HGMMA, sm90a): correct, but no faster than a BF16 GEMM.
+Triton has no float8 on sm80, so MXFP8 operands need sm89+.
 
 Cost: 2·M·N·K FLOPs; bytes moved M·K·ba + N·K·bb (b = 0.5 for MXFP4, 1 for MXFP8) + (M + N)·K/32
 scale bytes + M·N·itemsize(out) (each operand tile is re-read once per output tile of the other
@@ -125,7 +127,7 @@ def jit_kernel():
 
 def tile_config(device: torch.device) -> tuple[int, int, int, int]:
     """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps) for ``device``: the shapes the kernel report checks."""
-    if device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 10:
+    if device.type == "cuda" and torch.cuda.get_device_capability(device)[0] == 10:
         return 128, 128, 128, 4
     return 128, 128, 64, 8
 
@@ -183,8 +185,9 @@ def mx_matmul(
     ``out_dtype``: float32, bfloat16 or float16 (float32 accumulation, one rounding at the end).
     ``block_m``/``block_n`` (powers of two >= 16) and ``block_k`` (power of two >= 32) override the
     tile (launched with 4 warps); by default ``tile_config(device)``: 128x128x128 with 4 warps on
-    sm100+ (block-scaled tcgen05 MMA), 128x128x64 with 8 warps elsewhere (the upcast path spills
-    with the larger tile; see ``tetrajet.kernel_specs``).
+    compute capability 10.x (block-scaled tcgen05 MMA), 128x128x64 with 8 warps elsewhere (the
+    upcast path spills with the larger tile; see ``tetrajet.kernel_specs``). Each operand's data
+    and the output must hold < 2^31 elements (int32 offsets).
     Returns a new [M, N] tensor; the inputs are not modified.
     """
     m, k = _check_operand("a", a_data, a_scales, fmt_a)
@@ -203,6 +206,17 @@ def mx_matmul(
         )
     if not isinstance(out_dtype, torch.dtype) or out_dtype not in _OUT_DTYPES:
         raise TypeError(f"out_dtype must be one of {_OUT_DTYPES}, got {out_dtype!r}")
+    if a_data.device.type == "cuda" and torch.cuda.get_device_capability(a_data.device) < (8, 9):
+        fp8 = [f for f in (fmt_a, fmt_b) if f != "mxfp4"]
+        if fp8:
+            raise ValueError(
+                f"{fp8[0]} operands need compute capability >= 8.9 in Triton, got {a_data.device}"
+            )
+    for name, t in (("a_data", a_data), ("b_data", b_data)):
+        if t.numel() >= 2**31:
+            raise ValueError(f"{name} has {t.numel()} elements; at most 2^31 - 1 (int32 offsets)")
+    if m * n >= 2**31:
+        raise ValueError(f"the output would have M·N = {m * n} elements; at most 2^31 - 1 (int32 offsets)")
     bm, bn, bk, warps = tile_config(a_data.device)
     if (block_m, block_n, block_k) != (None, None, None):
         warps = 4
