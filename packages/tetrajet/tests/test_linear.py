@@ -165,15 +165,41 @@ def test_all_quantizers_off_equals_nn_linear(dtype):
         torch.testing.assert_close(b, a, **tol)
 
 
-def test_bf16_quantized_matches_reference_up_to_output_rounding():
-    layer = _layer(40, 24, TetraJetRecipe.tetrajet(), dtype=torch.bfloat16)
-    x = torch.randn(3, 40, dtype=torch.bfloat16)
-    dy = torch.randn(3, 24, dtype=torch.bfloat16)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_quantized_matches_reference_up_to_output_rounding(dtype):
+    layer = _layer(40, 24, TetraJetRecipe.tetrajet(), dtype=dtype)
+    x = torch.randn(3, 40, dtype=dtype)
+    dy = torch.randn(3, 24, dtype=dtype)
     got = _run(layer, x, dy)
-    assert all(t.dtype == torch.bfloat16 and torch.isfinite(t).all() for t in got)
+    assert all(t.dtype == dtype and torch.isfinite(t).all() for t in got)
     ref = _reference(x, layer.weight.detach(), layer.bias.detach(), dy, layer.recipe)
-    for g, r in zip(got, ref, strict=True):  # float32 results rounded once to bf16
-        torch.testing.assert_close(g, r.to(torch.bfloat16), rtol=0, atol=0)
+    for g, r in zip(got, ref, strict=True):  # float32 results rounded once to the half dtype
+        torch.testing.assert_close(g, r.to(dtype), rtol=0, atol=0)
+
+
+def test_autocast_bf16():
+    """Inside torch.autocast Y has the autocast dtype (like nn.Linear), the maths stays the float32
+    quantized maths (no bf16 matmul of dequantized values), gradients keep the fp32 dtypes."""
+    layer = _layer(40, 24, TetraJetRecipe.nvfp4_v2(grad_transform="none"))
+    x, dy = torch.randn(5, 40), torch.randn(5, 24)
+    xr = x.clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(xr)
+        h = layer(torch.randn(5, 40, dtype=torch.bfloat16))  # mixed dtypes allowed under autocast
+    y.backward(dy.bfloat16())
+    assert y.dtype == h.dtype == torch.bfloat16
+    assert xr.grad.dtype == layer.weight.grad.dtype == torch.float32
+    ref = _reference(x, layer.weight.detach(), layer.bias.detach(), dy.bfloat16().float(), layer.recipe)
+    torch.testing.assert_close(y, ref[0].to(torch.bfloat16), rtol=0, atol=0)
+    torch.testing.assert_close(xr.grad, ref[1], rtol=1e-5, atol=1e-5)
+
+
+def test_double_backward_is_refused():
+    layer = _layer(32, 8, TetraJetRecipe.tetrajet())
+    x = torch.randn(4, 32, requires_grad=True)
+    (g,) = torch.autograd.grad(layer(x).square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match=r"once_differentiable|twice"):
+        g.sum().backward()
 
 
 def test_no_bias_1d_input_and_inputs_not_mutated():
@@ -308,13 +334,21 @@ def test_weight_rounding_reference_hook():
     torch.testing.assert_close(layer(x), _q(x, r.x_fwd, -1) @ rne.t(), rtol=1e-5, atol=1e-5)
 
 
-def test_weight_rounding_reference_nvfp4():
-    spec = QuantizerSpec("nvfp4", nvfp4_outer="block128")
+@pytest.mark.parametrize(
+    "spec",
+    [
+        QuantizerSpec("nvfp4", nvfp4_outer="block128"),
+        QuantizerSpec("mxfp8_e4m3"),
+        QuantizerSpec("mxfp8_e5m2", scale_rule="truncation_free"),
+        QuantizerSpec("mxfp4"),
+    ],
+)
+def test_weight_rounding_reference_other_formats(spec):
     w = torch.randn(8, 200)
     rne = quantize_operand(w, spec, -1).dequantize()
     up = quantize_toward(w, w + 5.0, spec, -1).dequantize()
     down = quantize_toward(w, w - 5.0, spec, -1).dequantize()
-    # an E4M3 block scale rounded down saturates its largest element (lo = hi = max): RNE too
+    # a saturated element (E4M3 block scale rounded down, OCP floor scale) has lo = hi = max: RNE too
     assert ((up >= w) | (up == rne)).all() and ((down <= w) | (down == rne)).all()
     assert (up >= w).float().mean() > 0.95 and (down <= w).float().mean() > 0.95
     assert ((up == rne) | (down == rne)).all()

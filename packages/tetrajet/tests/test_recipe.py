@@ -111,6 +111,13 @@ def test_recipe_rejects(kwargs, exc, match):
         TetraJetRecipe(**kwargs)
 
 
+def test_presets_reject_unknown_overrides():
+    with pytest.raises(TypeError, match="doubl_quantization"):
+        TetraJetRecipe.tetrajet(doubl_quantization=False)
+    with pytest.raises(TypeError, match="sed"):
+        TetraJetRecipe.mxfp4_baseline(sed=1)
+
+
 def test_non_reduction_blocks_allowed_with_emulation():
     r = TetraJetRecipe.mxfp4_baseline(x_fwd=QuantizerSpec("mxfp4", blocks="non_reduction"))
     assert r.x_fwd.blocks == "non_reduction" and r.gemm_backend == "emulated"

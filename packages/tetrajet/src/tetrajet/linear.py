@@ -9,7 +9,9 @@ arXiv 2502.20853, Eq. 3-5; six quantizers, double quantization, STE through ever
 X has any leading batch dims (flattened to M rows). Blocks run along each GEMM's reduction dim:
 1xB rows of the left operand, Bx1 columns of the right one. Reduction lengths that are not a
 multiple of the block size are zero padded (exact: see ``tetrajet.fake_quant``). Bias is added
-to the float32 GEMM result before the cast to X's dtype.
+to the float32 GEMM result before the cast to X's dtype (to the autocast dtype inside
+``torch.autocast``, where X and W may differ in dtype; operands are still quantized from their own
+precision and multiplied in float32, and the gradients come back in X's and W's dtypes).
 
 Stochastic rounding is reproducible: quantizer q of call c of a layer uses the Philox key
 ``derive_seed(recipe.seed, layer_id, q, c)``; ``sr_calls`` counts the layer's training forwards
@@ -31,12 +33,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from .backends import get_gemm_backend, get_grad_transform
 from .fake_quant import SUPPORTED_DTYPES, QuantizedOperand, derive_seed, quantize_operand, quantize_toward
 from .recipe import QuantizerSpec, TetraJetRecipe
 
 __all__ = ["TetraJetLinear", "tetrajet_linear"]
+
+_TRANSFORM_SALT = 0x7472616E73666F72  # b"transfor": separates transform keys from SR keys
 
 
 @dataclass(frozen=True)
@@ -48,9 +53,15 @@ class _Call:
     call: int
     gemm: Callable[[QuantizedOperand, QuantizedOperand], torch.Tensor]
     transform: Callable[..., torch.Tensor] | None
+    out_dtype: torch.dtype
 
     def seed(self, quantizer: str) -> int:
         return derive_seed(self.recipe.seed, self.layer_id, quantizer, self.call)
+
+    def transform_seed(self, quantizer: str) -> int:
+        """Key of the gradient transform of the GEMM whose left operand is ``quantizer``: a
+        different key from every SR draw (so transform signs and rounding bits are independent)."""
+        return derive_seed(self.recipe.seed ^ _TRANSFORM_SALT, self.layer_id, quantizer, self.call)
 
 
 def _block_axis(spec: QuantizerSpec, reduction_axis: int) -> int:
@@ -96,7 +107,7 @@ def _grad_gemm(
         multiple = max(size, _common_multiple(ls, rs))
         left = _pad_dim(left.float(), left_reduction_dim, multiple)
         right = _pad_dim(right.float(), 0, multiple)
-        seed = c.seed(names[0])
+        seed = c.transform_seed(names[0])
         left = c.transform(left, dim=left_reduction_dim, seed=seed, size=size, side="left").contiguous()
         right = c.transform(right, dim=0, seed=seed, size=size, side="right").contiguous()
     multiple = _common_multiple(ls, rs)
@@ -117,6 +128,11 @@ class _TetraJetLinearFunction(torch.autograd.Function):
         c: _Call,
         w_reference: torch.Tensor | None,
     ) -> torch.Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            return _TetraJetLinearFunction._forward(ctx, x, weight, bias, c, w_reference)
+
+    @staticmethod
+    def _forward(ctx, x, weight, bias, c, w_reference):
         r = c.recipe
         k = x.shape[-1]
         x2 = x.reshape(-1, k).contiguous()
@@ -131,7 +147,7 @@ class _TetraJetLinearFunction(torch.autograd.Function):
         y = c.gemm(qx, qw.t())
         if bias is not None:
             y = y + bias.float()
-        y = y.to(x.dtype).reshape(*x.shape[:-1], weight.shape[0])
+        y = y.to(c.out_dtype).reshape(*x.shape[:-1], weight.shape[0])
 
         need_dx, need_dw = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         ctx.c = c
@@ -154,7 +170,13 @@ class _TetraJetLinearFunction(torch.autograd.Function):
         return y
 
     @staticmethod
+    @once_differentiable
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        with torch.autocast(grad_out.device.type, enabled=False):
+            return _TetraJetLinearFunction._backward(ctx, grad_out)
+
+    @staticmethod
+    def _backward(ctx, grad_out):
         c: _Call = ctx.c
         saved_x, saved_w = ctx.saved_tensors
         n = grad_out.shape[-1]
@@ -173,6 +195,19 @@ class _TetraJetLinearFunction(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None, None
 
 
+def _autocast_dtype(x: torch.Tensor) -> torch.dtype | None:
+    dev = x.device.type
+    if dev in ("cpu", "cuda") and torch.is_autocast_enabled(dev):
+        return torch.get_autocast_dtype(dev)
+    return None
+
+
+def _output_dtype(x: torch.Tensor) -> torch.dtype:
+    """Y's dtype: the autocast dtype inside ``torch.autocast`` (like nn.Linear), else x's dtype.
+    Operands are always quantized from their own precision and multiplied in float32."""
+    return _autocast_dtype(x) or x.dtype
+
+
 def _check_inputs(x: object, weight: object, bias: object) -> None:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
@@ -186,7 +221,9 @@ def _check_inputs(x: object, weight: object, bias: object) -> None:
         )
     if x.dtype not in SUPPORTED_DTYPES:
         raise TypeError(f"x.dtype must be float32, float16 or bfloat16, got {x.dtype}")
-    if weight.dtype != x.dtype:
+    if weight.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"weight.dtype must be float32, float16 or bfloat16, got {weight.dtype}")
+    if weight.dtype != x.dtype and _autocast_dtype(x) is None:
         raise TypeError(
             f"x.dtype {x.dtype} must equal weight.dtype {weight.dtype} (cast the input or the module)"
         )
@@ -248,7 +285,7 @@ def tetrajet_linear(
     if weight_reference is not None:
         _check_reference(weight_reference, weight, recipe)
     gemm, _ = get_gemm_backend(recipe.gemm_backend)
-    c = _Call(recipe, layer_id, call, gemm, get_grad_transform(recipe.grad_transform))
+    c = _Call(recipe, layer_id, call, gemm, get_grad_transform(recipe.grad_transform), _output_dtype(x))
     return _TetraJetLinearFunction.apply(x, weight, bias, c, weight_reference)
 
 
@@ -328,7 +365,8 @@ class TetraJetLinear(nn.Linear):
         if self.training and torch.is_grad_enabled():
             self.sr_calls += 1
         gemm, _ = get_gemm_backend(self.recipe.gemm_backend)
-        c = _Call(self.recipe, self.layer_id, call, gemm, get_grad_transform(self.recipe.grad_transform))
+        transform = get_grad_transform(self.recipe.grad_transform)
+        c = _Call(self.recipe, self.layer_id, call, gemm, transform, _output_dtype(x))
         ref = self.weight_reference
         if ref is not None:
             _check_reference(ref, self.weight, self.recipe)
