@@ -186,6 +186,25 @@ def test_triton_backend_on_mixed_formats_and_its_errors():
         triton_scaled_gemm(torch.zeros(2, 2), torch.zeros(2, 2))
 
 
+def test_backend_functions_check_operands_and_match_emulated():
+    from tetrajet import QuantizerSpec, quantize_operand
+    from tetrajet.backends import emulated_gemm
+
+    spec = QuantizerSpec("mxfp4")
+    x, w = torch.randn(7, 70), torch.randn(70, 5)  # K = 70 padded to 96 on both sides
+    a = quantize_operand(x, spec, -1, pad_multiple=96)
+    b = quantize_operand(w, spec, -2, pad_multiple=96)
+    out = triton_scaled_gemm(a, b)
+    assert out.shape == (7, 5)
+    torch.testing.assert_close(out, emulated_gemm(a, b), rtol=1e-6, atol=1e-5)
+    with pytest.raises(ValueError, match="b must be blocked along the reduction dim"):
+        triton_scaled_gemm(a, quantize_operand(w.T.contiguous(), spec, -1))
+    with pytest.raises(ValueError, match="padded to the same K"):
+        triton_scaled_gemm(a, quantize_operand(w, spec, -2, pad_multiple=128))
+    with pytest.raises(ValueError, match="MX payload"):
+        triton_scaled_gemm(a, quantize_operand(w, QuantizerSpec("nvfp4"), -2))
+
+
 def test_cutlass_backend_refuses_cpu_with_reason():
     layer = TetraJetLinear(32, 8, recipe=TetraJetRecipe.mxfp4_baseline(gemm_backend="cutlass_sm100"))
     with pytest.raises(RuntimeError, match="mx_gemm: backend 'cuda' is not available"):

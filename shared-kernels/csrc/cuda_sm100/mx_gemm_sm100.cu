@@ -31,7 +31,7 @@ namespace {
 using namespace cute;
 
 // The kernel body exists only in the sm100a cubin; the cubins of the other archs in the build get an
-// empty kernel of the same name (never launched: the Python op refuses non-10.x devices).
+// empty kernel of the same name (never launched: the Python op refuses devices other than 10.0).
 template <class Kernel>
 struct Sm100Only : Kernel {
   template <class... Args>

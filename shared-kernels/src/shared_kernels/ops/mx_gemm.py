@@ -2,7 +2,7 @@
 
 Backends: "cuda" is a CUTLASS 4.x block-scaled GEMM for Blackwell (sm100a: ``tcgen05.mma`` with
 ``block_scale``; ``csrc/cuda_sm100/mx_gemm_sm100.cu``), present when shared-kernels was built with
-100a in ``SHARED_KERNELS_CUDA_ARCHS``, and run only on a compute-capability 10.x device; "torch" is
+100a in ``SHARED_KERNELS_CUDA_ARCHS``, and run only on a compute-capability 10.0 device (B200/GB200); "torch" is
 the reference (dequantize, float32 matmul) on any device. ``backend="auto"`` takes "cuda" when it can
 run the call and "torch" otherwise (same maths: exact products, float32 accumulation).
 """
@@ -51,7 +51,7 @@ def mx_scales_to_blocked(scales: torch.Tensor) -> torch.Tensor:
 
 def mx_gemm_sm100_available(device: torch.device | str | None = None) -> tuple[bool, str]:
     """(True, "") when the CUTLASS sm100a kernel is built and ``device`` (default: current CUDA
-    device) is a compute-capability 10.x GPU; else (False, the reason)."""
+    device) is a compute-capability 10.0 GPU; else (False, the reason)."""
     if not _lib.native_available():
         return False, f"the compiled module is missing ({_lib._IMPORT_ERROR!r})"
     if not _lib.cuda_compiled():
@@ -67,10 +67,10 @@ def mx_gemm_sm100_available(device: torch.device | str | None = None) -> tuple[b
     if dev.type != "cuda":
         return False, f"the CUTLASS sm100a GEMM runs on CUDA tensors, these are on {dev.type}"
     major, minor = torch.cuda.get_device_capability(dev)
-    if major != 10:
+    if (major, minor) != (10, 0):  # sm_100a code runs on 10.0 only (arch-specific, not forward compatible)
         return (
             False,
-            f"the CUTLASS block-scaled GEMM needs compute capability 10.x (sm100a), got {major}.{minor}",
+            f"the CUTLASS block-scaled GEMM is built for sm_100a (compute capability 10.0), got {major}.{minor}",
         )
     return True, ""
 
