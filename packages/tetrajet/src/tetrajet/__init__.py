@@ -3,7 +3,9 @@
 Part of the ML-efficiency kernels monorepo; built on ``shared-kernels``.
 """
 
-__version__ = "0.0.1"
+__version__ = "0.1.0.dev0"
+
+import importlib.util
 
 from .backends import (
     available_gemm_backends,
@@ -29,6 +31,10 @@ from .v2 import (
     outcontrol_recipe,
     random_hadamard,
 )
+
+# GEMM backends "triton_scaled" (tl.dot_scaled) and "cutlass_sm100" (shared-kernels mx_gemm) need Triton
+if importlib.util.find_spec("triton") is not None:
+    from . import gemm  # noqa: F401  (registers the backends)
 
 __all__ = [
     "QEMA",
