@@ -80,8 +80,8 @@ __all__ = [
     "fake_quant_int8_per_block",
     "fake_quant_p",
     "fake_quant_v",
-    "router_scores",
     "route_topk",
+    "router_scores",
     "sla2_attention",
 ]
 
@@ -153,11 +153,15 @@ def router_scores(
     if w_q.shape != w_k.shape:
         raise ValueError(f"w_q and w_k must have one shape, got {tuple(w_q.shape)} and {tuple(w_k.shape)}")
     pq = mean_pool(q, _checks.check_block("blkq", blkq)).to(w_q.dtype) @ w_q.t()
-    pk = mean_pool(k - k.mean(dim=-2, keepdim=True), _checks.check_block("blkk", blkk)).to(w_k.dtype) @ w_k.t()
+    pk = (
+        mean_pool(k - k.mean(dim=-2, keepdim=True), _checks.check_block("blkk", blkk)).to(w_k.dtype) @ w_k.t()
+    )
     return pq @ pk.transpose(-1, -2)
 
 
-def route_topk(scores: torch.Tensor, topk: float, *, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+def route_topk(
+    scores: torch.Tensor, topk: float, *, temperature: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Hard top-k block map and its straight-through gate (see the module docstring).
 
     ``scores [B, H, Mq, Mk]`` → ``(block_map bool, gate float)``, ``gate`` equal to ``block_map`` in
@@ -220,7 +224,9 @@ def sla2_attention(
     mq, mk = _checks.cdiv(L, blkq), _checks.cdiv(L, blkk)
     _checks.check_tensor("gate", gate, ndim=4)
     if tuple(gate.shape) != (B, H, mq, mk):
-        raise ValueError(f"gate must have shape [B, H, ceil(L/blkq), ceil(L/blkk)] = {(B, H, mq, mk)}, got {tuple(gate.shape)}")
+        raise ValueError(
+            f"gate must have shape [B, H, ceil(L/blkq), ceil(L/blkk)] = {(B, H, mq, mk)}, got {tuple(gate.shape)}"
+        )
     _checks.check_tensor("ratio", ratio, ndim=1)
     if ratio.shape[0] != H:
         raise ValueError(f"ratio must have shape [H={H}], got {tuple(ratio.shape)}")
@@ -229,7 +235,11 @@ def sla2_attention(
             raise ValueError(f"{name} must be on {q.device} (the device of q), got {t.device}")
     quant = _check_quant(quant)
     sm_scale = D**-0.5 if sm_scale is None else sm_scale
-    if isinstance(sm_scale, bool) or not isinstance(sm_scale, (int, float)) or not (math.isfinite(sm_scale) and sm_scale > 0):
+    if (
+        isinstance(sm_scale, bool)
+        or not isinstance(sm_scale, (int, float))
+        or not (math.isfinite(sm_scale) and sm_scale > 0)
+    ):
         raise ValueError(f"sm_scale must be a finite positive number, got {sm_scale!r}")
     if not (isinstance(eps, (int, float)) and eps > 0):
         raise ValueError(f"eps must be a positive number, got {eps!r}")
@@ -317,9 +327,17 @@ class SparseLinearAttention2(nn.Module):
         self.feature_map = feature_map
         self.BLKQ, self.BLKK = _checks.check_block("BLKQ", BLKQ), _checks.check_block("BLKK", BLKK)
         self.quant = _check_quant(quant)
-        if isinstance(ratio_init, bool) or not isinstance(ratio_init, (int, float)) or not 0.0 < ratio_init < 1.0:
+        if (
+            isinstance(ratio_init, bool)
+            or not isinstance(ratio_init, (int, float))
+            or not 0.0 < ratio_init < 1.0
+        ):
             raise ValueError(f"ratio_init must be in (0, 1), got {ratio_init!r}")
-        if isinstance(router_temperature, bool) or not isinstance(router_temperature, (int, float)) or not router_temperature > 0:
+        if (
+            isinstance(router_temperature, bool)
+            or not isinstance(router_temperature, (int, float))
+            or not router_temperature > 0
+        ):
             raise ValueError(f"router_temperature must be a positive number, got {router_temperature!r}")
         if not isinstance(tie_feature_map_qk, bool):
             raise TypeError(f"tie_feature_map_qk must be a bool, got {type(tie_feature_map_qk).__name__}")
@@ -341,11 +359,13 @@ class SparseLinearAttention2(nn.Module):
     def block_map(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The router's ``(block_map bool, straight-through gate)`` for ``q, k``."""
         # q, k detached: the router trains its own weights; q and k get gradients from the attention.
-        scores = router_scores(q.detach(), k.detach(), self.router_q.weight, self.router_k.weight, blkq=self.BLKQ, blkk=self.BLKK)
+        scores = router_scores(
+            q.detach(), k.detach(), self.router_q.weight, self.router_k.weight, blkq=self.BLKQ, blkk=self.BLKK
+        )
         return route_topk(scores, self.topk, temperature=self.router_temperature)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, return_sparsity: bool = False):
-        B, H, L, D = _checks.check_qkv(q, k, v)
+        _, H, _, D = _checks.check_qkv(q, k, v)
         if D != self.head_dim or H != self.num_heads:
             raise ValueError(
                 f"q must have {self.num_heads} heads of dim {self.head_dim} (num_heads, head_dim), got shape {tuple(q.shape)}"
@@ -354,7 +374,15 @@ class SparseLinearAttention2(nn.Module):
             raise TypeError(f"return_sparsity must be a bool, got {type(return_sparsity).__name__}")
         block_map, gate = self.block_map(q, k)
         o = sla2_attention(
-            q, k, v, gate, self.ratio, blkq=self.BLKQ, blkk=self.BLKK, feature_map=self.feature_map, quant=self.quant
+            q,
+            k,
+            v,
+            gate,
+            self.ratio,
+            blkq=self.BLKQ,
+            blkk=self.BLKK,
+            feature_map=self.feature_map,
+            quant=self.quant,
         )
         if return_sparsity:
             return o, 1.0 - block_map.float().mean().item()
