@@ -54,6 +54,15 @@ def test_forward_equals_ratio_combination_of_sla_reference(B, H, L, D, blkq, blk
     assert sparsity == pytest.approx(1.0 - bm.double().mean().item())
 
 
+def test_topk_one_is_dense_attention():
+    q, k, v = _qkv(2, 2, 50, 16, seed=13)
+    m = SparseLinearAttention2(16, 2, 1.0, BLKQ=16, BLKK=8).double()
+    o, sparsity = m(q, k, v, return_sparsity=True)
+    dense = torch.softmax(q @ k.transpose(-1, -2) / 4.0, dim=-1) @ v
+    torch.testing.assert_close(o, dense, rtol=1e-10, atol=1e-12)
+    assert sparsity == 0.0
+
+
 def test_router_block_map_is_valid_at_budget():
     q, k, _ = _qkv(2, 2, 100, 16, seed=1)
     for topk, want in [(0.05, 1), (0.25, 1), (0.5, 3), (1.0, 7)]:  # Mk = ceil(100/16) = 7

@@ -19,7 +19,9 @@ with ``o_s`` the block-sparse softmax attention over the selected blocks (exact 
 ``o_l = φ(q)(Σ_{j∉M} φ(k_j)ᵀ v_j) / (eps + φ(q)·Σ_{j∉M} φ(k_j))`` the normalised linear attention over
 the *complement* (approximating ``softmax_{j∉M}``). ``α_h`` learns the typical mass ``a_i``.
 Choice: per head (not per row) keeps the ratio a parameter, free at inference; ``ratio_init``
-(default 0.9) is its starting value. No ``proj_l``: the ratio already fixes the scale.
+(default 0.9) is its starting value. No ``proj_l``: the ratio already fixes the scale. A query block
+that selects every key block has an empty complement, so ``a_i = 1`` exactly and ``α = 1`` is used
+there (so ``topk = 1`` is dense attention, whatever ``α_h``).
 
 **Learnable router.** Block scores ``R = (pool(Q) W_q)(pool(K − mean_L K) W_k)ᵀ`` with
 ``pool`` the mean over each block (``reference.mean_pool``), ``W_q, W_k`` learnable ``D × D``
@@ -216,7 +218,8 @@ def sla2_attention(
 
     q, k, v: ``[B, H, L, D]`` self-attention. gate: ``[B, H, Mq, Mk]`` float block gate (1 = sparse
     branch, 0 = linear branch; fractional values are allowed: a soft map), e.g. from
-    :func:`route_topk`; every query block needs a positive gate somewhere. ratio: ``α`` in [0, 1],
+    :func:`route_topk`). Blocks with ``gate > 0.5`` count as selected for the row max, the P
+    quantization and the empty-complement rule; every query block needs one. ratio: ``α`` in [0, 1],
     shape ``[H]``. Computes in float32 (float64 stays float64) and returns q's dtype.
     """
     B, H, L, D = _checks.check_qkv(q, k, v)
@@ -245,9 +248,9 @@ def sla2_attention(
         raise ValueError(f"eps must be a positive number, got {eps!r}")
     phi = get_feature_map(feature_map)
     with torch.no_grad():
-        hard = gate.detach() > 0
+        hard = gate.detach() > 0.5
         if not bool(hard.any(dim=-1).all()):
-            raise ValueError("gate must select (> 0) at least one key block for every query block")
+            raise ValueError("gate must select (> 0.5) at least one key block for every query block")
 
     cdt = torch.float64 if q.dtype == torch.float64 else torch.float32
     qf, kf, vf = q.to(cdt), k.to(cdt), v.to(cdt)
@@ -286,7 +289,9 @@ def sla2_attention(
     dl = (fqb * z_q[..., None, :]).sum(dim=-1, keepdim=True)
     o_l = (num / (eps + dl)).flatten(-3, -2)[..., :L, :]
 
-    alpha = ratio.to(cdt)[None, :, None, None]
+    # A query block whose complement is empty has a_i = 1 exactly (no linear part): α = 1 there.
+    full = _expand_blocks(hard.all(dim=-1, keepdim=True), blkq, 1, L)  # [B, H, L, 1]
+    alpha = torch.where(full, torch.ones((), dtype=cdt), ratio.to(cdt)[None, :, None, None])
     return (alpha * o_s + (1.0 - alpha) * o_l).to(q.dtype)
 
 
