@@ -5,4 +5,26 @@ Part of the ML-efficiency kernels monorepo; built on ``shared-kernels``.
 
 __version__ = "0.0.1"
 
-__all__ = ["__version__"]
+from .feature_maps import FEATURE_MAPS, get_feature_map
+from .module import SparseLinearAttention
+from .reference import (
+    block_map_skip,
+    block_map_topk,
+    block_sparse_attention_ref,
+    linear_attention_ref,
+    mean_pool,
+    sla_reference,
+)
+
+__all__ = [
+    "FEATURE_MAPS",
+    "SparseLinearAttention",
+    "__version__",
+    "block_map_skip",
+    "block_map_topk",
+    "block_sparse_attention_ref",
+    "get_feature_map",
+    "linear_attention_ref",
+    "mean_pool",
+    "sla_reference",
+]

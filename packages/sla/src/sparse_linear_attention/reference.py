@@ -34,6 +34,11 @@ layout), self-attention. Queries are cut into ``Mq = ceil(L / blkq)`` blocks, ke
 4. Output: ``O = O_s + proj_l(O_l)`` with ``proj_l`` a ``Linear(D, D)`` (zero-initialised in the
    module, so SLA starts as sparse attention).
 
+5. Optional third class (paper §4.1: critical / marginal / negligible; upstream's kernels implement
+   only the first two): :func:`block_map_skip` marks, per query block, the lowest-scoring
+   ``int(skip_topk · Mk)`` non-selected blocks as negligible; the linear branch then covers the
+   blocks neither selected nor skipped.
+
 Compute precision: float64 for float64 inputs, float32 otherwise; outputs are cast back to the
 input dtype (``lse`` stays in the compute dtype). Inputs are never modified.
 """
@@ -50,7 +55,9 @@ from .feature_maps import get_feature_map
 
 __all__ = [
     "LINEAR_SCOPES",
+    "block_map_skip",
     "block_map_topk",
+    "block_scores",
     "block_sparse_attention_ref",
     "compute_dtype",
     "expand_block_map",
@@ -93,31 +100,52 @@ def mean_pool(x: torch.Tensor, blk: int) -> torch.Tensor:
     return sums / counts[:, None]
 
 
-def block_map_topk(q: torch.Tensor, k: torch.Tensor, topk: float, blkq: int, blkk: int) -> torch.Tensor:
-    """Bool ``[B, H, Mq, Mk]`` map of the ``count`` highest-scoring key blocks per query block.
-
-    ``score = mean_pool(q, blkq) · mean_pool(k − mean_L(k), blkk)ᵀ`` (SLA's ``get_block_map``: K is
-    smoothed like SageAttention), ``count = min(Mk, max(1, int(topk · Mk)))`` (see module docstring).
-    """
+def block_scores(q: torch.Tensor, k: torch.Tensor, blkq: int, blkk: int) -> torch.Tensor:
+    """Block scores ``mean_pool(q, blkq) · mean_pool(k − mean_L(k), blkk)ᵀ`` ``[B, H, Mq, Mk]`` (SLA's
+    ``get_block_map``: K smoothed like SageAttention; no scale, no softmax, both monotone per row)."""
     check_tensor("q", q, ndim=4)
     check_tensor("k", k, ndim=4)
     if q.shape != k.shape:
         raise ValueError(f"q and k must have the same shape, got {tuple(q.shape)} and {tuple(k.shape)}")
     if q.device != k.device:
         raise ValueError(f"q and k must be on one device, got {q.device} and {k.device}")
-    topk = check_topk("topk", topk)
     blkq = check_block("blkq", blkq)
     blkk = check_block("blkk", blkk)
     kc = k.to(compute_dtype(k.dtype))
     pq = mean_pool(q.to(kc.dtype), blkq)
     pk = mean_pool(kc - kc.mean(dim=-2, keepdim=True), blkk)
-    score = pq @ pk.transpose(-1, -2)
-    Mk = score.shape[-1]
-    count = topk_count(topk, Mk)
+    return pq @ pk.transpose(-1, -2)
+
+
+def block_map_topk(q: torch.Tensor, k: torch.Tensor, topk: float, blkq: int, blkk: int) -> torch.Tensor:
+    """Bool ``[B, H, Mq, Mk]`` map of the ``count`` highest-scoring key blocks per query block
+    (:func:`block_scores`), ``count = min(Mk, max(1, int(topk · Mk)))`` (see module docstring)."""
+    topk = check_topk("topk", topk)
+    score = block_scores(q, k, blkq, blkk)
+    count = topk_count(topk, score.shape[-1])
     idx = torch.topk(score, count, dim=-1, sorted=False).indices
     block_map = torch.zeros(score.shape, dtype=torch.bool, device=q.device)
     block_map.scatter_(-1, idx, True)
     return block_map
+
+
+def block_map_skip(
+    q: torch.Tensor, k: torch.Tensor, skip_topk: float, blkq: int, blkk: int, block_map: torch.Tensor
+) -> torch.Tensor:
+    """The paper's third class: bool ``[B, H, Mq, Mk]`` map of the negligible key blocks, skipped by
+    both branches. Per query block, the ``min(int(skip_topk · Mk), Mk − |selected|)`` lowest-scoring
+    blocks among those ``block_map`` did not select. ``skip_topk`` in ``[0, 1)``; 0 gives no block."""
+    if isinstance(skip_topk, bool) or not isinstance(skip_topk, (int, float)):
+        raise TypeError(f"skip_topk must be a float in [0, 1), got {type(skip_topk).__name__}")
+    if not (0.0 <= float(skip_topk) < 1.0):
+        raise ValueError(f"skip_topk must be in [0, 1) (the fraction of key blocks skipped), got {skip_topk}")
+    score = block_scores(q, k, blkq, blkk)
+    B, H, Mq, Mk = score.shape
+    check_block_map(block_map, B, H, Mq, Mk, q.device)
+    n_skip = (Mk - block_map.sum(dim=-1, keepdim=True)).clamp(max=int(float(skip_topk) * Mk))
+    order = torch.argsort(score.masked_fill(block_map, float("inf")), dim=-1, stable=True)
+    rank = torch.argsort(order, dim=-1)  # rank of each block, lowest score first
+    return (rank < n_skip) & ~block_map
 
 
 def expand_block_map(block_map: torch.Tensor, blkq: int, blkk: int, L: int) -> torch.Tensor:
@@ -265,13 +293,16 @@ def sla_reference(
     sm_scale: float | None = None,
     eps: float = 1e-5,
     block_map: torch.Tensor | None = None,
+    skip_topk: float = 0.0,
 ) -> torch.Tensor:
     """SLA forward ``O = O_s + (O_l W_lᵀ + b_l)`` (paper eq. for the combined output).
 
     ``block_map``: the critical blocks; ``None`` computes :func:`block_map_topk` from ``topk``.
     ``linear_scope='complement'``: the linear branch covers exactly the non-selected blocks (the
     paper's SLA); ``'all'``: every key (upstream's main-branch module). ``feature_map_k`` defaults to
-    ``feature_map``. Returns ``o`` in the input dtype.
+    ``feature_map``. ``skip_topk > 0`` adds the paper's third class (:func:`block_map_skip`): those
+    blocks are left out of both branches (``linear_scope='complement'`` only). Returns ``o`` in the
+    input dtype.
     """
     _B, _H, _L, D = check_qkv(q, k, v)
     check_tensor("proj_l_weight", proj_l_weight, ndim=2)
@@ -293,6 +324,10 @@ def sla_reference(
     o_s, _ = block_sparse_attention_ref(q, k, v, block_map, blkq=blkq, blkk=blkk, sm_scale=sm_scale)
     qc, kc = q.to(cd), k.to(cd)
     lin_map = block_map if linear_scope == "complement" else None
+    if skip_topk:
+        if linear_scope != "complement":
+            raise ValueError(f"skip_topk > 0 needs linear_scope='complement', got {linear_scope!r}")
+        lin_map = block_map | block_map_skip(q, k, skip_topk, blkq, blkk, block_map)
     o_l = linear_attention_ref(fq(qc), fk(kc), v.to(cd), block_map=lin_map, blkq=blkq, blkk=blkk, eps=eps)
     w = proj_l_weight.to(cd)
     o = o_s.to(cd) + o_l @ w.transpose(0, 1)
