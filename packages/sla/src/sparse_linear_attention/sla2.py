@@ -28,6 +28,8 @@ there (so ``topk = 1`` is dense attention, whatever ``α_h``).
 matrices shared by the heads of a layer, initialised to the identity, so an untrained router is
 exactly SLA's heuristic ``block_map_topk``. Each Q block keeps the ``n = min(Mk, max(1,
 int(topk·Mk)))`` highest-scoring K blocks (the sparse branch); the others go to the linear branch.
+The module's router reads detached q and k: it trains its own weights, and q, k get gradients
+only from the attention itself.
 
 **Router gradient (straight-through soft top-k).** The hard map has no gradient, so each branch
 weights key block ``j`` of query block ``I`` by a gate
