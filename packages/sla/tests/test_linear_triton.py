@@ -121,19 +121,37 @@ def test_bad_input():
     with pytest.raises(ValueError, match="<= 256"):
         big = torch.zeros(1, 1, 32, 264, device=DEV)
         linear_attention_complement(big, big, v, bm, blkq=16, blkk=16)
+    many = torch.zeros(1, 1, 16, 16, device=DEV).expand(65536, 1, 16, 16)  # a view: no memory
+    with pytest.raises(ValueError, match="B \\* H must be <= 65535"):
+        linear_attention_complement(many, many, many, blkq=16, blkk=16)
     assert SUPPORTED_BLOCKS == (16, 32, 64, 128)
 
 
 def test_kernel_specs_match_kernel_signatures():
-    assert [s.name for s in KERNEL_SPECS] == [
-        "sla_linear_state_d128",
-        "sla_linear_fwd_d128",
-        "sla_linear_bwd_q_d128",
-        "sla_linear_bwd_kv_d128",
-    ]
+    names = [f"sla_linear_{k}_d{d}" for d in (128, 64) for k in ("state", "fwd", "bwd_q", "bwd_g", "bwd_kv")]
+    assert [s.name for s in KERNEL_SPECS] == names
     for spec in KERNEL_SPECS:
         fn = spec.fn()
         params = list(inspect.signature(fn.fn).parameters)
         assert set(spec.signature) | set(spec.constexprs) == set(params), spec.name
         assert not set(spec.signature) & set(spec.constexprs)
         assert spec.expect[90] == ("wgmma",) and spec.expect[100] == ("tcgen05",)
+
+
+def test_strided_inputs():
+    """[B, L, H, C] tensors viewed as [B, H, L, C] (the layout diffusers hands over)."""
+    (fq, fk, v), bm, do = _inputs(2, 3, 33, 16, 16, 3, 3)
+    fq, fk, v, do = (x.transpose(1, 2).contiguous().transpose(1, 2) for x in (fq, fk, v, do))
+    assert not fq.is_contiguous()
+    _check(fq, fk, v, bm, do, 16, 16, rtol=2e-5, atol=2e-5)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("D", [64, 128])
+def test_gpu_bf16_tensor_core_path(D):
+    """On a GPU the products run in bf16 on tensor cores (not in the interpreter): SLA-sized blocks."""
+    B, H, L = 1, 4, 1000
+    Mq = Mk = -(-L // 64)
+    (fq, fk, v), _, do = _inputs(B, H, L, D, D, Mq, Mk, dtype=torch.bfloat16)
+    bm = torch.rand(B, H, Mq, Mk, device=DEV) < 0.1  # ~90 % sparsity: the subtract walk
+    _check(fq, fk, v, bm, do, 64, 64, rtol=3e-2, atol=3e-2)

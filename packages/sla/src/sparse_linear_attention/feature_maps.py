@@ -1,4 +1,4 @@
-"""Feature maps φ of SLA's linear branch (SLA paper §3, ``o_l = φ(Q)(φ(K)ᵀV) / (φ(Q)·Σφ(K))``).
+"""Feature maps φ of SLA's linear branch (SLA paper, ``o_l = φ(Q)(φ(K)ᵀV) / (φ(Q)·Σφ(K))``).
 
 All three are parameter-free and elementwise or row-wise over the head dimension D, so the feature
 dimension equals D:

@@ -1,11 +1,12 @@
 """``SparseLinearAttention``: the SLA module (upstream ``thu-ml/SLA`` API), fine-tunable.
 
-``O = O_s + proj_l(O_l)`` (SLA paper §4): ``O_s`` is softmax attention over the top-k key blocks of
-each query block (critical), ``O_l`` linear attention ``φ(Q)(φ(K)ᵀV) / (φ(Q)·Σφ(K) + eps)`` over the
-key blocks the sparse branch did not select (marginal; ``linear_scope='complement'``, the paper's
-SLA) or over every key (``linear_scope='all'``, upstream's released module). ``proj_l`` is an fp32
-``Linear(head_dim, head_dim)`` initialised to zero, so a fresh module computes sparse attention only
-and fine-tuning grows the linear correction. See ``reference.py`` for the exact maths.
+``O = O_s + proj_l(O_l)`` (SLA paper, arXiv 2509.24006): ``O_s`` is softmax attention over the
+top-k key blocks of each query block (critical), ``O_l`` linear attention
+``φ(Q)(φ(K)ᵀV) / (φ(Q)·Σφ(K) + eps)`` over the key blocks the sparse branch did not select
+(marginal; ``linear_scope='complement'``, the paper's SLA) or over every key (``linear_scope='all'``,
+upstream's released module). ``proj_l`` is an fp32 ``Linear(head_dim, head_dim)`` initialised to
+zero, so a fresh module computes sparse attention only and fine-tuning grows the linear correction.
+See ``reference.py`` for the exact maths.
 """
 
 from __future__ import annotations
@@ -78,8 +79,8 @@ class SparseLinearAttention(nn.Module):
     fraction of (query block, key block) pairs the softmax branch skipped, a float in [0, 1)
     (upstream returns the kept fraction ``real_topk / Mk`` under that name). Block selection has no
     gradient (a top-k); q, k, v, ``proj_l`` get gradients. ``L <= BLKK``: one key block, always
-    selected, so the module computes exact dense attention (the linear branch is empty) and
-    sparsity is 0. Inputs are never modified.
+    selected, so the module computes exact dense attention plus ``proj_l``'s bias (the linear
+    branch is empty, ``o_l = 0``) and sparsity is 0. Inputs are never modified.
     """
 
     def __init__(

@@ -1,6 +1,6 @@
 """SLA in plain PyTorch: the oracle of every test and the CPU fallback (float32/float64 capable).
 
-Notation (SLA paper, arXiv 2509.24006, §3–4). Inputs ``q, k, v`` are ``[B, H, L, D]`` (upstream's
+Notation (SLA paper, arXiv 2509.24006). Inputs ``q, k, v`` are ``[B, H, L, D]`` (upstream's
 layout), self-attention. Queries are cut into ``Mq = ceil(L / blkq)`` blocks, keys into
 ``Mk = ceil(L / blkk)`` blocks; the last block of each may be partial (only its valid tokens count).
 
@@ -34,7 +34,7 @@ layout), self-attention. Queries are cut into ``Mq = ceil(L / blkq)`` blocks, ke
 4. Output: ``O = O_s + proj_l(O_l)`` with ``proj_l`` a ``Linear(D, D)`` (zero-initialised in the
    module, so SLA starts as sparse attention).
 
-5. Optional third class (paper §4.1: critical / marginal / negligible; upstream's kernels implement
+5. Optional third class (the paper: critical / marginal / negligible; upstream's kernels implement
    only the first two): :func:`block_map_skip` marks, per query block, the lowest-scoring
    ``int(skip_topk · Mk)`` non-selected blocks as negligible; the linear branch then covers the
    blocks neither selected nor skipped.

@@ -36,13 +36,23 @@ from __future__ import annotations
 
 import math
 import os
+from typing import NamedTuple
 
 import torch
 import triton
 import triton.language as tl
 from shared_kernels._alloc import new_empty
 
-__all__ = ["block_sparse_attention", "build_luts", "SUPPORTED_BLOCKS", "MAX_HEAD_DIM"]
+from .._checks import cdiv, check_block, check_block_map, check_qkv, check_tensor
+
+__all__ = [
+    "MAX_HEAD_DIM",
+    "SUPPORTED_BLOCKS",
+    "LaunchConfig",
+    "block_sparse_attention",
+    "build_luts",
+    "launch_config",
+]
 
 SUPPORTED_BLOCKS = (16, 32, 64, 128)
 MAX_HEAD_DIM = 128
@@ -91,8 +101,8 @@ def bsa_fwd_kernel(
 ):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
+    b = (bh // H).to(tl.int64)  # int64: B·H·L·D may exceed 2**31
+    h = (bh % H).to(tl.int64)
     qb = (pid_m * BLOCK_M) // BLKQ
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
@@ -169,8 +179,8 @@ def bsa_bwd_preprocess_kernel(
 ):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
+    b = (bh // H).to(tl.int64)  # int64: B·H·L·D may exceed 2**31
+    h = (bh % H).to(tl.int64)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     mask = (offs_m[:, None] < L) & (offs_d[None, :] < HEAD_DIM)
@@ -236,8 +246,8 @@ def bsa_bwd_dkdv_kernel(
 ):
     pid_n = tl.program_id(0)
     bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
+    b = (bh // H).to(tl.int64)  # int64: B·H·L·D may exceed 2**31
+    h = (bh % H).to(tl.int64)
     kb = (pid_n * BLOCK_N) // BLKK
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_m = tl.arange(0, BLOCK_M)
@@ -344,8 +354,8 @@ def bsa_bwd_dq_kernel(
 ):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
+    b = (bh // H).to(tl.int64)  # int64: B·H·L·D may exceed 2**31
+    h = (bh % H).to(tl.int64)
     qb = (pid_m * BLOCK_M) // BLKQ
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
@@ -410,21 +420,36 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def tile_config(blkq: int, blkk: int, head_dim: int, interpret: bool) -> dict[str, tuple[int, int]]:
-    """``(BLOCK_M, BLOCK_N)`` of each kernel for SLA blocks ``blkq × blkk`` (tiles divide blocks).
+class LaunchConfig(NamedTuple):
+    """Tile shape and launch options of one kernel (``BLOCK_M`` rows × ``BLOCK_N`` keys)."""
 
-    On the GPU: forward and dQ 64×64 (D ≤ 64: 128×64 forward), dK/dV 64 keys × 32 rows for
-    D = 128 (it holds K, V, dK, dV tiles of the key side), the shapes that compile without
-    spills in the kernel report. The interpreter takes whole blocks (fewer, larger numpy ops).
+    block_m: int
+    block_n: int
+    num_warps: int
+    num_stages: int
+
+
+def launch_config(kernel: str, blkq: int, blkk: int, head_dim: int, interpret: bool = False) -> LaunchConfig:
+    """Launch configuration of ``kernel`` ∈ {"fwd", "dq", "dkdv"} for SLA blocks ``blkq × blkk``.
+
+    Tiles divide the blocks. GPU (the shapes that ``kernel_specs`` compiles without spills): forward
+    ``min(blkq, 128 if D ≤ 64 else 64) × min(blkk, 64)``; dQ ``min(blkq, 64) × min(blkk, 64 if D ≤ 64
+    else 32)``; dK/dV ``min(blkq, 64 if D ≤ 64 else 32)`` rows × ``min(blkk, 64)`` keys (it holds
+    K, V, dK and dV tiles). The interpreter takes whole blocks (fewer, larger numpy operations).
     """
+    if kernel not in ("fwd", "dq", "dkdv"):
+        raise ValueError(f"kernel={kernel!r} is not supported; supported: 'fwd', 'dq', 'dkdv'")
     if interpret:
-        return {"fwd": (blkq, blkk), "dq": (blkq, blkk), "dkdv": (blkq, blkk)}
-    big = head_dim > 64
-    return {
-        "fwd": (min(blkq, 64 if big else 128), min(blkk, 64)),
-        "dq": (min(blkq, 64), min(blkk, 64 if not big else 32)),
-        "dkdv": (min(blkq, 32 if big else 64), min(blkk, 64)),
-    }
+        return LaunchConfig(blkq, blkk, 4, 1)
+    small = head_dim <= 64
+    if kernel == "fwd":
+        bm, bn = min(blkq, 128 if small else 64), min(blkk, 64)
+    elif kernel == "dq":
+        bm, bn = min(blkq, 64), min(blkk, 64 if small else 32)
+    else:
+        bm, bn = min(blkq, 64 if small else 32), min(blkk, 64)
+    warps = 8 if bm * bn >= 128 * 64 or (kernel == "dkdv" and not small) else 4
+    return LaunchConfig(bm, bn, warps, 2)
 
 
 def _block_d(head_dim: int) -> int:
@@ -433,10 +458,6 @@ def _block_d(head_dim: int) -> int:
 
 def _dot_prec(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
-
-
-def _num_warps(bm: int, bn: int) -> int:
-    return 8 if bm * bn >= 128 * 64 else 4
 
 
 def build_luts(block_map: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -472,10 +493,10 @@ def _forward(q, k, v, luts, sm_scale, blkq, blkk):
     interpret = _interpreting()
     lut, cnt = luts[0], luts[1]
     mq, mk = lut.shape[2], lut.shape[3]
-    bm, bn = tile_config(blkq, blkk, d, interpret)["fwd"]
+    cfg = launch_config("fwd", blkq, blkk, d, interpret)
     o = _out(q.shape, q.dtype, q.device, interpret)
     lse = new_empty((b, h, seq), torch.float32, q.device)
-    bsa_fwd_kernel[(triton.cdiv(seq, bm), b * h)](
+    bsa_fwd_kernel[(triton.cdiv(seq, cfg.block_m), b * h)](
         q,
         k,
         v,
@@ -495,13 +516,13 @@ def _forward(q, k, v, luts, sm_scale, blkq, blkk):
         HEAD_DIM=d,
         BLKQ=blkq,
         BLKK=blkk,
-        BLOCK_M=bm,
-        BLOCK_N=bn,
+        BLOCK_M=cfg.block_m,
+        BLOCK_N=cfg.block_n,
         BLOCK_D=_block_d(d),
         UPCAST=interpret,
         DOT_PREC=_dot_prec(q.dtype),
-        num_warps=_num_warps(bm, bn),
-        num_stages=1 if interpret else 2,
+        num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
     )
     return o.to(q.dtype), lse
 
@@ -511,10 +532,8 @@ def _backward(q, k, v, o, lse, do, dlse, luts, sm_scale, blkq, blkk):
     interpret = _interpreting()
     lut, cnt, lut_t, cnt_t = luts
     mq, mk = lut.shape[2], lut.shape[3]
-    cfg = tile_config(blkq, blkk, d, interpret)
     bd = _block_d(d)
     prec = _dot_prec(q.dtype)
-    stages = 1 if interpret else 2
 
     delta = new_empty((b, h, seq), torch.float32, q.device)
     pre_m = 64 if not interpret else max(16, min(128, triton.next_power_of_2(seq)))
@@ -536,8 +555,8 @@ def _backward(q, k, v, o, lse, do, dlse, luts, sm_scale, blkq, blkk):
 
     dk = _out(k.shape, k.dtype, k.device, interpret)
     dv = _out(v.shape, v.dtype, v.device, interpret)
-    bm, bn = cfg["dkdv"]
-    bsa_bwd_dkdv_kernel[(triton.cdiv(seq, bn), b * h)](
+    cfg = launch_config("dkdv", blkq, blkk, d, interpret)
+    bsa_bwd_dkdv_kernel[(triton.cdiv(seq, cfg.block_n), b * h)](
         q,
         k,
         v,
@@ -562,18 +581,18 @@ def _backward(q, k, v, o, lse, do, dlse, luts, sm_scale, blkq, blkk):
         HEAD_DIM=d,
         BLKQ=blkq,
         BLKK=blkk,
-        BLOCK_M=bm,
-        BLOCK_N=bn,
+        BLOCK_M=cfg.block_m,
+        BLOCK_N=cfg.block_n,
         BLOCK_D=bd,
         UPCAST=interpret,
         DOT_PREC=prec,
-        num_warps=_num_warps(bm, bn),
-        num_stages=stages,
+        num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
     )
 
     dq = _out(q.shape, q.dtype, q.device, interpret)
-    bm, bn = cfg["dq"]
-    bsa_bwd_dq_kernel[(triton.cdiv(seq, bm), b * h)](
+    cfg = launch_config("dq", blkq, blkk, d, interpret)
+    bsa_bwd_dq_kernel[(triton.cdiv(seq, cfg.block_m), b * h)](
         q,
         k,
         v,
@@ -596,13 +615,13 @@ def _backward(q, k, v, o, lse, do, dlse, luts, sm_scale, blkq, blkk):
         HEAD_DIM=d,
         BLKQ=blkq,
         BLKK=blkk,
-        BLOCK_M=bm,
-        BLOCK_N=bn,
+        BLOCK_M=cfg.block_m,
+        BLOCK_N=cfg.block_n,
         BLOCK_D=bd,
         UPCAST=interpret,
         DOT_PREC=prec,
-        num_warps=_num_warps(bm, bn),
-        num_stages=stages,
+        num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
     )
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
 
@@ -638,38 +657,24 @@ class BlockSparseAttentionFunction(torch.autograd.Function):
 
 
 def _check_inputs(q, k, v, block_map, sm_scale, blkq, blkk) -> float:
-    from shared_kernels._validate import check_int, check_tensor
-
-    for name, x in (("q", q), ("k", k), ("v", v)):
-        check_tensor(name, x, dtypes=_DTYPES, ndim=4, device=q.device if name != "q" else None)
-    if k.shape != q.shape or v.shape != q.shape:
-        raise ValueError(
-            "q, k and v must have the same shape [B, H, L, D] (self-attention, one head dim); got "
-            f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
-        )
-    if k.dtype != q.dtype or v.dtype != q.dtype:
-        raise TypeError(f"q, k and v must share one dtype; got {q.dtype}, {k.dtype}, {v.dtype}")
-    b, h, seq, d = q.shape
+    _b, _h, seq, d = check_qkv(q, k, v)
+    check_tensor("q", q, dtypes=_DTYPES)  # float64: use reference.block_sparse_attention_ref
     if not 1 <= d <= MAX_HEAD_DIM:
         raise ValueError(f"head dim D={d} is not supported; supported: 1..{MAX_HEAD_DIM} (64, 128 unpadded)")
-    if seq < 1 or b < 1 or h < 1:
-        raise ValueError(f"q must have B, H, L >= 1, got shape {tuple(q.shape)}")
-    check_int("blkq", blkq, allowed=SUPPORTED_BLOCKS)
-    check_int("blkk", blkk, allowed=SUPPORTED_BLOCKS)
+    for name, blk in (("blkq", blkq), ("blkk", blkk)):
+        check_block(name, blk)
+        if blk not in SUPPORTED_BLOCKS:
+            raise ValueError(
+                f"{name}={blk} is not supported; supported: {', '.join(map(str, SUPPORTED_BLOCKS))}"
+            )
+    check_block_map(block_map, _b, _h, cdiv(seq, blkq), cdiv(seq, blkk), q.device)
     if sm_scale is None:
         sm_scale = 1.0 / math.sqrt(d)
     if isinstance(sm_scale, bool) or not isinstance(sm_scale, (int, float)):
         raise TypeError(f"sm_scale must be a float or None, got {type(sm_scale).__name__}")
     sm_scale = float(sm_scale)
     if not (math.isfinite(sm_scale) and sm_scale > 0):
-        raise ValueError(f"sm_scale must be a finite positive float, got {sm_scale}")
-    check_tensor("block_map", block_map, dtypes=(torch.bool,), ndim=4, device=q.device)
-    want = (b, h, triton.cdiv(seq, blkq), triton.cdiv(seq, blkk))
-    if tuple(block_map.shape) != want:
-        raise ValueError(
-            f"block_map must have shape [B, H, ceil(L/blkq), ceil(L/blkk)] = {list(want)}, "
-            f"got {list(block_map.shape)}"
-        )
+        raise ValueError(f"sm_scale must be a finite float > 0, got {sm_scale}")
     if q.device.type != "cuda" and not _interpreting():
         raise ValueError(
             f"the Triton kernels need CUDA tensors, got {q.device} (on the CPU use "

@@ -1,6 +1,6 @@
 """Fused Triton forward and backward of SLA's linear branch with the complement trick.
 
-Maths (SLA paper §4.2; ``reference.linear_attention_ref`` is the oracle). With ``φq = φ(Q)``,
+Maths (SLA paper, arXiv 2509.24006; ``reference.linear_attention_ref`` is the oracle). With ``φq = φ(Q)``,
 ``φk = φ(K)`` of feature dim ``C``, ``V`` of head dim ``D``, key blocks ``j`` of ``blkk`` tokens and
 query blocks ``m`` of ``blkq`` tokens, ``sel(m)`` the key blocks the sparse branch took for ``m``::
 
@@ -15,10 +15,14 @@ residues, and the cost per query block is ``min(|sel|, Mk − |sel|)`` state loa
 
 Backward, with ``do`` the output gradient, ``den_i = φq_i·z_m + eps`` and ``δ_i = do_i·o_i``::
 
-    dφq_i = (do_i h_mᵀ − δ_i z_m) / den_i                                   (query kernel)
-    G_m = Σ_{i∈m} (φq_i / den_i)ᵀ do_i  [C, D],   g_m = −Σ_{i∈m} δ_i φq_i / den_i  [C]
+    dφq_i = (do_i h_mᵀ − δ_i z_m) / den_i                  (dq kernel; stores den, δ per row)
+    G_m = Σ_{i∈m} (φq_i / den_i)ᵀ do_i  [C, D],   g_m = −Σ_{i∈m} δ_i φq_i / den_i  [C]   (G kernel)
     dh_j = Σ_{m: j∉sel(m)} G_m,   dz_j likewise (complement trick over query blocks)
     dφk_t = dh_j v_t + dz_j,   dv_t = dh_jᵀ φk_t                              (key kernel)
+
+A block row that selected every key block has ``h_m = 0`` exactly and contributes ``G_m = 0``.
+The dq and G kernels are separate so that the two ``[C, D]`` fp32 tiles ``h_m`` and ``G_m`` never
+share registers (together they spill on sm80/sm89 at C = D = 128).
 
 States and their totals are float32; products run on tensor cores in the input dtype (bf16/fp16,
 fp32 accumulation) or in fp32 for fp32 inputs. Under the interpreter every dot is fp32 (its bf16
@@ -30,12 +34,14 @@ Cost per (batch, head), ``L`` tokens, ``Mq``/``Mk`` blocks, ``s = min(|sel|, M �
 |---|---|---|
 | state   | ``2·L·C·D`` | ``2·L·(C+D)`` read, ``4·Mk·C·(D+1)`` written |
 | forward | ``2·L·C·(D+1)`` + ``Mq·s·C·D`` adds | ``2·L·(C+D)`` + ``4·Mq·(s+1)·C·(D+1)`` read |
-| dq      | ``6·L·C·D`` + ``Mq·s·C·D`` adds | ``2·L·(2C+2D)`` + ``4·Mq·(s+2)·C·(D+1)`` |
+| dq      | ``4·L·C·D`` + ``Mq·s·C·D`` adds | ``2·L·(2C+D)`` + ``8·L`` + ``4·Mq·(s+1)·C·(D+1)`` |
+| G       | ``2·L·C·D`` | ``2·L·(C+D)`` + ``8·L`` read, ``4·Mq·C·(D+1)`` written |
 | dk, dv  | ``4·L·C·D`` + ``Mk·s·C·D`` adds | ``2·L·(2C+2D)`` + ``4·Mk·(s+1)·C·(D+1)`` |
 
-The state traffic ``4·Mq·s·C·D`` bytes is of the order of the sparse branch's own K/V traffic
-(``4·Mq·|sel|·blkk·D`` for bf16 K and V): the linear branch costs about as much memory traffic as the
-sparse one and far fewer FLOPs. Compare dense attention's ``4·L²·D`` FLOPs.
+The backward runs the state kernel again (the ``[Mk, C, D]`` states are not kept between passes).
+The state traffic ``4·Mq·s·C·D`` bytes is ``C / blkk`` times the sparse branch's own K/V traffic
+``4·Mq·|sel|·blkk·D`` (bf16 K and V) when ``s = |sel|``: 2× at ``C = 128, blkk = 64``. FLOPs are
+negligible next to the sparse branch's ``4·L·|sel|·blkk·D``; dense attention costs ``4·L²·D``.
 """
 
 from __future__ import annotations
@@ -155,12 +161,13 @@ def linear_fwd_kernel(
 @triton.jit
 def linear_bwd_q_kernel(
     fq_ptr, do_ptr, htot_ptr, ztot_ptr, h_ptr, z_ptr, lut_ptr, cnt_ptr,
-    dfq_ptr, g_ptr, gz_ptr,
+    dfq_ptr, den_ptr, delta_ptr,
     L, C, D, MQ, MK, eps,
     BLOCK_Q: tl.constexpr, BC: tl.constexpr, BD: tl.constexpr,
     LOWP: tl.constexpr,
 ):  # fmt: skip
-    """Query block ``m``: ``dφq`` and the per-block key-side partials ``G_m [BC, BD]``, ``g_m [BC]``."""
+    """Query block ``m``: ``dφq = (do h_mᵀ − δ z_m) / den``; stores ``den`` and ``δ = do·o`` per row
+    for :func:`linear_bwd_g_kernel`; grid ``(MQ, BH)``."""
     m = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
     offs_c = tl.arange(0, BC)
@@ -178,19 +185,49 @@ def linear_bwd_q_kernel(
     DT = fq_ptr.dtype.element_ty
     fq = tl.load(fq_ptr + bh * L * C + rows[:, None] * C + offs_c[None, :], mask=cmask, other=0.0)
     do = tl.load(do_ptr + bh * L * D + rows[:, None] * D + offs_d[None, :], mask=dmask, other=0.0)
-    fq32 = fq.to(tl.float32)
-    do32 = do.to(tl.float32)
-    den = tl.sum(fq32 * z[None, :], axis=1) + eps
+    den = tl.sum(fq.to(tl.float32) * z[None, :], axis=1) + eps
     o = _dot(fq, h, LOWP, DT) / den[:, None]
-    delta = tl.sum(do32 * o, axis=1)
+    delta = tl.sum(do.to(tl.float32) * o, axis=1)
     dfq = (_dot(do, tl.trans(h), LOWP, DT) - delta[:, None] * z[None, :]) / den[:, None]
     tl.store(
         dfq_ptr + bh * L * C + rows[:, None] * C + offs_c[None, :], dfq.to(dfq_ptr.dtype.element_ty), mask=cmask
     )  # fmt: skip
+    tl.store(den_ptr + bh * L + rows, den, mask=rmask)
+    tl.store(delta_ptr + bh * L + rows, delta, mask=rmask)
+
+
+@triton.jit
+def linear_bwd_g_kernel(
+    fq_ptr, do_ptr, den_ptr, delta_ptr, cnt_ptr, g_ptr, gz_ptr,
+    L, C, D, MQ, MK,
+    BLOCK_Q: tl.constexpr, BC: tl.constexpr, BD: tl.constexpr,
+    LOWP: tl.constexpr,
+):  # fmt: skip
+    """Query block ``m``: ``G_m = Σ (φq/den)ᵀ do`` ``[BC, BD]`` and ``g_m = −Σ δ φq/den`` ``[BC]``
+    (a separate kernel from the dφq one, so that ``h_m`` and ``G_m`` never share registers);
+    grid ``(MQ, BH)``."""
+    m = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    offs_c = tl.arange(0, BC)
+    offs_d = tl.arange(0, BD)
+    rows = m * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    row_m = bh * MQ + m
+    cnt = tl.load(cnt_ptr + row_m)
+    rmask = rows < L
+    fq = tl.load(
+        fq_ptr + bh * L * C + rows[:, None] * C + offs_c[None, :],
+        mask=rmask[:, None] & (offs_c[None, :] < C), other=0.0,
+    )  # fmt: skip
+    do = tl.load(
+        do_ptr + bh * L * D + rows[:, None] * D + offs_d[None, :],
+        mask=rmask[:, None] & (offs_d[None, :] < D), other=0.0,
+    )  # fmt: skip
+    den = tl.load(den_ptr + bh * L + rows, mask=rmask, other=1.0)
+    delta = tl.load(delta_ptr + bh * L + rows, mask=rmask, other=0.0)
     # padded rows have fq = 0 and add nothing; a block row that selected every key block has no
     # linear branch (h_m = 0 exactly): its G_m must be 0 too, not fq/eps (cancelled later in fp32)
-    gq = tl.where(cnt < MK, fq32 / den[:, None], 0.0)
-    g = _dot(tl.trans(gq), do, LOWP, DT)
+    gq = tl.where(cnt < MK, fq.to(tl.float32) / den[:, None], 0.0)
+    g = _dot(tl.trans(gq), do, LOWP, fq_ptr.dtype.element_ty)
     gz = -tl.sum(gq * delta[:, None], axis=0)
     tl.store(g_ptr + row_m * (BC * BD) + offs_c[:, None] * BD + offs_d[None, :], g)
     tl.store(gz_ptr + row_m * BC + offs_c, gz)
@@ -304,10 +341,17 @@ class _LinearComplement(torch.autograd.Function):
         do = do.reshape(BH, L, D).contiguous()
         h, z, htot, ztot = _states(fk, vv, L, C, D, Mk, blkk, BC, BD, lowp, warps)  # recomputed
         dfq = new_empty(fq.shape, fq.dtype, fq.device)
+        den = new_empty((BH, L), torch.float32, fq.device)
+        delta = new_empty((BH, L), torch.float32, fq.device)
+        linear_bwd_q_kernel[(Mq, BH)](
+            fq, do, htot, ztot, h, z, lut, cnt, dfq, den, delta, L, C, D, Mq, Mk, eps,
+            BLOCK_Q=blkq, BC=BC, BD=BD, LOWP=lowp, num_warps=warps,
+        )  # fmt: skip
+        del h, z, htot, ztot
         g = new_empty((BH, Mq, BC, BD), torch.float32, fq.device)
         gz = new_empty((BH, Mq, BC), torch.float32, fq.device)
-        linear_bwd_q_kernel[(Mq, BH)](
-            fq, do, htot, ztot, h, z, lut, cnt, dfq, g, gz, L, C, D, Mq, Mk, eps,
+        linear_bwd_g_kernel[(Mq, BH)](
+            fq, do, den, delta, cnt, g, gz, L, C, D, Mq, Mk,
             BLOCK_Q=blkq, BC=BC, BD=BD, LOWP=lowp, num_warps=warps,
         )  # fmt: skip
         gtot, gztot = g.sum(dim=1).contiguous(), gz.sum(dim=1).contiguous()
@@ -378,6 +422,8 @@ def linear_attention_complement(
         raise ValueError(
             f"phi_q and v must have no empty dimension, got {tuple(phi_q.shape)}, {tuple(v.shape)}"
         )
+    if B * H > 65535:
+        raise ValueError(f"B * H must be <= 65535 (the kernels' grid axis 1), got B={B}, H={H}")
     if C > 256 or D > 256:
         raise ValueError(f"feature dim C and head dim D must be <= 256, got C={C}, D={D}")
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (eps > 0 and math.isfinite(eps)):
@@ -390,46 +436,45 @@ def linear_attention_complement(
     return _LinearComplement.apply(phi_q, phi_k, v, block_map, blkq, blkk, float(eps))
 
 
-# --- kernel report (tools/kernel_report): shapes of a real launch, head dim 128, bf16 -------------
+# --- kernel report (tools/kernel_report): the launches of a real bf16 run, blocks of 64 ------------
 def _specs():
     from shared_kernels.kernel_specs import TritonKernelSpec
 
     tc = {80: ("mma",), 89: ("mma",), 90: ("wgmma",), 100: ("tcgen05",)}
-    ints = dict.fromkeys(("L", "C", "D"), "i32")
-    common = dict(BC=128, BD=128, LOWP=True)
-
-    def spec(name, fn, sig, cx, expect=tc, warps=8):
-        return TritonKernelSpec(
-            name=name, fn=fn, signature=sig, constexprs={**common, **cx}, expect=dict(expect),
-            divisible_by_16=(*tuple(k for k, t in sig.items() if t.startswith("*")), "C", "D"),
-            num_warps=warps, num_stages=2,
-        )  # fmt: skip
-
-    p = "*bf16"
-    f = "*fp32"
-    i = "*i32"
-    return [
-        spec(
-            "sla_linear_state_d128", lambda: linear_state_kernel,
-            {"fk_ptr": p, "v_ptr": p, "h_ptr": f, "z_ptr": f, **ints, "NB": "i32"}, {"BLOCK_K": 64},
-        ),
-        spec(
-            "sla_linear_fwd_d128", lambda: linear_fwd_kernel,
-            {"fq_ptr": p, "htot_ptr": f, "ztot_ptr": f, "h_ptr": f, "z_ptr": f, "lut_ptr": i, "cnt_ptr": i,
-             "o_ptr": p, **ints, "MQ": "i32", "MK": "i32", "eps": "fp32"}, {"BLOCK_Q": 64},
-        ),
-        spec(
-            "sla_linear_bwd_q_d128", lambda: linear_bwd_q_kernel,
-            {"fq_ptr": p, "do_ptr": p, "htot_ptr": f, "ztot_ptr": f, "h_ptr": f, "z_ptr": f, "lut_ptr": i,
-             "cnt_ptr": i, "dfq_ptr": p, "g_ptr": f, "gz_ptr": f, **ints, "MQ": "i32", "MK": "i32",
-             "eps": "fp32"}, {"BLOCK_Q": 64},
-        ),
-        spec(
-            "sla_linear_bwd_kv_d128", lambda: linear_bwd_kv_kernel,
-            {"fk_ptr": p, "v_ptr": p, "gtot_ptr": f, "gztot_ptr": f, "g_ptr": f, "gz_ptr": f, "lutt_ptr": i,
-             "cntt_ptr": i, "dfk_ptr": p, "dv_ptr": p, **ints, "MQ": "i32", "MK": "i32"}, {"BLOCK_K": 64},
-        ),
+    p, f, i = "*bf16", "*fp32", "*i32"
+    ints = {"L": "i32", "C": "i32", "D": "i32"}
+    mqk = {"MQ": "i32", "MK": "i32"}
+    kernels = [
+        ("state", lambda: linear_state_kernel,
+         {"fk_ptr": p, "v_ptr": p, "h_ptr": f, "z_ptr": f, **ints, "NB": "i32"}, {"BLOCK_K": 64}),
+        ("fwd", lambda: linear_fwd_kernel,
+         {"fq_ptr": p, "htot_ptr": f, "ztot_ptr": f, "h_ptr": f, "z_ptr": f, "lut_ptr": i, "cnt_ptr": i,
+          "o_ptr": p, **ints, **mqk, "eps": "fp32"}, {"BLOCK_Q": 64}),
+        ("bwd_q", lambda: linear_bwd_q_kernel,
+         {"fq_ptr": p, "do_ptr": p, "htot_ptr": f, "ztot_ptr": f, "h_ptr": f, "z_ptr": f, "lut_ptr": i,
+          "cnt_ptr": i, "dfq_ptr": p, "den_ptr": f, "delta_ptr": f, **ints, **mqk, "eps": "fp32"},
+         {"BLOCK_Q": 64}),
+        ("bwd_g", lambda: linear_bwd_g_kernel,
+         {"fq_ptr": p, "do_ptr": p, "den_ptr": f, "delta_ptr": f, "cnt_ptr": i, "g_ptr": f, "gz_ptr": f,
+          **ints, **mqk}, {"BLOCK_Q": 64}),
+        ("bwd_kv", lambda: linear_bwd_kv_kernel,
+         {"fk_ptr": p, "v_ptr": p, "gtot_ptr": f, "gztot_ptr": f, "g_ptr": f, "gz_ptr": f, "lutt_ptr": i,
+          "cntt_ptr": i, "dfk_ptr": p, "dv_ptr": p, **ints, **mqk}, {"BLOCK_K": 64}),
     ]  # fmt: skip
+    return [
+        TritonKernelSpec(
+            name=f"sla_linear_{name}_d{d}",
+            fn=fn,
+            signature=sig,
+            constexprs={"BC": d, "BD": d, "LOWP": True, **cx},
+            expect=dict(tc),
+            divisible_by_16=(*(k for k, t in sig.items() if t.startswith("*")), "C", "D"),
+            num_warps=_warps(d, d),
+            num_stages=3,
+        )
+        for d in (128, 64)
+        for name, fn, sig, cx in kernels
+    ]
 
 
 KERNEL_SPECS = _specs()
