@@ -213,6 +213,25 @@ def test_large_scores_stay_finite():
     assert all(torch.isfinite(p.grad).all() for p in m.parameters())
 
 
+def test_triton_backend_matches_torch_path():
+    """Interpreter run of the fused kernels (tiny: few Triton programs)."""
+    q, k, v = _qkv(1, 2, 40, 16, dtype=torch.float32, seed=14, grad=True)
+    m = SparseLinearAttention2(16, 2, 0.5, BLKQ=16, BLKK=16)
+    mt = SparseLinearAttention2(16, 2, 0.5, BLKQ=16, BLKK=16, backend="triton")
+    mt.load_state_dict(m.state_dict())
+    o, ot = m(q, k, v), mt(q, k, v)
+    torch.testing.assert_close(ot, o, rtol=1e-4, atol=1e-5)
+    (ot * torch.linspace(-1, 1, 16)).sum().backward()
+    assert mt.ratio_logit.grad.abs().sum() > 0 and q.grad.abs().sum() > 0
+    assert mt.router_q.weight.grad is None  # hard map: the router is not trained on this path
+    with pytest.raises(ValueError, match="quant"):
+        SparseLinearAttention2(16, 2, 0.5, BLKQ=16, BLKK=16, backend="triton", quant="int8-fp8")
+    with pytest.raises(ValueError, match="BLKK"):
+        SparseLinearAttention2(16, 2, 0.5, BLKQ=16, BLKK=8, backend="triton")
+    with pytest.raises(ValueError, match="backend"):
+        SparseLinearAttention2(16, 2, 0.5, backend="cuda")
+
+
 def test_bad_input():
     q, k, v = _qkv(1, 2, 40, 16, dtype=torch.float32)
     with pytest.raises(ValueError, match="topk"):

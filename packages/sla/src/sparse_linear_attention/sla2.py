@@ -79,6 +79,7 @@ from .feature_maps import get_feature_map
 from .reference import mean_pool, topk_count
 
 __all__ = [
+    "BACKENDS",
     "QUANT_MODES",
     "SparseLinearAttention2",
     "fake_quant_int8_per_block",
@@ -90,6 +91,8 @@ __all__ = [
 ]
 
 QUANT_MODES = (None, "int8-fp8", "int8-fp16")
+BACKENDS = ("torch", "triton")
+TRITON_BLOCKS = (16, 32, 64, 128)
 P_FP8_SCALE = 448.0
 _EXP_CLIP = 60.0
 
@@ -297,6 +300,25 @@ def sla2_attention(
     return (alpha * o_s + (1.0 - alpha) * o_l).to(q.dtype)
 
 
+def _sla2_triton(q, k, v, block_map, ratio, blkq: int, blkk: int, feature_map: str) -> torch.Tensor:
+    """Hard-map SLA2 through the fused kernels (sla-triton's block-sparse attention and sla-core's
+    complement linear branch): same maths as :func:`sla2_attention` with ``gate = block_map`` and
+    ``quant=None``; gradients reach q, k, v and the ratio, not the router."""
+    from .triton.block_sparse import block_sparse_attention
+    from .triton.linear_complement import linear_attention_complement
+
+    L = q.shape[2]
+    phi = get_feature_map(feature_map)
+    o_s, _ = block_sparse_attention(q, k, v, block_map, blkq=blkq, blkk=blkk)
+    o_l = linear_attention_complement(
+        phi(q).to(q.dtype), phi(k).to(q.dtype), v, block_map, blkq=blkq, blkk=blkk
+    )
+    cdt = torch.float64 if q.dtype == torch.float64 else torch.float32
+    full = _expand_blocks(block_map.all(dim=-1, keepdim=True), blkq, 1, L)
+    alpha = torch.where(full, torch.ones((), dtype=cdt, device=q.device), ratio.to(cdt)[None, :, None, None])
+    return (alpha * o_s.to(cdt) + (1.0 - alpha) * o_l.to(cdt)).to(q.dtype)
+
+
 class SparseLinearAttention2(nn.Module):
     """SLA2 attention module: learnable router, learnable per-head ratio, optional QAT.
 
@@ -308,7 +330,11 @@ class SparseLinearAttention2(nn.Module):
     key blocks per query block, ``= 1 − sparsity``), ``feature_map`` (``softmax|elu|relu``),
     ``BLKQ``/``BLKK`` block sizes, ``quant`` (None, ``"int8-fp8"``, ``"int8-fp16"``),
     ``ratio_init`` in (0, 1), ``router_temperature`` > 0, ``tie_feature_map_qk`` (kept for API parity
-    with SLA: the supported maps have no parameters, so tied or not gives the same maths).
+    with SLA: the supported maps have no parameters, so tied or not gives the same maths),
+    ``backend``: ``"torch"`` (default; the differentiable path that trains the router) or
+    ``"triton"`` (the fused block-sparse and complement-linear kernels with the hard map, ``quant``
+    None, blocks in 16/32/64/128, CUDA tensors or ``TRITON_INTERPRET=1``: for inference, or
+    fine-tuning with a frozen router; the router gets no gradient there).
     """
 
     def __init__(
@@ -323,6 +349,7 @@ class SparseLinearAttention2(nn.Module):
         ratio_init: float = 0.9,
         router_temperature: float = 1.0,
         tie_feature_map_qk: bool = True,
+        backend: str = "torch",
     ) -> None:
         super().__init__()
         for name, val in (("head_dim", head_dim), ("num_heads", num_heads)):
@@ -348,6 +375,17 @@ class SparseLinearAttention2(nn.Module):
             raise ValueError(f"router_temperature must be a positive number, got {router_temperature!r}")
         if not isinstance(tie_feature_map_qk, bool):
             raise TypeError(f"tie_feature_map_qk must be a bool, got {type(tie_feature_map_qk).__name__}")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if backend == "triton":
+            if quant is not None:
+                raise ValueError(
+                    f"backend='triton' has no quantized kernel: quant must be None, got {quant!r}"
+                )
+            for name, blk in (("BLKQ", BLKQ), ("BLKK", BLKK)):
+                if blk not in TRITON_BLOCKS:
+                    raise ValueError(f"backend='triton' needs {name} in {TRITON_BLOCKS}, got {blk}")
+        self.backend = backend
         self.router_temperature = float(router_temperature)
         self.tie_feature_map_qk = tie_feature_map_qk
         self.router_q = nn.Linear(head_dim, head_dim, bias=False)
@@ -380,17 +418,20 @@ class SparseLinearAttention2(nn.Module):
         if not isinstance(return_sparsity, bool):
             raise TypeError(f"return_sparsity must be a bool, got {type(return_sparsity).__name__}")
         block_map, gate = self.block_map(q, k)
-        o = sla2_attention(
-            q,
-            k,
-            v,
-            gate,
-            self.ratio,
-            blkq=self.BLKQ,
-            blkk=self.BLKK,
-            feature_map=self.feature_map,
-            quant=self.quant,
-        )
+        if self.backend == "triton":
+            o = _sla2_triton(q, k, v, block_map, self.ratio, self.BLKQ, self.BLKK, self.feature_map)
+        else:
+            o = sla2_attention(
+                q,
+                k,
+                v,
+                gate,
+                self.ratio,
+                blkq=self.BLKQ,
+                blkk=self.BLKK,
+                feature_map=self.feature_map,
+                quant=self.quant,
+            )
         if return_sparsity:
             return o, 1.0 - block_map.float().mean().item()
         return o
