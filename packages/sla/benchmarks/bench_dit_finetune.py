@@ -3,7 +3,7 @@ attention and compare with sparse-only and linear-only attention at the same bud
 
 1. A class-conditional DiT (diffusers ``DiTTransformer2DModel``, patch 1: L = 64 tokens, 3 layers,
    4 heads of 16) is trained with dense attention on the digits (DDPM, epsilon prediction),
-   cached in ``results/cache/dense.pt``.
+   cached in ``results/cache/pretrain.pt``.
 2. From that checkpoint, every variant is fine-tuned for the same number of steps on the same
    batches (seeded): dense (control), SLA and SLA2 at 80/90/95% nominal sparsity, sparse-only
    (top-k block attention, no linear branch) at the same sparsities, linear-only (softmax feature
@@ -46,11 +46,17 @@ T_STEPS = 1000
 
 
 # ----------------------------------------------------------------------------- data, model, DDPM
+TASK = {"size": 8, "patch": 1}  # set by --task
+
+
 def load_digits_split(seed: int = 0):
     from sklearn.datasets import load_digits
 
     d = load_digits()
     x = torch.tensor(d.images, dtype=torch.float32)[:, None] / 16.0 * 2.0 - 1.0  # [N, 1, 8, 8] in [-1, 1]
+    if TASK["size"] == 16:  # "symmetric": the digit and its three mirror images in the quadrants
+        top = torch.cat([x, x.flip(-1)], dim=-1)
+        x = torch.cat([top, top.flip(-2)], dim=-2)
     y = torch.tensor(d.target, dtype=torch.long)
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
     tr, te = perm[:1500], perm[1500:]
@@ -67,8 +73,8 @@ def make_model(seed: int = 0) -> nn.Module:
         in_channels=1,
         out_channels=1,
         num_layers=3,
-        sample_size=8,
-        patch_size=1,
+        sample_size=TASK["size"],
+        patch_size=TASK["patch"],
         num_embeds_ada_norm=10,
     )
 
@@ -91,7 +97,7 @@ def train(model, x, y, steps, lr, batch, seed, desc, losses=None):
     for _ in tqdm(range(steps), desc=desc, leave=False):
         idx = torch.randint(0, len(x), (batch,), generator=g)
         t = torch.randint(0, T_STEPS, (batch,), generator=g)
-        noise = torch.randn(batch, 1, 8, 8, generator=g)
+        noise = torch.randn(batch, *x.shape[1:], generator=g)
         a = ac[t][:, None, None, None]
         xt = a.sqrt() * x[idx] + (1 - a).sqrt() * noise
         loss = F.mse_loss(eps_pred(model, xt, t, y[idx]), noise)
@@ -120,7 +126,7 @@ def denoise_mse(model, x, y) -> float:
 def ddim_sample(model, n_per_class: int, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
     ac = alphas_cumprod()
     y = torch.arange(10).repeat_interleave(n_per_class)
-    x = torch.randn(len(y), 1, 8, 8, generator=torch.Generator().manual_seed(99))
+    x = torch.randn(len(y), 1, TASK["size"], TASK["size"], generator=torch.Generator().manual_seed(99))
     ts = torch.linspace(T_STEPS - 1, 0, steps).round().long()
     for i, tv in enumerate(ts):
         a = ac[tv]
@@ -139,15 +145,15 @@ class Judge:
         from sklearn.neural_network import MLPClassifier
 
         self.clf = MLPClassifier(hidden_layer_sizes=(64,), max_iter=600, random_state=0)
-        self.clf.fit(xtr.flatten(1).numpy(), ytr.numpy())
+        self.clf.fit(xtr[..., :8, :8].flatten(1).numpy(), ytr.numpy())
         self.ref_feats = self.features(xte)
 
     def features(self, x) -> np.ndarray:
-        h = x.flatten(1).numpy() @ self.clf.coefs_[0] + self.clf.intercepts_[0]
+        h = x[..., :8, :8].flatten(1).numpy() @ self.clf.coefs_[0] + self.clf.intercepts_[0]
         return np.maximum(h, 0.0)
 
     def accuracy(self, x, y) -> float:
-        return float((self.clf.predict(x.flatten(1).numpy()) == y.numpy()).mean())
+        return float((self.clf.predict(x[..., :8, :8].flatten(1).numpy()) == y.numpy()).mean())
 
     def frechet(self, x) -> float:
         from scipy import linalg
@@ -245,11 +251,24 @@ def main() -> None:
     ap.add_argument(
         "--variants", default="all", help="comma list (default all), e.g. dense,sla@90,sparse@90,linear"
     )
+    ap.add_argument(
+        "--collect",
+        action="store_true",
+        help="only gather the cached variants into the table/CSV/PNG (no training)",
+    )
+    ap.add_argument(
+        "--task",
+        choices=("digits", "symmetric"),
+        default="digits",
+        help="digits: 8x8, patch 1; symmetric: 16x16 = digit + 3 mirror images, patch 2 (both L = 64)",
+    )
     args = ap.parse_args()
+    if args.task == "symmetric":
+        TASK.update(size=16, patch=2)
     torch.set_num_threads(args.threads)
     if args.quick:
         args.pretrain_steps, args.ft_steps, args.batch = 4, 3, 8
-    out_dir = HERE / "results" / ("quick" if args.quick else "")
+    out_dir = HERE / "results" / ("quick" if args.quick else "") / args.task
     cache = out_dir / "cache"
     cache.mkdir(parents=True, exist_ok=True)
     (cache / ".gitignore").write_text("*.pt\n")
@@ -260,8 +279,8 @@ def main() -> None:
     x_att, y_att = xte[:32], yte[:32]
     x_ev, y_ev = xte[:128], yte[:128]
 
-    ckpt = cache / "dense.pt"
-    meta = cache / "dense.json"
+    ckpt = cache / "pretrain.pt"
+    meta = cache / "pretrain.json"
     if ckpt.exists() and meta.exists() and json.loads(meta.read_text())["steps"] == args.pretrain_steps:
         model0 = make_model()
         model0.load_state_dict(torch.load(ckpt, weights_only=True))
@@ -305,6 +324,9 @@ def main() -> None:
         f = cache / f"{name}.json"
         if f.exists() and json.loads(f.read_text()).get("ft_steps") == args.ft_steps:
             rows.append(json.loads(f.read_text()))
+            continue
+        if args.collect:
+            print(f"{name}: not run (no cached result)")
             continue
         model = make_model()
         model.load_state_dict(state0)
