@@ -3,7 +3,7 @@
 Part of the ML-efficiency kernels monorepo; built on ``shared-kernels``.
 """
 
-__version__ = "0.0.1"
+__version__ = "0.1.0.dev0"
 
 from .feature_maps import FEATURE_MAPS, get_feature_map
 from .module import SparseLinearAttention
@@ -15,10 +15,16 @@ from .reference import (
     mean_pool,
     sla_reference,
 )
+from .sla2 import SparseLinearAttention2
+from .swap import SLAAttnProcessor, SLAMultiheadAttention, SwapReport, replace_attention
 
 __all__ = [
     "FEATURE_MAPS",
+    "SLAAttnProcessor",
+    "SLAMultiheadAttention",
     "SparseLinearAttention",
+    "SparseLinearAttention2",
+    "SwapReport",
     "__version__",
     "block_map_skip",
     "block_map_topk",
@@ -26,5 +32,6 @@ __all__ = [
     "get_feature_map",
     "linear_attention_ref",
     "mean_pool",
+    "replace_attention",
     "sla_reference",
 ]
