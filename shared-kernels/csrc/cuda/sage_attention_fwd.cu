@@ -193,7 +193,10 @@ __device__ __forceinline__ void attn_fwd_body(const int8_t* __restrict__ q, cons
   // bias row of this warp's 16 rows (bias_rows is a multiple of 16), null without Q smoothing
   const float* bh = nullptr;
   if constexpr (kInt4) {
-    if (bias != nullptr) bh = bias + ((b * Hq + hq) * ((Nq + bias_rows - 1) / bias_rows) + wrow0 / bias_rows) * Nk;
+    // a warp whose rows all lie past Nq computes discarded scores: it must not read past the bias rows
+    if (bias != nullptr && wrow0 < Nq) {
+      bh = bias + ((b * Hq + hq) * ((Nq + bias_rows - 1) / bias_rows) + wrow0 / bias_rows) * Nk;
+    }
   }
   const float* qsh = qs + (b * Hq + hq) * qs_len;
   const float* ksh = ks + (b * Hkv + hk) * ks_len;
