@@ -15,6 +15,12 @@
 //    shared memory in that same key order. Each 64-key block is summed in a fresh accumulator (2 MMAs)
 //    and then added to the fp32 output accumulator (two-level accumulation: on sm89 the QMMA
 //    accumulator is not a full fp32 adder, the running sum is).
+// INT4 Q.K^T (SageAttention2's 4-bit option, launch_sage_attention_fwd_int4): the same body with kInt4 =
+// true. Q and K are packed two signed nibbles per byte (element 2i in the low nibble of byte i), so a row
+// is D/2 bytes and one m16n8k64 s4 MMA covers 64 channels: its A/B fragments hold, per lane, the same byte
+// offsets (4t, 4t + 16 of each 32-byte step) as the m16n8k32 s8 fragments, and its C fragment is the same,
+// so the per-thread scale layout is unchanged. An optional float32 bias row (the exact mean(Q_blk).K^T
+// correction of Q smoothing, log2 domain) is added to the scores of every bias_rows query rows.
 // Plain (synchronous) loads, no cp.async / double buffering: a correct first slice, not tuned.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -38,8 +44,9 @@ constexpr int kNT = kBlockN / 8;      // n8 score tiles per warp and block
 constexpr int kVtStride = kBlockN + 16;  // bytes per row of the transposed fp8 V tile (20 words)
 constexpr float kLn2 = 0.6931471805599453f;
 
-template <int D>
-constexpr int k_stride() { return D + 16; }  // int8 K row in smem: 20 (D=64) / 36 (D=128) words
+template <int RB>
+constexpr int k_stride() { return RB + 16; }  // K row of RB bytes in smem: int8 20 / 36 words, int4 12 / 20
+                                              // words (D = 64 / 128): conflict-free fragment reads
 template <int D>
 constexpr int v_stride() { return 2 * D + 16; }  // fp16 V row: 9 / 17 x 16 bytes (odd: ldmatrix conflict-free)
 
@@ -49,6 +56,13 @@ __device__ __forceinline__ uint32_t ldg32(const int8_t* p) { return *reinterpret
 __device__ __forceinline__ void mma_s8(int (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
   asm volatile(
       "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+      : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ void mma_s4(int (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k64.row.col.s32.s4.s4.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
       : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
@@ -106,17 +120,17 @@ __device__ __forceinline__ int fp8_slot(int kk) {
   return c * 32 + h * 16 + 4 * (col >> 1) + 2 * (r >> 3) + (col & 1);
 }
 
-template <int D>
+template <int RB>  // bytes per K row: D (int8) or D / 2 (packed int4)
 __device__ __forceinline__ void load_k_tile(uint8_t* __restrict__ s, const int8_t* __restrict__ kh, int64_t Nk,
                                             int64_t k0) {
-  constexpr int kChunks = D / 16;
+  constexpr int kChunks = RB / 16;
 #pragma unroll
   for (int c = threadIdx.x; c < kBlockN * kChunks; c += kThreads) {
     const int r = c / kChunks, col = (c % kChunks) * 16;
     const int64_t key = k0 + r;
     int4 v = make_int4(0, 0, 0, 0);
-    if (key < Nk) v = *reinterpret_cast<const int4*>(kh + key * D + col);
-    *reinterpret_cast<int4*>(s + r * k_stride<D>() + col) = v;
+    if (key < Nk) v = *reinterpret_cast<const int4*>(kh + key * RB + col);
+    *reinterpret_cast<int4*>(s + r * k_stride<RB>() + col) = v;
   }
 }
 
@@ -154,17 +168,19 @@ __device__ __forceinline__ void load_v_tile_f8(uint8_t* __restrict__ s, const ui
   }
 }
 
-template <int D, bool kFp8, typename OutT>
+template <int D, bool kFp8, typename OutT, bool kInt4 = false>
 __device__ __forceinline__ void attn_fwd_body(const int8_t* __restrict__ q, const int8_t* __restrict__ k,
                                               const void* __restrict__ v, const float* __restrict__ qs,
                                               const float* __restrict__ ks, const float* __restrict__ vs,
                                               OutT* __restrict__ out, float* __restrict__ lse, int64_t Hq,
                                               int64_t Hkv, int64_t Nq, int64_t Nk, int64_t qs_len, int64_t ks_len,
-                                              int64_t warp_q, bool causal) {
-  constexpr int kKSteps = D / 32;  // k32 steps of Q.K^T
+                                              int64_t warp_q, bool causal, const float* __restrict__ bias = nullptr,
+                                              int64_t bias_rows = 0) {
+  constexpr int RB = kInt4 ? D / 2 : D;  // bytes per Q / K row
+  constexpr int kKSteps = RB / 32;       // 32-byte k steps of Q.K^T (k32 int8 or k64 int4 MMAs)
   constexpr int kDT = D / 8;       // n8 output tiles
   constexpr int kVBytes = kFp8 ? D * kVtStride : kBlockN * v_stride<D>();
-  __shared__ __align__(16) uint8_t sK[kBlockN * k_stride<D>()];
+  __shared__ __align__(16) uint8_t sK[kBlockN * k_stride<RB>()];
   __shared__ __align__(16) uint8_t sV[kVBytes];
 
   const int64_t b = blockIdx.z, hq = blockIdx.y, hk = hq / (Hq / Hkv);
@@ -172,8 +188,16 @@ __device__ __forceinline__ void attn_fwd_body(const int8_t* __restrict__ q, cons
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const int64_t wrow0 = q0 + warp * 16, r_lo = wrow0 + g, r_hi = r_lo + 8;
 
-  const int8_t* qh = q + (b * Hq + hq) * Nq * D;
-  const int8_t* kh = k + (b * Hkv + hk) * Nk * D;
+  const int8_t* qh = q + (b * Hq + hq) * Nq * RB;
+  const int8_t* kh = k + (b * Hkv + hk) * Nk * RB;
+  // bias row of this warp's 16 rows (bias_rows is a multiple of 16), null without Q smoothing
+  const float* bh = nullptr;
+  if constexpr (kInt4) {
+    // a warp whose rows all lie past Nq computes discarded scores: it must not read past the bias rows
+    if (bias != nullptr && wrow0 < Nq) {
+      bh = bias + ((b * Hq + hq) * ((Nq + bias_rows - 1) / bias_rows) + wrow0 / bias_rows) * Nk;
+    }
+  }
   const float* qsh = qs + (b * Hq + hq) * qs_len;
   const float* ksh = ks + (b * Hkv + hk) * ks_len;
 
@@ -182,10 +206,10 @@ __device__ __forceinline__ void attn_fwd_body(const int8_t* __restrict__ q, cons
 #pragma unroll
   for (int kk = 0; kk < kKSteps; ++kk) {
     const int c = kk * 32 + 4 * t;
-    qf[kk][0] = r_lo < Nq ? ldg32(qh + r_lo * D + c) : 0u;
-    qf[kk][1] = r_hi < Nq ? ldg32(qh + r_hi * D + c) : 0u;
-    qf[kk][2] = r_lo < Nq ? ldg32(qh + r_lo * D + c + 16) : 0u;
-    qf[kk][3] = r_hi < Nq ? ldg32(qh + r_hi * D + c + 16) : 0u;
+    qf[kk][0] = r_lo < Nq ? ldg32(qh + r_lo * RB + c) : 0u;
+    qf[kk][1] = r_hi < Nq ? ldg32(qh + r_hi * RB + c) : 0u;
+    qf[kk][2] = r_lo < Nq ? ldg32(qh + r_lo * RB + c + 16) : 0u;
+    qf[kk][3] = r_hi < Nq ? ldg32(qh + r_hi * RB + c + 16) : 0u;
   }
   // rows r_lo and r_hi share one per-thread group (same row % 8, same warp_q block)
   const float q_sc = wrow0 < Nq ? qsh[sa::q_group(r_lo, warp_q)] : 0.f;
@@ -202,7 +226,7 @@ __device__ __forceinline__ void attn_fwd_body(const int8_t* __restrict__ q, cons
   for (int64_t kb = 0; kb < nkb; ++kb) {
     const int64_t k0 = kb * kBlockN;
     __syncthreads();  // the previous block's tiles are no longer read
-    load_k_tile<D>(sK, kh, Nk, k0);
+    load_k_tile<RB>(sK, kh, Nk, k0);
     if constexpr (kFp8) {
       load_v_tile_f8<D>(sV, static_cast<const uint8_t*>(v) + (b * Hkv + hk) * Nk * D, Nk, k0);
     } else {
@@ -218,8 +242,12 @@ __device__ __forceinline__ void attn_fwd_body(const int8_t* __restrict__ q, cons
     for (int kk = 0; kk < kKSteps; ++kk) {
 #pragma unroll
       for (int nt = 0; nt < kNT; ++nt) {
-        const uint8_t* p = sK + (nt * 8 + g) * k_stride<D>() + kk * 32 + 4 * t;
-        mma_s8(acc[nt], qf[kk], lds32(p), lds32(p + 16));
+        const uint8_t* p = sK + (nt * 8 + g) * k_stride<RB>() + kk * 32 + 4 * t;
+        if constexpr (kInt4) {
+          mma_s4(acc[nt], qf[kk], lds32(p), lds32(p + 16));
+        } else {
+          mma_s8(acc[nt], qf[kk], lds32(p), lds32(p + 16));
+        }
       }
     }
 
@@ -234,6 +262,9 @@ __device__ __forceinline__ void attn_fwd_body(const int8_t* __restrict__ q, cons
         const int64_t key = k0 + nt * 8 + 2 * t + (e & 1);
         const int64_t row = e < 2 ? r_lo : r_hi;
         float x = __int2float_rn(acc[nt][e]) * sc;
+        if constexpr (kInt4) {
+          if (bh != nullptr && key < Nk) x += bh[key];
+        }
         if (key >= Nk || (causal && key > row)) x = -INFINITY;
         s[nt][e] = x;
         mx[e >> 1] = fmaxf(mx[e >> 1], x);
@@ -356,6 +387,31 @@ __global__ void __launch_bounds__(kThreads)
 #endif
 }
 
+// INT4 Q.K^T: q / k packed int4 (two per byte), optional Q-smoothing bias rows
+template <int D, typename OutT>
+__global__ void __launch_bounds__(kThreads)
+    sk_sage_attn_fwd_int4_f16pv_kernel(const int8_t* q, const int8_t* k, const __half* v, const float* qs,
+                                       const float* ks, OutT* out, float* lse, int64_t Hq, int64_t Hkv, int64_t Nq,
+                                       int64_t Nk, int64_t qs_len, int64_t ks_len, int64_t warp_q, bool causal,
+                                       const float* bias, int64_t bias_rows) {
+  attn_fwd_body<D, false, OutT, true>(q, k, v, qs, ks, nullptr, out, lse, Hq, Hkv, Nq, Nk, qs_len, ks_len, warp_q,
+                                      causal, bias, bias_rows);
+}
+
+template <int D, typename OutT>
+__global__ void __launch_bounds__(kThreads)
+    sk_sage_attn_fwd_int4_f8pv_kernel(const int8_t* q, const int8_t* k, const uint8_t* v, const float* qs,
+                                      const float* ks, const float* vs, OutT* out, float* lse, int64_t Hq,
+                                      int64_t Hkv, int64_t Nq, int64_t Nk, int64_t qs_len, int64_t ks_len,
+                                      int64_t warp_q, bool causal, const float* bias, int64_t bias_rows) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 890
+  __trap();  // no fp8 mma.sync below sm89; the launcher refuses these devices
+#else
+  attn_fwd_body<D, true, OutT, true>(q, k, v, qs, ks, vs, out, lse, Hq, Hkv, Nq, Nk, qs_len, ks_len, warp_q, causal,
+                                     bias, bias_rows);
+#endif
+}
+
 struct Args {
   const int8_t* q;
   const int8_t* k;
@@ -367,7 +423,26 @@ struct Args {
   float* lse;
   int64_t B, Hq, Hkv, Nq, Nk, qs_len, ks_len, warp_q;
   bool causal;
+  const float* bias;  // INT4 only (may be null)
+  int64_t bias_rows;
 };
+
+template <int D, typename OutT>
+void launch_typed_int4(const Args& a, bool fp8, cudaStream_t st) {
+  const dim3 grid(ceil_div(a.Nq, kBlockM), static_cast<unsigned>(a.Hq), static_cast<unsigned>(a.B));
+  auto* out = static_cast<OutT*>(a.out);
+  if (fp8) {
+    sk_sage_attn_fwd_int4_f8pv_kernel<D, OutT><<<grid, kThreads, 0, st>>>(
+        a.q, a.k, static_cast<const uint8_t*>(a.v), a.qs, a.ks, a.vs, out, a.lse, a.Hq, a.Hkv, a.Nq, a.Nk, a.qs_len,
+        a.ks_len, a.warp_q, a.causal, a.bias, a.bias_rows);
+    check(cudaGetLastError(), "sk_sage_attn_fwd_int4_f8pv_kernel");
+  } else {
+    sk_sage_attn_fwd_int4_f16pv_kernel<D, OutT><<<grid, kThreads, 0, st>>>(
+        a.q, a.k, static_cast<const __half*>(a.v), a.qs, a.ks, out, a.lse, a.Hq, a.Hkv, a.Nq, a.Nk, a.qs_len,
+        a.ks_len, a.warp_q, a.causal, a.bias, a.bias_rows);
+    check(cudaGetLastError(), "sk_sage_attn_fwd_int4_f16pv_kernel");
+  }
+}
 
 template <int D, typename OutT>
 void launch_typed(const Args& a, bool fp8, cudaStream_t st) {
@@ -387,13 +462,25 @@ void launch_typed(const Args& a, bool fp8, cudaStream_t st) {
 }
 
 template <int D>
-void launch_d(const Args& a, bool fp8, int out_dtype, cudaStream_t st) {
-  if (out_dtype == 1) {
+void launch_d(const Args& a, bool fp8, bool int4, int out_dtype, cudaStream_t st) {
+  if (int4) {
+    if (out_dtype == 1) {
+      launch_typed_int4<D, __half>(a, fp8, st);
+    } else {
+      launch_typed_int4<D, __nv_bfloat16>(a, fp8, st);
+    }
+  } else if (out_dtype == 1) {
     launch_typed<D, __half>(a, fp8, st);
   } else {
     launch_typed<D, __nv_bfloat16>(a, fp8, st);
   }
 }
+
+void launch_common(std::uintptr_t q, std::uintptr_t k, std::uintptr_t v, std::uintptr_t q_scale,
+                   std::uintptr_t k_scale, std::uintptr_t v_scale, std::uintptr_t out, std::uintptr_t lse, int64_t B,
+                   int64_t Hq, int64_t Hkv, int64_t Nq, int64_t Nk, int64_t D, int64_t q_scale_len,
+                   int64_t k_scale_len, int64_t warp_q, bool causal, int pv_fp8, int out_dtype, bool int4,
+                   std::uintptr_t bias, int64_t bias_rows, std::uintptr_t stream);
 
 }  // namespace
 
@@ -402,6 +489,31 @@ void launch_sage_attention_fwd(std::uintptr_t q, std::uintptr_t k, std::uintptr_
                                std::uintptr_t lse, int64_t B, int64_t Hq, int64_t Hkv, int64_t Nq, int64_t Nk,
                                int64_t D, int64_t q_scale_len, int64_t k_scale_len, int64_t warp_q, bool causal,
                                int pv_fp8, int out_dtype, std::uintptr_t stream) {
+  launch_common(q, k, v, q_scale, k_scale, v_scale, out, lse, B, Hq, Hkv, Nq, Nk, D, q_scale_len, k_scale_len, warp_q,
+                causal, pv_fp8, out_dtype, false, 0, 0, stream);
+}
+
+void launch_sage_attention_fwd_int4(std::uintptr_t q, std::uintptr_t k, std::uintptr_t v, std::uintptr_t q_scale,
+                                    std::uintptr_t k_scale, std::uintptr_t v_scale, std::uintptr_t out,
+                                    std::uintptr_t lse, int64_t B, int64_t Hq, int64_t Hkv, int64_t Nq, int64_t Nk,
+                                    int64_t D, int64_t q_scale_len, int64_t k_scale_len, int64_t warp_q, bool causal,
+                                    int pv_fp8, int out_dtype, std::uintptr_t bias, int64_t bias_rows,
+                                    std::uintptr_t stream) {
+  if (bias != 0 && (bias_rows < 16 || bias_rows % 16 != 0)) {
+    throw std::invalid_argument("sage_attention_fwd_int4 (cuda): bias_rows must be a positive multiple of 16");
+  }
+  if (bias % 4) throw std::invalid_argument("sage_attention_fwd_int4 (cuda): bias must be 4-byte aligned");
+  launch_common(q, k, v, q_scale, k_scale, v_scale, out, lse, B, Hq, Hkv, Nq, Nk, D, q_scale_len, k_scale_len, warp_q,
+                causal, pv_fp8, out_dtype, true, bias, bias_rows, stream);
+}
+
+namespace {
+
+void launch_common(std::uintptr_t q, std::uintptr_t k, std::uintptr_t v, std::uintptr_t q_scale,
+                   std::uintptr_t k_scale, std::uintptr_t v_scale, std::uintptr_t out, std::uintptr_t lse, int64_t B,
+                   int64_t Hq, int64_t Hkv, int64_t Nq, int64_t Nk, int64_t D, int64_t q_scale_len,
+                   int64_t k_scale_len, int64_t warp_q, bool causal, int pv_fp8, int out_dtype, bool int4,
+                   std::uintptr_t bias, int64_t bias_rows, std::uintptr_t stream) {
   if (B == 0 || Hq == 0 || Nq == 0) return;
   if (B < 0 || Hq < 1 || Hkv < 1 || Hq % Hkv != 0 || Nq < 0 || Nk < 1) {
     throw std::invalid_argument("sage_attention_fwd (cuda): bad sizes (need Hq % Hkv == 0, Nk >= 1)");
@@ -435,13 +547,15 @@ void launch_sage_attention_fwd(std::uintptr_t q, std::uintptr_t k, std::uintptr_
                reinterpret_cast<const void*>(v), reinterpret_cast<const float*>(q_scale),
                reinterpret_cast<const float*>(k_scale), reinterpret_cast<const float*>(v_scale),
                reinterpret_cast<void*>(out), reinterpret_cast<float*>(lse), B, Hq, Hkv, Nq, Nk, q_scale_len,
-               k_scale_len, warp_q, causal};
+               k_scale_len, warp_q, causal, reinterpret_cast<const float*>(bias), bias_rows};
   cudaStream_t st = as_stream(stream);
   if (D == 64) {
-    launch_d<64>(a, pv_fp8 != 0, out_dtype, st);
+    launch_d<64>(a, pv_fp8 != 0, int4, out_dtype, st);
   } else {
-    launch_d<128>(a, pv_fp8 != 0, out_dtype, st);
+    launch_d<128>(a, pv_fp8 != 0, int4, out_dtype, st);
   }
 }
+
+}  // namespace
 
 }  // namespace shared_kernels::cuda

@@ -41,3 +41,19 @@ void launch_sage_attention_fwd(std::uintptr_t q, std::uintptr_t k, std::uintptr_
                                int pv_fp8, int out_dtype, std::uintptr_t stream);
 
 }  // namespace shared_kernels::cuda
+
+namespace shared_kernels::cuda {
+
+// INT4 Q.K^T (SageAttention2's 4-bit option): as launch_sage_attention_fwd, but q int8-typed bytes
+// [B, Hq, Nq, D/2] and k [B, Hkv, Nk, D/2] hold packed signed int4 (element 2i in the low nibble of byte i,
+// values in [-7, 7]) with the same per-thread scale layouts; bias (0 = none) fp32 [B, Hq, ceil(Nq / bias_rows),
+// Nk] is added to the log2-domain scores of query rows [j * bias_rows, (j + 1) * bias_rows) (the exact
+// mean(Q).K^T correction of Q smoothing, sm_scale * log2 e folded in); bias_rows a multiple of 16.
+void launch_sage_attention_fwd_int4(std::uintptr_t q, std::uintptr_t k, std::uintptr_t v, std::uintptr_t q_scale,
+                                    std::uintptr_t k_scale, std::uintptr_t v_scale, std::uintptr_t out,
+                                    std::uintptr_t lse, int64_t B, int64_t Hq, int64_t Hkv, int64_t Nq, int64_t Nk,
+                                    int64_t D, int64_t q_scale_len, int64_t k_scale_len, int64_t warp_q, bool causal,
+                                    int pv_fp8, int out_dtype, std::uintptr_t bias, int64_t bias_rows,
+                                    std::uintptr_t stream);
+
+}  // namespace shared_kernels::cuda

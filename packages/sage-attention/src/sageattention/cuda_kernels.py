@@ -23,7 +23,10 @@ eq. 3-5) for these configs:
   (Q/K rotated before quantizing: exact), ``prescale_q`` either way, causal (top-left), GQA,
   Nq ≠ Nk, head dims up to 128 (zero-padded to 64 or 128: exact), fp16/bf16/fp32 inputs.
 
-Not implemented (``NotImplementedError``): ``attn_mask``, ``smooth_q``, ``smooth_v``, other
+INT4 Q/K (``qk_quant_dtype="int4"``, :mod:`sageattention.int4`) runs on the INT4 kernel
+``shared_kernels.sage_attention_fwd_int4``, with ``smooth_q`` (its exact correction is the kernel's bias).
+
+Not implemented (``NotImplementedError``): ``attn_mask``, ``smooth_q`` with INT8, ``smooth_v``, other
 accumulators (``"fp16+fp32"``, ``"fp16"``, FP8 ``"fp32"`` and ``"fp32+fp16"``), ``per_token``,
 head dims above 128.
 
@@ -156,13 +159,15 @@ def supported(p: Prepared, cfg: modes.SageConfig) -> str | None:
     """None if the compiled kernel computes ``modes.sage_attention_mode(cfg)`` for ``p`` (any
     device: the device is checked by the registered kernels), else the first unsupported option."""
     fp8 = cfg.pv_dtype == "fp8"
+    int4 = cfg.qk_quant_dtype == "int4"
     accum_ok = cfg.pv_accum_dtype == ("fp32+fp32" if fp8 else "fp32")
     d = max(p.q.shape[3], p.v.shape[3])
     checks = (
         ("pv_accum_dtype", f"{cfg.pv_accum_dtype} with {cfg.pv_dtype} P·V", accum_ok),
         ("v_scale_max", cfg.v_scale_max, not fp8 or cfg.v_scale_max == 448.0),
         ("smooth_v", cfg.smooth_v, not cfg.smooth_v),
-        ("smooth_q", cfg.smooth_q, not cfg.smooth_q),
+        # Q smoothing's q̄·Kᵀ correction is the INT4 kernel's bias input (rows of blkq, a multiple of 16)
+        ("smooth_q", cfg.smooth_q, not cfg.smooth_q or (int4 and cfg.blkq % 16 == 0)),
         ("attn_mask", "a mask", p.mask is None),
         ("pv_block", cfg.pv_block, cfg.pv_block == _KERNEL_K),
         ("qk_quant_gran", f"{cfg.qk_quant_gran} (Q groups)", _q_warp(cfg) is not None),
@@ -189,10 +194,12 @@ def _finite_or_one(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def compiled_attention(p: Prepared, cfg: modes.SageConfig, *, op_backend: str = "cuda"):
-    """``modes.sage_attention_mode(cfg)`` through ``shared_kernels.sage_attention_fwd``; returns as
-    ``p.finish``. ``op_backend="torch"`` runs the op's float64 reference instead of the compiled
-    kernel (tests on CPU tensors). Raises ``NotImplementedError`` for configs the kernel lacks."""
-    from shared_kernels import quantize_fp8, sage_attention_fwd
+    """``modes.sage_attention_mode(cfg)`` through ``shared_kernels.sage_attention_fwd`` (or, for
+    ``cfg.qk_quant_dtype="int4"``, ``shared_kernels.sage_attention_fwd_int4`` with Q and K packed two per
+    byte and the Q-smoothing correction ``q̄·K'ᵀ·sm_scale·log2 e`` as its bias); returns as ``p.finish``.
+    ``op_backend="torch"`` runs the op's float64 reference instead of the compiled kernel (tests on CPU
+    tensors). Raises ``NotImplementedError`` for configs the kernel lacks."""
+    from shared_kernels import pack_int4, quantize_fp8, sage_attention_fwd, sage_attention_fwd_int4
 
     if op_backend not in ("cuda", "torch", "auto"):
         raise ValueError(f"op_backend must be one of ('cuda', 'torch', 'auto'), got {op_backend!r}")
@@ -204,7 +211,7 @@ def compiled_attention(p: Prepared, cfg: modes.SageConfig, *, op_backend: str = 
     hq, nq = p.q.shape[1], p.q.shape[2]
     hkv, nk, dv = p.k.shape[1], p.k.shape[2], p.v.shape[3]
     dev = p.q.device
-    q8f, qs_tok, k8f, ks_tok, _, _, km, c = modes._prepare_qk(p.q, p.k, p.sm_scale, cfg)
+    q8f, qs_tok, k8f, ks_tok, kf, qmean, km, c = modes._prepare_qk(p.q, p.k, p.sm_scale, cfg)
     dp = _padded(max(q8f.shape[3], dv))
     warp_q = _q_warp(cfg)
     gq = torch.arange(-(-nq // warp_q) * 8, device=dev)
@@ -231,11 +238,21 @@ def compiled_attention(p: Prepared, cfg: modes.SageConfig, *, op_backend: str = 
         v_in = pad_d((vf / vs).half())
         v_scale, bad_v = None, ~torch.isfinite(vs[:, :, 0])
     out_dtype = torch.bfloat16 if p.q.dtype == torch.bfloat16 else torch.float16
-    o, lse = sage_attention_fwd(
-        q8, k8, v_in, q_scale, k_scale, v_scale, is_causal=p.is_causal, warp_q=warp_q,
-        out_dtype=out_dtype, backend=op_backend,
-    )  # fmt: skip
     rep = hq // hkv
+    if cfg.qk_quant_dtype == "int4":
+        bias = None
+        if qmean is not None:  # modes' correction, in its float32 order: (q̄ · K'ᵀ) · c
+            corr = torch.matmul(qmean, kf.repeat_interleave(rep, dim=1).transpose(-1, -2))
+            bias = (corr * c if c != 1.0 else corr).contiguous()
+        o, lse = sage_attention_fwd_int4(
+            pack_int4(q8), pack_int4(k8), v_in, q_scale, k_scale, v_scale, bias=bias, bias_rows=cfg.blkq,
+            is_causal=p.is_causal, warp_q=warp_q, out_dtype=out_dtype, backend=op_backend,
+        )  # fmt: skip
+    else:
+        o, lse = sage_attention_fwd(
+            q8, k8, v_in, q_scale, k_scale, v_scale, is_causal=p.is_causal, warp_q=warp_q,
+            out_dtype=out_dtype, backend=op_backend,
+        )  # fmt: skip
     o = o[..., :dv].float() * vs.repeat_interleave(rep, dim=1)
     # NaN where the reference gives NaN: a non-finite Q group -> its rows; K -> the whole head; V -> channel
     nan_row = _gather_rows(bad_q, nq, warp_q) | bad_k.any(dim=-1).repeat_interleave(rep, dim=1)[..., None]

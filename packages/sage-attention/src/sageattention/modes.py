@@ -19,6 +19,9 @@ upstream quant kernels ``per_block_int8``, ``per_warp_int8``, ``per_thread_int8`
   ``warpk`` tokens, ``warpk/4`` tokens each). Scales get ``+1e-7`` as upstream's Triton kernel;
 * ``per_token`` (extension, no upstream kernel): one scale per token of Q and of K.
 
+**INT4 Q/K** (``qk_quant_dtype="int4"``, SageAttention2's 4-bit option, ``int4.py``): the same groups,
+``scale = max|x| / 7``, values in ``[-7, 7]``; best with ``smooth_q`` (``int4.int4_config``).
+
 **Q/K transforms** (exact in real arithmetic; they change only what is quantized):
 
 * ``smooth_k``: ``K' = K - mean_tokens(K)`` (softmax is invariant to the per-row ``q·mean(K)``);
@@ -69,6 +72,7 @@ from . import reference as ref
 __all__ = [
     "GRANULARITIES",
     "PV_ACCUM",
+    "QK_QUANT_DTYPES",
     "ROTATIONS",
     "SageConfig",
     "quantize_int8_groups",
@@ -80,6 +84,8 @@ __all__ = [
 GRANULARITIES = ("per_block", "per_warp", "per_thread", "per_token")
 PV_ACCUM = {"fp16": ("fp32", "fp16+fp32", "fp16"), "fp8": ("fp32", "fp32+fp32", "fp32+fp16")}
 ROTATIONS = (None, "hadamard", "random_hadamard")
+QK_QUANT_DTYPES = ("int8", "int4")
+_QMAX = {"int8": 127, "int4": 7}
 P_FP8_SCALE = 448.0
 _FP16_ACC_BUDGET = 2.0**14
 
@@ -102,8 +108,11 @@ class SageConfig:
     smooth_v: bool = False
     pv_block: int = 64
     v_scale_max: float = 448.0
+    qk_quant_dtype: str = "int8"
 
     def __post_init__(self) -> None:
+        if self.qk_quant_dtype not in QK_QUANT_DTYPES:
+            raise ValueError(f"qk_quant_dtype must be one of {QK_QUANT_DTYPES}, got {self.qk_quant_dtype!r}")
         if self.qk_quant_gran not in GRANULARITIES:
             raise ValueError(f"qk_quant_gran must be one of {GRANULARITIES}, got {self.qk_quant_gran!r}")
         if self.qk_rotation not in ROTATIONS:
@@ -144,17 +153,24 @@ def quantize_int8_groups(
     Returns ``(x8 as float32 integers [..., N, D], scale of every token [..., N])``. A NaN/inf in a
     group makes its scale NaN (and its int8 values 0), so the scores it touches are NaN.
     """
+    return quantize_groups(y, role, gran, cfg, 127)
+
+
+def quantize_groups(
+    y: torch.Tensor, role: str, gran: str, cfg: SageConfig, qmax: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`quantize_int8_groups` with integers in ``[-qmax, qmax]`` (``scale = max|x| / qmax``)."""
     n = y.shape[-2]
     tile, t, c = _group_shape(role, gran, cfg)
     nt = -(-n // tile)
     amax_tok = torch.nn.functional.pad(y.abs().amax(dim=-1), (0, nt * tile - n))
     g = amax_tok.reshape(*y.shape[:-2], nt, tile // (t * c), t, c).amax(dim=(-3, -1), keepdim=True)
     amax = g.expand(*y.shape[:-2], nt, tile // (t * c), t, c).reshape(*y.shape[:-2], nt * tile)[..., :n]
-    scale = torch.where(torch.isfinite(amax), amax / 127.0, torch.full_like(amax, float("nan")))
+    scale = torch.where(torch.isfinite(amax), amax / float(qmax), torch.full_like(amax, float("nan")))
     if gran == "per_thread":
         scale = scale + 1e-7
     s = scale[..., None]
-    x8 = torch.trunc(y / s + torch.copysign(torch.full_like(y, 0.5), y)).clamp(-127.0, 127.0)
+    x8 = torch.trunc(y / s + torch.copysign(torch.full_like(y, 0.5), y)).clamp(-float(qmax), float(qmax))
     return torch.where(s > 0, x8, torch.zeros_like(x8)), scale
 
 
@@ -260,8 +276,9 @@ def _prepare_qk(q, k, sm_scale: float, cfg: SageConfig):
         qmean = qp.double().sum(dim=-2) / cnt[:, None].double()  # [..., nb, D]
         qmean = qmean.float()
         qf = qf - qmean.repeat_interleave(cfg.blkq, dim=-2)[..., :nq, :]
-    q8, qs = quantize_int8_groups(qf, "q", cfg.qk_quant_gran, cfg)
-    k8, ks = quantize_int8_groups(kf, "k", cfg.qk_quant_gran, cfg)
+    qmax = _QMAX[cfg.qk_quant_dtype]
+    q8, qs = quantize_groups(qf, "q", cfg.qk_quant_gran, cfg, qmax)
+    k8, ks = quantize_groups(kf, "k", cfg.qk_quant_gran, cfg, qmax)
     return q8, qs, k8, ks, kf, qmean, km, (1.0 if cfg.prescale_q else c)
 
 

@@ -40,6 +40,7 @@ __all__ = [
     "BLOCK_K",
     "FP8_P_SCALE",
     "LOG2E",
+    "attention_from_scores",
     "dequant_scores",
     "k_group_index",
     "num_k_groups",
@@ -76,16 +77,17 @@ def k_group_index(nk: int, device=None) -> torch.Tensor:
     return (n // BLOCK_K) * 4 + (n % 8) // 2
 
 
-def _quantize_groups(x: torch.Tensor, idx: torch.Tensor, groups: int, multiplier: float):
-    """INT8 with one scale per group of rows (dim -2): ``scale = amax / 127``, round half away from zero."""
+def _quantize_groups(x: torch.Tensor, idx: torch.Tensor, groups: int, multiplier: float, qmax: int = 127):
+    """Symmetric integers in ``[-qmax, qmax]`` (127: INT8, 7: INT4) with one scale per group of rows
+    (dim -2): ``scale = amax / qmax``, round half away from zero."""
     xf = x.float()
     amax_rows = xf.abs().amax(dim=-1)  # [..., N]
     amax = torch.zeros((*x.shape[:-2], groups), dtype=torch.float32, device=x.device)
     amax = amax.scatter_reduce(-1, idx.expand_as(amax_rows), amax_rows, reduce="amax", include_self=True)
-    scale = amax / 127.0
+    scale = amax / float(qmax)
     s_rows = scale.gather(-1, idx.expand_as(amax_rows))[..., None]
     y = torch.where(s_rows > 0, xf / s_rows, torch.zeros_like(xf))
-    qi = torch.clamp(torch.trunc(y + torch.copysign(torch.full_like(y, 0.5), y)), -127, 127).to(torch.int8)
+    qi = torch.clamp(torch.trunc(y + torch.copysign(torch.full_like(y, 0.5), y)), -qmax, qmax).to(torch.int8)
     return qi, (scale * multiplier).float()
 
 
@@ -135,17 +137,29 @@ def sage_attention_fwd(
     out_dtype: torch.dtype = torch.float16,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(out [B, Hq, Nq, D] out_dtype, lse [B, Hq, Nq] float32)``, see the module docstring."""
-    nq, nk = q.shape[-2], k.shape[-2]
+    s = dequant_scores(q, k, q_scale, k_scale, warp_q)
+    return attention_from_scores(s, v, v_scale, is_causal, out_dtype)
+
+
+def attention_from_scores(
+    s: torch.Tensor,
+    v: torch.Tensor,
+    v_scale: torch.Tensor | None,
+    is_causal: bool,
+    out_dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The softmax and P·V half of :func:`sage_attention_fwd` on float64 log2-domain scores
+    ``s [B, Hq, Nq, Nk]`` (shared with the INT4 reference)."""
+    nq, nk = s.shape[-2], s.shape[-1]
     fp8 = v.dtype == torch.float8_e4m3fn
     c = FP8_P_SCALE if fp8 else 1.0
-    s = dequant_scores(q, k, q_scale, k_scale, warp_q)
     if is_causal:
-        keep = torch.ones(nq, nk, dtype=torch.bool, device=q.device).tril()
+        keep = torch.ones(nq, nk, dtype=torch.bool, device=s.device).tril()
         s = s.masked_fill(~keep, float("-inf"))
     m = s.amax(dim=-1, keepdim=True)
     e = c * torch.exp2(s - m)
     lsum = e.sum(dim=-1, keepdim=True)
-    rep = q.shape[1] // k.shape[1]
+    rep = s.shape[1] // v.shape[1]
     vv = v.repeat_interleave(rep, dim=1)
     if fp8:
         p = e.to(torch.float8_e4m3fn).double()
