@@ -9,6 +9,7 @@ import importlib.util
 
 from . import triton_api as _triton_api
 from .core import sageattn
+from .int4 import sageattn_qk_int4_pv_fp8_cuda, sageattn_qk_int4_pv_fp16_cuda
 from .sa3 import sageattn3_blackwell
 from .sagebwd import sageattn_train
 from .sagebwd.autograd import no_backward as _no_backward
@@ -36,6 +37,8 @@ __all__ = [
     "__version__",
     "sageattn",
     "sageattn3_blackwell",
+    "sageattn_qk_int4_pv_fp8_cuda",
+    "sageattn_qk_int4_pv_fp16_cuda",
     "sageattn_qk_int8_pv_fp8_cuda",
     "sageattn_qk_int8_pv_fp8_cuda_sm90",
     "sageattn_qk_int8_pv_fp8_triton",
