@@ -7,11 +7,11 @@ import torch
 from .. import _alloc, _backend, _lib, _validate
 from ..kernel_specs import CudaKernelSpec
 from ..reference import sage_attention as _ref
+from . import _sage_checks as _checks
 
 __all__ = ["sage_attention_fwd"]
 
 _OP = "sage_attention_fwd"
-_OUT_DTYPES = (torch.float16, torch.bfloat16)
 _DTYPE_CODE = {torch.float16: 1, torch.bfloat16: 2}
 _V_DTYPES = (torch.float16, torch.float8_e4m3fn)
 HEAD_DIMS = (64, 128)
@@ -116,46 +116,19 @@ def sage_attention_fwd(
     )
     is_causal = _validate.check_bool("is_causal", is_causal)
     warp_q = _validate.check_int("warp_q", warp_q, allowed=WARP_Q)
-    if not isinstance(out_dtype, torch.dtype):
-        raise TypeError(f"out_dtype must be a torch.dtype, got {type(out_dtype).__name__}")
-    if out_dtype not in _OUT_DTYPES:
-        raise TypeError(f"out_dtype={out_dtype} is not supported; supported: float16, bfloat16")
+    out_dtype = _checks.check_out_dtype(out_dtype)
     b, hq, nq, d = q.shape
     if d not in HEAD_DIMS:
         raise ValueError(f"q has head dim {d}; supported: 64, 128 (pad smaller head dims)")
     if k.shape[0] != b or k.shape[3] != d:
         raise ValueError(f"k must be [B={b}, Hkv, Nk, D={d}] like q, got shape {tuple(k.shape)}")
-    hkv, nk = k.shape[1], k.shape[2]
-    if hkv < 1 or hq % hkv:
-        raise ValueError(
-            f"q has {hq} heads and k {hkv}: the q heads must be a multiple of the kv heads (GQA)"
-        )
-    if nk < 1:
-        raise ValueError(f"k has {nk} keys; at least 1 is needed")
+    hkv, nk = _checks.check_kv_heads(hq, k)
     if tuple(v.shape) != tuple(k.shape):
         raise ValueError(f"v must have k's shape {tuple(k.shape)}, got {tuple(v.shape)}")
-    want_q = _ref.num_q_groups(nq, warp_q)
-    if tuple(q_scale.shape[:2]) != (b, hq) or q_scale.shape[2] < want_q:
-        raise ValueError(
-            f"q_scale must be [B={b}, Hq={hq}, >= {want_q}] (8 per-thread groups per {warp_q} rows), "
-            f"got {tuple(q_scale.shape)}"
-        )
-    want_k = _ref.num_k_groups(nk)
-    if tuple(k_scale.shape[:2]) != (b, hkv) or k_scale.shape[2] < want_k:
-        raise ValueError(
-            f"k_scale must be [B={b}, Hkv={hkv}, >= {want_k}] (4 per-thread groups per 64 keys), "
-            f"got {tuple(k_scale.shape)}"
-        )
-    if v.dtype == torch.float8_e4m3fn:
-        if v_scale is None:
-            raise ValueError("v is float8_e4m3fn (FP8 PV): v_scale float32 [B, Hkv, D] is required")
-        _validate.check_tensor("v_scale", v_scale, dtypes=(torch.float32,), contiguous=True, device=q.device)
-        if tuple(v_scale.shape) != (b, hkv, d):
-            raise ValueError(f"v_scale must have shape {(b, hkv, d)}, got {tuple(v_scale.shape)}")
-    elif v_scale is not None:
-        raise ValueError(
-            "v_scale is only used with a float8_e4m3fn v (FP8 PV); v is float16, pass v_scale=None"
-        )
+    _checks.check_scale_groups(
+        q_scale, k_scale, b, hq, hkv, _ref.num_q_groups(nq, warp_q), _ref.num_k_groups(nk), warp_q, 64
+    )
+    _checks.check_v_scale(v, v_scale, b, hkv, d)
     resolved = _backend.resolve_backend(_OP, backend, q.device)
     return torch.ops.shared_kernels.sage_attention_fwd(
         q, k, v, q_scale, k_scale, v_scale, is_causal, warp_q, out_dtype, resolved

@@ -9,7 +9,8 @@ from .. import _alloc, _backend, _lib, _validate
 from ..kernel_specs import CudaKernelSpec
 from ..reference import sage_attention as _ref8
 from ..reference import sage_attention_int4 as _ref
-from .sage_attention import _DTYPE_CODE, _OUT_DTYPES, _V_DTYPES, HEAD_DIMS, WARP_Q, _aligned
+from . import _sage_checks as _checks
+from .sage_attention import _DTYPE_CODE, _V_DTYPES, HEAD_DIMS, WARP_Q, _aligned
 
 __all__ = ["pack_int4", "sage_attention_fwd_int4", "unpack_int4"]
 
@@ -121,10 +122,7 @@ def sage_attention_fwd_int4(
         raise ValueError(
             f"bias_rows must be a multiple of 16 (one bias row per 16-row MMA tile), got {bias_rows}"
         )
-    if not isinstance(out_dtype, torch.dtype):
-        raise TypeError(f"out_dtype must be a torch.dtype, got {type(out_dtype).__name__}")
-    if out_dtype not in _OUT_DTYPES:
-        raise TypeError(f"out_dtype={out_dtype} is not supported; supported: float16, bfloat16")
+    out_dtype = _checks.check_out_dtype(out_dtype)
     b, hq, nq, half = q.shape
     d = 2 * half
     if d not in HEAD_DIMS:
@@ -133,39 +131,15 @@ def sage_attention_fwd_int4(
         )
     if k.shape[0] != b or k.shape[3] != half:
         raise ValueError(f"k must be [B={b}, Hkv, Nk, D/2={half}] like q, got shape {tuple(k.shape)}")
-    hkv, nk = k.shape[1], k.shape[2]
-    if hkv < 1 or hq % hkv:
-        raise ValueError(
-            f"q has {hq} heads and k {hkv}: the q heads must be a multiple of the kv heads (GQA)"
-        )
-    if nk < 1:
-        raise ValueError(f"k has {nk} keys; at least 1 is needed")
+    hkv, nk = _checks.check_kv_heads(hq, k)
     if tuple(v.shape) != (b, hkv, nk, d):
         raise ValueError(
             f"v must have shape {(b, hkv, nk, d)} (k's with the unpacked head dim), got {tuple(v.shape)}"
         )
-    want_q = _ref8.num_q_groups(nq, warp_q)
-    if tuple(q_scale.shape[:2]) != (b, hq) or q_scale.shape[2] < want_q:
-        raise ValueError(
-            f"q_scale must be [B={b}, Hq={hq}, >= {want_q}] (8 per-thread groups per {warp_q} rows), "
-            f"got {tuple(q_scale.shape)}"
-        )
-    want_k = _ref8.num_k_groups(nk)
-    if tuple(k_scale.shape[:2]) != (b, hkv) or k_scale.shape[2] < want_k:
-        raise ValueError(
-            f"k_scale must be [B={b}, Hkv={hkv}, >= {want_k}] (4 per-thread groups per 64 keys), "
-            f"got {tuple(k_scale.shape)}"
-        )
-    if v.dtype == torch.float8_e4m3fn:
-        if v_scale is None:
-            raise ValueError("v is float8_e4m3fn (FP8 PV): v_scale float32 [B, Hkv, D] is required")
-        _validate.check_tensor("v_scale", v_scale, dtypes=(torch.float32,), contiguous=True, device=q.device)
-        if tuple(v_scale.shape) != (b, hkv, d):
-            raise ValueError(f"v_scale must have shape {(b, hkv, d)}, got {tuple(v_scale.shape)}")
-    elif v_scale is not None:
-        raise ValueError(
-            "v_scale is only used with a float8_e4m3fn v (FP8 PV); v is float16, pass v_scale=None"
-        )
+    _checks.check_scale_groups(
+        q_scale, k_scale, b, hq, hkv, _ref8.num_q_groups(nq, warp_q), _ref8.num_k_groups(nk), warp_q, 64
+    )
+    _checks.check_v_scale(v, v_scale, b, hkv, d)
     if bias is not None:
         _validate.check_tensor(
             "bias", bias, dtypes=(torch.float32,), ndim=4, contiguous=True, device=q.device

@@ -8,12 +8,12 @@ import torch
 from .. import _alloc, _backend, _lib, _validate
 from ..kernel_specs import CudaKernelSpec
 from ..reference import sage_attention_sm90 as _ref
+from . import _sage_checks as _checks
 
 __all__ = ["sage_attention_fwd_sm90", "sage_attention_sm90_status"]
 
 _OP = "sage_attention_fwd_sm90"
 _BINDING = "sage_attention_fwd_sm90_cuda"
-_OUT_DTYPES = (torch.float16, torch.bfloat16)
 _DTYPE_CODE = {torch.float16: 1, torch.bfloat16: 2}
 HEAD_DIMS = (64, 128)
 
@@ -94,40 +94,22 @@ def _check_args(q, k, v_t, q_scale, k_scale, v_scale, is_causal, out_dtype) -> b
     for name, t in (("q_scale", q_scale), ("k_scale", k_scale), ("v_scale", v_scale)):
         _validate.check_tensor(name, t, dtypes=(torch.float32,), ndim=3, contiguous=True, device=q.device)
     is_causal = _validate.check_bool("is_causal", is_causal)
-    if not isinstance(out_dtype, torch.dtype):
-        raise TypeError(f"out_dtype must be a torch.dtype, got {type(out_dtype).__name__}")
-    if out_dtype not in _OUT_DTYPES:
-        raise TypeError(f"out_dtype={out_dtype} is not supported; supported: float16, bfloat16")
+    out_dtype = _checks.check_out_dtype(out_dtype)
     b, hq, nq, d = q.shape
     if d not in HEAD_DIMS:
         raise ValueError(f"q has head dim {d}; supported: 64, 128 (zero-pad smaller head dims)")
     if k.shape[0] != b or k.shape[3] != d:
         raise ValueError(f"k must be [B={b}, Hkv, Nk, D={d}] like q, got shape {tuple(k.shape)}")
-    hkv, nk = k.shape[1], k.shape[2]
-    if hkv < 1 or hq % hkv:
-        raise ValueError(
-            f"q has {hq} heads and k {hkv}: the q heads must be a multiple of the kv heads (GQA)"
-        )
-    if nk < 1:
-        raise ValueError(f"k has {nk} keys; at least 1 is needed")
+    hkv, nk = _checks.check_kv_heads(hq, k)
     nkp = v_t.shape[3]
     if tuple(v_t.shape[:3]) != (b, hkv, d) or nkp < nk or nkp % _ref.VT_ALIGN:
         raise ValueError(
             f"v_t must be V transposed, [B={b}, Hkv={hkv}, D={d}, Nkp] with Nkp >= Nk={nk} and a multiple of "
             f"{_ref.VT_ALIGN}, got shape {tuple(v_t.shape)}"
         )
-    want_q = _ref.num_q_groups(nq)
-    if tuple(q_scale.shape[:2]) != (b, hq) or q_scale.shape[2] < want_q:
-        raise ValueError(
-            f"q_scale must be [B={b}, Hq={hq}, >= {want_q}] (8 per-thread groups per 16 rows), "
-            f"got {tuple(q_scale.shape)}"
-        )
-    want_k = _ref.num_k_groups(nk)
-    if tuple(k_scale.shape[:2]) != (b, hkv) or k_scale.shape[2] < want_k:
-        raise ValueError(
-            f"k_scale must be [B={b}, Hkv={hkv}, >= {want_k}] (4 per-thread groups per 128 keys), "
-            f"got {tuple(k_scale.shape)}"
-        )
+    _checks.check_scale_groups(
+        q_scale, k_scale, b, hq, hkv, _ref.num_q_groups(nq), _ref.num_k_groups(nk), 16, 128
+    )
     if tuple(v_scale.shape) != (b, hkv, d):
         raise ValueError(f"v_scale must have shape {(b, hkv, d)}, got {tuple(v_scale.shape)}")
     return is_causal
