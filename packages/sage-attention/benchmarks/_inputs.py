@@ -106,3 +106,26 @@ def synthetic(n: int, d: int, seed: int = 0, heads: int = 2):
     v = torch.randn(1, heads, n, d, generator=g)
     rows = torch.cat([torch.arange(0, 128), torch.arange(n // 256 * 128, n // 256 * 128 + 128)])
     return q[:, :, rows], k, v
+
+
+def summary_rows(mode: str, api: str, per_group: dict, secs: float) -> list[dict]:
+    """One CSV row per input group from its cases' ``metrics`` (cos, rel. L1, RMSE): means and extremes."""
+    rows = []
+    for group, ms in per_group.items():
+        cos = [m[0] for m in ms]
+        rel = [m[1] for m in ms]
+        rows.append(
+            dict(
+                mode=mode,
+                api=api,
+                inputs=group,
+                n_cases=len(ms),
+                mean_cos=sum(cos) / len(cos),
+                min_cos=min(cos),
+                mean_rel_l1=sum(rel) / len(rel),
+                max_rel_l1=max(rel),
+                mean_rmse=sum(m[2] for m in ms) / len(ms),
+                mode_seconds_all_inputs=round(secs, 2),
+            )
+        )
+    return rows

@@ -21,7 +21,7 @@ import pathlib
 import time
 
 import torch
-from _inputs import capture_minilm, metrics, synthetic
+from _inputs import capture_minilm, metrics, summary_rows, synthetic
 from sageattention import reference as ref
 from sageattention.int4 import int4_config
 from sageattention.modes import SageConfig, sage_attention_mode
@@ -87,23 +87,7 @@ def main() -> None:
             for b in range(q.shape[0]):
                 per_group.setdefault(group, []).append(metrics(o[b], e[b]))
         secs = time.perf_counter() - t0
-        for group, ms in per_group.items():
-            cos = [m[0] for m in ms]
-            rel = [m[1] for m in ms]
-            rows.append(
-                dict(
-                    mode=name,
-                    api=api,
-                    inputs=group,
-                    n_cases=len(ms),
-                    mean_cos=sum(cos) / len(cos),
-                    min_cos=min(cos),
-                    mean_rel_l1=sum(rel) / len(rel),
-                    max_rel_l1=max(rel),
-                    mean_rmse=sum(m[2] for m in ms) / len(ms),
-                    mode_seconds_all_inputs=round(secs, 2),
-                )
-            )
+        rows += summary_rows(name, api, per_group, secs)
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "int4_accuracy.csv", "w", newline="") as f:
