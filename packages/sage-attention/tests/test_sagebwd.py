@@ -166,8 +166,10 @@ def test_empty_sequence_gives_zero_gradients():
         lambda q, k, v: sageattention.sageattn_qk_int8_pv_fp8_cuda(q, k, v),
         lambda q, k, v: sageattention.sageattn_qk_int8_pv_fp8_cuda_sm90(q, k, v, return_lse=True)[0],
         lambda q, k, v: sageattention.sageattn_qk_int8_pv_fp16_triton(q, k, v),
+        lambda q, k, v: sageattention.sageattn_qk_int4_pv_fp16_cuda(q, k, v),
+        lambda q, k, v: sageattention.sageattn_qk_int4_pv_fp8_cuda(q, k, v, pv_accum_dtype="fp32+fp32"),
     ],
-    ids=["fp16_cuda", "fp8_cuda", "fp8_cuda_sm90", "fp16_triton"],
+    ids=["fp16_cuda", "fp8_cuda", "fp8_cuda_sm90", "fp16_triton", "int4_fp16_cuda", "int4_fp8_cuda"],
 )
 def test_backward_through_inference_variant_raises(call):
     q, k, v, _ = _inputs(1, 2, 2, 20, 20, 32, 32)

@@ -28,6 +28,7 @@ import torch
 
 from . import modes, variants
 from .core import Prepared
+from .sagebwd.autograd import no_backward
 
 __all__ = [
     "INT4_MAX",
@@ -133,6 +134,7 @@ variants.KERNELS.setdefault(_FP16, int4_kernel(_FP16))
 variants.KERNELS.setdefault(_FP8, int4_kernel(_FP8))
 
 
+@no_backward
 def sageattn_qk_int4_pv_fp16_cuda(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -168,6 +170,7 @@ def sageattn_qk_int4_pv_fp16_cuda(
     )
 
 
+@no_backward
 def sageattn_qk_int4_pv_fp8_cuda(
     q: torch.Tensor,
     k: torch.Tensor,
