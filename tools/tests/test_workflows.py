@@ -55,7 +55,7 @@ def test_ci_jobs_and_matrix_keys_match_changes_py():
     )
     row = json.loads(p.stdout)["include"][0]
     assert set(re.findall(r"matrix\.(\w+)", ci)) <= set(row)
-    for v in ("3.10", "3.11", "3.12", "3.13"):
+    for v in ("3.11", "3.12", "3.13"):  # the workspace lock needs 3.11+ (trl 1.16, nft-trainer)
         assert v in ci
 
 
