@@ -109,3 +109,34 @@ def test_auto_on_cuda_is_the_triton_varlen_kernel():
     assert torch.equal(o, o_t) and torch.equal(lse, lse_t)
     o_ref = sageattn_varlen(q, k, v, cq, ck, max(LQ), max(LK), is_causal=True, backend="torch")
     assert float((o.float() - o_ref.float()).abs().max()) <= 1e-2 * float(v.float().abs().max())
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_gradients_go_through_sagebwd_per_sequence(device):
+    """With q/k/v requiring grad, varlen trains (SageBwd per sequence; on CUDA instead of the packed
+    Triton kernel, which has no backward), and its gradients are those of the per-sequence sageattn
+    calls; close to exact attention's."""
+    lq, lk = [5, 33, 17], [9, 20, 40]
+    q, k, v, cq, ck = (x.to(device) for x in _packed(lq, lk, dtype=torch.float32))
+    q, k, v = (x.requires_grad_() for x in (q, k, v))
+    o = sageattn_varlen(q, k, v, cq, ck, max(lq), max(lk), is_causal=True)
+    g = torch.randn_like(o)
+    o.backward(g)
+    want = [torch.zeros_like(x) for x in (q, k, v)]
+    exact = [torch.zeros_like(x, dtype=torch.float64) for x in (q, k, v)]
+    for i in range(len(lq)):
+        a, b, c, d = int(cq[i]), int(cq[i + 1]), int(ck[i]), int(ck[i + 1])
+        parts = [x.detach()[s:e].transpose(0, 1)[None].requires_grad_() for x, (s, e) in
+                 zip((q, k, v), ((a, b), (c, d), (c, d)), strict=True)]  # fmt: skip
+        oi = sageattn(*parts, is_causal=True)
+        oi.backward(g[a:b].transpose(0, 1)[None])
+        ex = [p.detach().double().requires_grad_() for p in parts]
+        e, _ = attention_exact(*ex, is_causal=True)
+        e.backward(g[a:b].transpose(0, 1)[None].double())
+        for w, p, (s, t) in zip(want, parts, ((a, b), (c, d), (c, d)), strict=True):
+            w[s:t] = p.grad[0].transpose(0, 1)
+        for x, p, (s, t) in zip(exact, ex, ((a, b), (c, d), (c, d)), strict=True):
+            x[s:t] = p.grad[0].transpose(0, 1)
+    for got, w, x in zip((q.grad, k.grad, v.grad), want, exact, strict=True):
+        torch.testing.assert_close(got, w, rtol=1e-5, atol=1e-6)
+        assert float(F.cosine_similarity(got.double().flatten(), x.flatten(), dim=0)) > 0.99

@@ -86,15 +86,21 @@ def sageattn_varlen(
     lk = [b - a for a, b in itertools.pairwise(ck)]
     _check_max("max_seqlen_q", max_seqlen_q, lq)
     _check_max("max_seqlen_k", max_seqlen_k, lk)
+    needs_grad = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v))
     if backend == "auto":
-        if q.device.type == "cuda" and importlib.util.find_spec("triton") is not None:
+        # The packed Triton kernel has no backward: with gradients, each sequence goes through sageattn,
+        # which trains through SageBwd (its Triton kernels on CUDA).
+        if needs_grad:
+            backend = "auto" if q.device.type == "cuda" else "cpu"
+        elif q.device.type == "cuda" and importlib.util.find_spec("triton") is not None:
             from .triton_api import sageattn_varlen_triton  # the same per-block, per-sequence maths
 
             return sageattn_varlen_triton(
                 q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, is_causal=is_causal,
                 sm_scale=sm_scale, smooth_k=smooth_k, return_lse=return_lse,
             )  # fmt: skip
-        backend = "cpu" if q.device.type == "cpu" else "torch"
+        else:
+            backend = "cpu" if q.device.type == "cpu" else "torch"
     outs, lses = [], []
     for i in range(len(lq)):
         qi, ki, vi = (x[c[i] : c[i + 1]].unsqueeze(0) for x, c in ((q, cq), (k, ck), (v, ck)))
