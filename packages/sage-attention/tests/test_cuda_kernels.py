@@ -6,6 +6,8 @@ run on the op's float64 reference (``op_backend="torch"``) against ``backend="to
 variant. ``cuda``: the compiled kernel end to end against the reference maths.
 """
 
+import importlib.util
+
 import pytest
 import sageattention
 import torch
@@ -410,3 +412,18 @@ def test_gpu_mask_falls_back_and_sageattn_dispatches():
     exact = sageattention.reference.attention_exact(q, k, v, is_causal=True)[0]
     rel = float((out.double() - exact).abs().sum() / exact.abs().sum())
     assert rel < 0.02
+
+
+def test_live_registry_puts_the_compiled_kernels_first():
+    """After ``import sageattention`` (whatever the order its modules register in), each variant's entry
+    starts with the compiled kernel where this build has it, and keeps the Triton kernel behind it."""
+    has, _ = ck._build_info()
+    fp16, fp8 = variants.KERNELS[FP16], variants.KERNELS[FP8]
+    fp16_chain = getattr(fp16, "kernels", (fp16,))
+    if has:
+        assert fp16_chain[0] is ck.qk_int8_pv_fp16_cuda_kernel
+        assert getattr(fp8, "kernels", (fp8,))[0] is ck.qk_int8_pv_fp8_cuda_kernel
+    if importlib.util.find_spec("triton") is not None:
+        from sageattention import triton_variants
+
+        assert fp16_chain[-1] is triton_variants.qk_int8_pv_fp16_kernel

@@ -133,4 +133,5 @@ def qk_int8_pv_fp16_kernel(p: Prepared, cfg: modes.SageConfig):
     return p.finish(o, lse)
 
 
-variants.KERNELS["sageattn_qk_int8_pv_fp16_cuda"] = qk_int8_pv_fp16_kernel
+# appended to the variant's chain (behind a compiled kernel registered first), whatever the import order
+variants.register_kernel("sageattn_qk_int8_pv_fp16_cuda", qk_int8_pv_fp16_kernel)
