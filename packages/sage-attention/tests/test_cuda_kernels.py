@@ -37,7 +37,7 @@ def _prep(q, k, v, is_causal=False, mask=None):
 @pytest.fixture
 def fake_build(monkeypatch):
     """A build with the op's cuda backend for sm80/89/90a/100a and a registry holding only Triton's kernel."""
-    monkeypatch.setattr(ck, "_build_info", lambda: (True, ("80", "89", "90a", "100a")))
+    monkeypatch.setattr(ck, "_build_info", lambda op=None: (True, ("80", "89", "90a", "100a")))
     ck._device_reason_cached.cache_clear()
     kernels = {k: v for k, v in variants.KERNELS.items() if k != FP8}
     fp16 = kernels.get(FP16)
@@ -77,6 +77,9 @@ def test_runs_on(cap, archs, ok):
         ((8, 6), FP8, False),
         ((8, 9), FP8, True),
         ((7, 5), FP16, False),
+        ((8, 0), "sageattn_qk_int4_pv_fp16_cuda", True),  # int4.py registers its variants here
+        ((8, 0), "sageattn_qk_int4_pv_fp8_cuda", False),
+        ((8, 9), "sageattn_qk_int4_pv_fp8_cuda", True),
     ],
 )
 def test_device_reason_by_capability(monkeypatch, fake_build, cap, name, ok):

@@ -72,8 +72,11 @@ _log = logging.getLogger(__name__)
 _OP = "sage_attention_fwd"
 _FP16 = "sageattn_qk_int8_pv_fp16_cuda"
 _FP8 = "sageattn_qk_int8_pv_fp8_cuda"
-#: lowest compute capability of each variant's kernel (FP8 mma.sync needs sm89)
+#: lowest compute capability of each variant's kernel (FP8 mma.sync needs sm89); the INT4 variants
+#: (``int4.py``) add theirs, with their shared-kernels op in :data:`KERNEL_OPS`
 MIN_CAPABILITY = {_FP16: (8, 0), _FP8: (8, 9)}
+#: the shared-kernels op behind each variant's compiled kernel
+KERNEL_OPS = {_FP16: _OP, _FP8: _OP}
 _KERNEL_K = 64  # keys per kernel block (K scale groups and online softmax)
 
 
@@ -120,9 +123,10 @@ def _build_info(op: str = _OP) -> tuple[bool, tuple[str, ...]]:
 
 @functools.cache
 def _device_reason_cached(index: int, name: str) -> str | None:
-    has, archs = _build_info()
+    op = KERNEL_OPS[name]
+    has, archs = _build_info() if op == _OP else _build_info(op)
     if not has:
-        return "this shared-kernels build has no CUDA code for sage_attention_fwd"
+        return f"this shared-kernels build has no CUDA code for {op}"
     cap = torch.cuda.get_device_capability(index)
     if cap < MIN_CAPABILITY[name]:
         need = "{}.{}".format(*MIN_CAPABILITY[name])

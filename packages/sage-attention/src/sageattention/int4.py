@@ -22,11 +22,10 @@ Public entry points :func:`sageattn_qk_int4_pv_fp16_cuda` and :func:`sageattn_qk
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import torch
 
-from . import modes, variants
+from . import cuda_kernels, modes, variants
 from .core import Prepared
 from .sagebwd.autograd import no_backward
 
@@ -82,41 +81,14 @@ def int4_config(
     return dataclasses.replace(cfg, qk_quant_dtype="int4")
 
 
-@functools.cache
-def _build_has_kernel() -> tuple[bool, tuple[str, ...]]:
-    from . import cuda_kernels
-
-    return cuda_kernels._build_info("sage_attention_fwd_int4")
-
-
-def _device_reason(device: torch.device, name: str) -> str | None:
-    from . import cuda_kernels
-
-    if device.type != "cuda":
-        return f"the compiled kernel runs on CUDA tensors, these are on {device}"
-    has, archs = _build_has_kernel()
-    if not has:
-        return "this shared-kernels build has no CUDA code for sage_attention_fwd_int4"
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    cap = torch.cuda.get_device_capability(index)
-    if cap < _MIN_CAPABILITY[name]:
-        need = "{}.{}".format(*_MIN_CAPABILITY[name])
-        return f"{name} needs compute capability {need}+, device {index} is {cap[0]}.{cap[1]}"
-    if not cuda_kernels.runs_on(cap, list(archs)):
-        return f"no compiled arch in {list(archs)} runs on compute capability {cap[0]}.{cap[1]}"
-    return None
-
-
 def int4_kernel(name: str):
     """The compiled-kernel entry ``fn(prepared, cfg)`` of the variant ``name`` (raises
     ``NotImplementedError`` where it cannot run: no CUDA build, device, unsupported option)."""
-    from . import cuda_kernels
-
     if name not in _MIN_CAPABILITY:
         raise ValueError(f"name must be one of {tuple(_MIN_CAPABILITY)}, got {name!r}")
 
     def why(p: Prepared, cfg: modes.SageConfig) -> str | None:
-        return _device_reason(p.q.device, name) or cuda_kernels.supported(p, cfg)
+        return cuda_kernels.device_reason(p.q.device, name) or cuda_kernels.supported(p, cfg)
 
     def kernel(p: Prepared, cfg: modes.SageConfig):
         reason = why(p, cfg)
@@ -129,6 +101,9 @@ def int4_kernel(name: str):
     return kernel
 
 
+# the device check of cuda_kernels (build, compute capability, compiled archs) serves the INT4 kernels too
+cuda_kernels.MIN_CAPABILITY.update(_MIN_CAPABILITY)
+cuda_kernels.KERNEL_OPS.update(dict.fromkeys(_MIN_CAPABILITY, "sage_attention_fwd_int4"))
 # the variants' runner looks kernels up by name in ``variants.KERNELS``
 variants.KERNELS.setdefault(_FP16, int4_kernel(_FP16))
 variants.KERNELS.setdefault(_FP8, int4_kernel(_FP8))
