@@ -291,6 +291,7 @@ def sageattn(
     enable_gqa: bool = False,
     smooth_k: bool = True,
     backend: str = "auto",
+    qk_quant_dtype: str = "int8",
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """SageAttention2 forward: ``softmax(Q·Kᵀ·sm_scale + mask)·V`` with INT8 Q/K and fp16 P/V
     (on CUDA, FP8 P/V where upstream's dispatch picks an FP8 variant).
@@ -322,6 +323,13 @@ def sageattn(
     the Triton kernels on CUDA (head dims ≤ 256) and the PyTorch reference elsewhere; ``"torch"``
     and ``"cpu"`` run the PyTorch reference (the fused CPU kernel has no backward). The lse is
     differentiable too; ``attn_mask`` must not require grad.
+
+    ``qk_quant_dtype`` (opt-in 4-bit attention, inference only; :mod:`sageattention.low_bit`):
+    ``"int8"`` (default, everything above), ``"int4"`` (SageAttention2's INT4 per-thread Q·Kᵀ with Q
+    and K smoothing: ``sageattn_qk_int4_pv_fp16_cuda`` on the CPU and sm80-sm87, ``..._fp8_cuda``
+    on sm89+), ``"nvfp4"`` (SageAttention3, :func:`sageattention.sageattn3_blackwell`: NVFP4 Q, K, P,
+    V; its kernel where FP4 tensor cores exist). ``sageattn`` never chooses these by itself; with
+    inputs requiring grad INT4 raises at backward and NVFP4 at the call (there is no 4-bit backward).
     """
     tensor_layout = check_layout(tensor_layout)
     _check_bool("enable_gqa", enable_gqa)
@@ -333,6 +341,13 @@ def sageattn(
         )
     if not isinstance(backend, str) or backend not in _BACKENDS:
         raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
+    from .low_bit import check_qk_quant_dtype, sageattn_low_bit
+
+    if check_qk_quant_dtype(qk_quant_dtype) != "int8":
+        return sageattn_low_bit(
+            qk_quant_dtype, q, k, v, tensor_layout, is_causal, sm_scale, return_lse, attn_mask, scale,
+            smooth_k, backend,
+        )  # fmt: skip
     if torch.is_grad_enabled() and any(isinstance(x, torch.Tensor) and x.requires_grad for x in (q, k, v)):
         from .sagebwd import sageattn_train  # training: SageBwd's INT8 forward, with a backward
 

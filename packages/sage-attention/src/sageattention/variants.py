@@ -22,7 +22,9 @@ maths.
 
 Beyond upstream (keyword-only): ``attn_mask`` (bool or additive, broadcastable, not with
 ``is_causal``), ``smooth_q`` (SageAttention2 per-block Q smoothing with the exact ``mean(Q)·Kᵀ``
-correction), ``qk_rotation`` (``None``, ``"hadamard"``, ``"random_hadamard"``), ``backend``;
+correction; default None = on for INT4, off for INT8), ``qk_quant_dtype`` (``"int8"``, or ``"int4"``:
+SageAttention2's 4-bit Q·Kᵀ, the same call as :mod:`sageattention.int4`'s ``sageattn_qk_int4_*``
+function; fp16 and fp8 names only, Hopper has no INT4 MMA), ``qk_rotation`` (``None``, ``"hadamard"``, ``"random_hadamard"``), ``backend``;
 ``qk_quant_gran`` also takes ``"per_block"`` and ``"per_token"``; fp32 inputs are accepted; head
 dims are any (the reference needs no padding; kernels will pad to 64/128/256). Unknown keywords are
 a ``TypeError`` (upstream swallows them). These are inference kernels: when q, k or v requires grad
@@ -40,7 +42,7 @@ from collections.abc import Callable
 import torch
 
 from .core import Prepared, prepare_inputs
-from .modes import GRANULARITIES, ROTATIONS, SageConfig, sage_attention_mode
+from .modes import GRANULARITIES, QK_QUANT_DTYPES, ROTATIONS, SageConfig, sage_attention_mode
 from .sagebwd.autograd import no_backward
 
 __all__ = [
@@ -129,6 +131,11 @@ def _check_choice(name: str, val: object, allowed: tuple) -> None:
         raise TypeError(f"{name} must be a str, got {type(val).__name__}")
     if val not in allowed:
         raise ValueError(f"{name} must be one of {allowed}, got {val!r}")
+
+
+def _check_qk_dtype(qk_quant_dtype: object) -> str:
+    _check_choice("qk_quant_dtype", qk_quant_dtype, QK_QUANT_DTYPES)
+    return qk_quant_dtype
 
 
 def _check_flag(name: str, val: object) -> bool:
@@ -269,9 +276,10 @@ def sageattn_qk_int8_pv_fp16_cuda(
     return_lse: bool = False,
     *,
     attn_mask: torch.Tensor | None = None,
-    smooth_q: bool = False,
+    smooth_q: bool | None = None,
     qk_rotation: str | None = None,
     backend: str = "auto",
+    qk_quant_dtype: str = "int8",
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """SageAttention2 with INT8 Q/K and fp16 P·V (upstream's sm80 CUDA kernel).
 
@@ -281,8 +289,19 @@ def sageattn_qk_int8_pv_fp16_cuda(
     ``"fp16+fp32"`` (fp16 accumulator per 64-key block added into float32), ``"fp16"`` (all in
     fp16; ``smooth_v`` subtracts mean(V) and adds it back). Returns ``o`` in q's dtype and layout,
     and with ``return_lse`` the natural-log lse ``[B, Hq, Nq]`` of the un-smoothed scores.
+    ``qk_quant_dtype="int4"``: INT4 Q/K (``max/7`` scales) in the same groups, Q smoothing on unless
+    ``smooth_q=False`` (= :func:`sageattention.int4.sageattn_qk_int4_pv_fp16_cuda`).
     Cost: ``2·B·Hq·Nq·Nk·(D + Dv)`` FLOPs.
     """
+    if _check_qk_dtype(qk_quant_dtype) == "int4":
+        from .int4 import sageattn_qk_int4_pv_fp16_cuda as int4_variant
+
+        return int4_variant(
+            q, k, v, tensor_layout, is_causal, qk_quant_gran, sm_scale, pv_accum_dtype, smooth_k, smooth_v,
+            return_lse, smooth_q=True if smooth_q is None else smooth_q, attn_mask=attn_mask,
+            qk_rotation=qk_rotation, backend=backend,
+        )  # fmt: skip
+    smooth_q = False if smooth_q is None else smooth_q
     cfg = _config_fp16(
         q.shape[-1] if isinstance(q, torch.Tensor) else 0, qk_quant_gran=qk_quant_gran,
         pv_accum_dtype=pv_accum_dtype, smooth_k=smooth_k, smooth_v=smooth_v, smooth_q=smooth_q,
@@ -309,9 +328,10 @@ def sageattn_qk_int8_pv_fp8_cuda(
     return_lse: bool = False,
     *,
     attn_mask: torch.Tensor | None = None,
-    smooth_q: bool = False,
+    smooth_q: bool | None = None,
     qk_rotation: str | None = None,
     backend: str = "auto",
+    qk_quant_dtype: str = "int8",
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """SageAttention2/2++ with INT8 Q/K and FP8 (E4M3) P·V (upstream's sm89/sm120 CUDA kernel).
 
@@ -319,8 +339,19 @@ def sageattn_qk_int8_pv_fp8_cuda(
     channel. ``pv_accum_dtype``: ``"fp32"`` (one level, the fp22-precision MMA accumulator; with
     ``smooth_v``), ``"fp32+fp32"`` (fp22 per 64-key block, then float32), ``"fp32+fp16"``
     (SageAttention2++, the default: fp16 accumulator per block, V scaled to max 2.25, then float32).
-    Returns as :func:`sageattn_qk_int8_pv_fp16_cuda`. Cost: ``2·B·Hq·Nq·Nk·(D + Dv)`` FLOPs.
+    Returns as :func:`sageattn_qk_int8_pv_fp16_cuda`; ``qk_quant_dtype="int4"`` as there
+    (= :func:`sageattention.int4.sageattn_qk_int4_pv_fp8_cuda`, with this function's default
+    accumulation). Cost: ``2·B·Hq·Nq·Nk·(D + Dv)`` FLOPs.
     """
+    if _check_qk_dtype(qk_quant_dtype) == "int4":
+        from .int4 import sageattn_qk_int4_pv_fp8_cuda as int4_variant
+
+        return int4_variant(
+            q, k, v, tensor_layout, is_causal, qk_quant_gran, sm_scale, pv_accum_dtype, smooth_k, smooth_v,
+            return_lse, smooth_q=True if smooth_q is None else smooth_q, attn_mask=attn_mask,
+            qk_rotation=qk_rotation, backend=backend,
+        )  # fmt: skip
+    smooth_q = False if smooth_q is None else smooth_q
     cfg = _config_fp8(
         q.shape[-1] if isinstance(q, torch.Tensor) else 0, qk_quant_gran=qk_quant_gran,
         pv_accum_dtype=pv_accum_dtype, smooth_k=smooth_k, smooth_v=smooth_v, smooth_q=smooth_q,
