@@ -30,11 +30,11 @@ def _float_inputs(b, hq, hkv, nq, nk, d, seed, k_bias=3.0):
     return q, k - k.mean(dim=-2, keepdim=True), v  # K smoothed (exact for softmax)
 
 
-def _quantized(b, hq, hkv, nq, nk, d, seed, fp8, warp_q=32):
+def _quantized(b, hq, hkv, nq, nk, d, seed, fp8, warp_q=32, v_max=448.0):
     qf, kf, vf = _float_inputs(b, hq, hkv, nq, nk, d, seed)
     q8, qs = ref.quantize_q_per_thread(qf, warp_q)
     k8, ks = ref.quantize_k_per_thread(kf)
-    v8, vs = ref.quantize_v_per_channel_fp8(vf) if fp8 else (vf.half(), None)
+    v8, vs = ref.quantize_v_per_channel_fp8(vf, v_max) if fp8 else (vf.half(), None)
     return (q8, k8, v8, qs, ks, vs), (qf, kf, vf)
 
 
@@ -198,6 +198,12 @@ def _bad_inputs():
         (dict(is_causal=1), TypeError, "is_causal must be a bool"),
         (dict(warp_q=64), ValueError, "warp_q=64"),
         (dict(out_dtype=torch.float32), TypeError, "out_dtype"),
+        (dict(pv_accum="fp32+fp16"), ValueError, r"pv_accum='fp32\+fp16' is not supported with fp16 v"),
+        (dict(pv_accum="fp32+fp32"), ValueError, r"supported: \('fp32', 'fp16\+fp32', 'fp16'\)"),
+        (dict(v=f8, v_scale=vs, pv_accum="fp32"), ValueError, "not supported with FP8"),
+        (dict(v=f8, v_scale=vs, pv_accum="fp16"), ValueError, r"\('fp32\+fp32', 'fp32\+fp16'\)"),
+        (dict(pv_accum="FP16"), ValueError, "pv_accum='FP16'"),
+        (dict(pv_accum=16), TypeError, "pv_accum must be a str"),
         (dict(backend="gpu"), ValueError, "backend='gpu'"),
         (dict(backend="cpu"), ValueError, "no 'cpu' backend"),
         (dict(backend="cuda"), RuntimeError, "cuda"),
@@ -219,7 +225,7 @@ def test_opcheck(fp8):
     utils = ("test_faketensor", "test_autograd_registration", "test_aot_dispatch_dynamic")
     torch.library.opcheck(
         torch.ops.shared_kernels.sage_attention_fwd.default,
-        (q8, k8, v8, qs, ks, vs, True, 16, torch.float16, "torch"),
+        (q8, k8, v8, qs, ks, vs, True, 16, torch.float16, "fp32+fp16" if fp8 else "fp16", "torch"),
         test_utils=utils if fp8 else (*utils, "test_schema"),
     )
 
