@@ -166,7 +166,9 @@ CUDA_SPECS = [
     CudaKernelSpec(
         name="sage_attn_fwd_fp16pv_f16acc", match="sk_sage_attn_fwd_f16pv_f16acc_kernel", expect=_ALL_ARCHS
     ),
-    CudaKernelSpec(name="sage_attn_fwd_fp16pv_f16", match="sk_sage_attn_fwd_f16pv_f16_kernel", expect=_ALL_ARCHS),
+    CudaKernelSpec(
+        name="sage_attn_fwd_fp16pv_f16", match="sk_sage_attn_fwd_f16pv_f16_kernel", expect=_ALL_ARCHS
+    ),
     # INT8 QK + FP8 PV: QMMA on sm89; sm90a/100a run fp8 mma.sync as HMMA (ptxas emulation); the sm80
     # build is a __trap stub (the launcher refuses FP8 PV below sm89), hence "none"
     CudaKernelSpec(
@@ -175,5 +177,7 @@ CUDA_SPECS = [
         expect=_FP8_ARCHS,
     ),
     # "fp32+fp16" (SageAttention2++): QMMA.16832.F16.E4M3.E4M3 on sm89; sm90a/100a: HMMA.16816.F16
-    CudaKernelSpec(name="sage_attn_fwd_fp8pv_f16acc", match="sk_sage_attn_fwd_f8pv_f16acc_kernel", expect=_FP8_ARCHS),
+    CudaKernelSpec(
+        name="sage_attn_fwd_fp8pv_f16acc", match="sk_sage_attn_fwd_f8pv_f16acc_kernel", expect=_FP8_ARCHS
+    ),
 ]

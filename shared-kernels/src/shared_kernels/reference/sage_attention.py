@@ -57,8 +57,8 @@ import torch
 __all__ = [
     "BLOCK_K",
     "FP8_P_SCALE",
-    "PV_ACCUM",
     "LOG2E",
+    "PV_ACCUM",
     "attention_from_scores",
     "dequant_scores",
     "k_group_index",
