@@ -111,11 +111,12 @@ def sage_attention_fwd(
     MMA accumulator), ``"fp16+fp32"`` (f16 MMA accumulator per block, added into fp32), ``"fp16"`` (f16
     accumulator throughout, rescaled in fp32 and rounded back); FP8 ``v``: ``"fp32+fp32"`` (default, a
     fresh fp32 accumulator per block added into fp32), ``"fp32+fp16"`` (SageAttention2++: f16 MMA
-    accumulator per block; scale V to max 2.25 so a block sum stays below 65504). The f16 modes are
-    faster on GPUs whose f16-accumulating MMA has twice the f32 rate (GeForce/Ada); the reference rounds
-    where the kernel's accumulator rounds. ``out`` ``[B, Hq, Nq, D]`` in
-    ``out_dtype`` (float16 or bfloat16), ``lse`` float32 ``[B, Hq, Nq]``, natural log, of the scores as
-    given (add ``q·mean(k)·sm_scale`` for the un-smoothed K). Scales must be finite: the kernel does not
+    accumulator per block; scale V to max 2.25 so a block sum stays below 65504). Upstream uses the f16
+    modes for speed: GeForce Ampere/Ada GPUs run f16-accumulating MMA at twice the f32-accumulating
+    rate (not measured here). The reference rounds where the kernel's accumulator rounds (sm90a/sm100a
+    have no f16-accumulating FP8 mma.sync: ptxas converts to f16 and rounds after every 16 keys, not 32).
+    ``out`` ``[B, Hq, Nq, D]`` in ``out_dtype`` (float16 or bfloat16), ``lse`` float32 ``[B, Hq, Nq]``,
+    natural log, of the scores as given (add ``q·mean(k)·sm_scale`` for the un-smoothed K). Scales must be finite: the kernel does not
     check them (no device sync) and non-finite scales give undefined rows.
     Cost: ``4·B·Hq·Nq·Nk·D`` ops (half INT8, half FP16/FP8; about half of that when causal); bytes at
     least ``B·Hq·Nq·D·(1 + 2) + B·Hkv·Nk·D·(1 + itemsize(v)) + 4·B·Hq·Nq`` (+ scales), so the kernel is
