@@ -1,5 +1,5 @@
 // SageAttention2 forward on mma.sync: INT8 Q.K^T with per-thread scales, online exp2 softmax, and P.V in
-// FP16 (m16n8k16, fp32 accumulation) or FP8 e4m3 (m16n8k32, sm89+, two-level accumulation).
+// FP16 (m16n8k16) or FP8 e4m3 (m16n8k32, sm89+) with one of upstream's five accumulation modes (below).
 // Scale-group layout and launcher contract: include/shared_kernels/sage_attention.h; maths:
 // shared_kernels/reference/sage_attention.py.
 //
