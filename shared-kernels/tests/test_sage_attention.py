@@ -189,27 +189,29 @@ def test_f16_accumulation_is_exact_when_the_sums_are(fp8, mode):
 
 @pytest.mark.parametrize("mode", ["fp16+fp32", "fp16"])
 def test_f16_accumulator_rounds_like_a_scalar_f16_loop(mode):
-    """Zero scores, V = 1 + 2^-10 in one channel over 3000 keys: the sums outgrow fp16's 2^-10 steps.
-    The reference must round where an f16 MMA accumulator rounds: after every 16-key k-step, the block
-    sum kept in f16 (``fp16+fp32``, blocks added exactly) or the whole sum (``fp16``)."""
+    """Zero scores (P = 1), V = 1 + (j·5 mod 11)·2^-10 in one channel over 3000 keys: the sums outgrow
+    fp16's 2^-10 steps. The reference must round where an f16 MMA accumulator rounds: after every
+    16-key k-step, the block sum kept in f16 (``fp16+fp32``, blocks added exactly) or the whole sum
+    (``fp16``)."""
     import numpy as np
 
-    nk, x = 3000, 1.0 + 2.0**-10
+    nk = 3000
+    x = 1.0 + ((torch.arange(nk, dtype=torch.float64) * 5) % 11) * 2.0**-10  # exact in fp16
     (q8, k8, _, qs, ks, _), _ = _quantized(1, 1, 1, 3, nk, 64, seed=14, fp8=False)
     v = torch.zeros(1, 1, nk, 64, dtype=torch.float16)
-    v[..., 0] = x
+    v[0, 0, :, 0] = x.half()
     out, _ = ref.sage_attention_fwd(torch.zeros_like(q8), k8, v, qs, ks, None, False, 32, torch.float32, mode)
     total, run = 0.0, np.float16(0.0)
     for j0 in range(0, nk, 64):
         blk = run if mode == "fp16" else np.float16(0.0)
         for i0 in range(j0, min(j0 + 64, nk), 16):
-            blk = np.float16(float(blk) + (min(i0 + 16, nk) - i0) * x)
+            blk = np.float16(float(blk) + float(x[i0 : min(i0 + 16, nk)].sum()))
         if mode == "fp16":
             run = blk
         else:
             total += float(blk)
     acc = float(run) if mode == "fp16" else total
-    assert acc != nk * x  # the rounding is visible in the result
+    assert acc != float(x.sum())  # the rounding is visible in the result
     assert out[0, 0, :, 0].tolist() == [np.float32(acc / nk)] * 3
     assert (out[..., 1:] == 0).all()
 
