@@ -470,6 +470,19 @@ def test_cuda_matches_reference(case, fp8, mode, causal):
     torch.testing.assert_close(lse.cpu(), emu_lse, atol=1e-4, rtol=1e-5)
 
 
+@pytest.mark.skipif(not _lib.cuda_compiled(), reason="this build has no CUDA code")
+def test_cuda_launchers_refuse_unknown_pv_modes():
+    """The launchers check the P·V mode code before touching the device (runs on a CUDA build without
+    a GPU): 0-4 for the INT8 kernel, 0/1 (``pv_fp8``) for the INT4 one."""
+    args = (0,) * 8 + (1, 1, 1, 1, 1, 64, 8, 4, 32, False)
+    with pytest.raises(ValueError, match="pv_mode must be 0"):
+        _lib.native().sage_attention_fwd_cuda(*args, 5, 1, 0)
+    with pytest.raises(ValueError, match="pv_mode must be 0"):
+        _lib.native().sage_attention_fwd_cuda(*args, -1, 1, 0)
+    with pytest.raises(ValueError, match="pv_fp8 must be 0 or 1"):
+        _lib.native().sage_attention_fwd_int4_cuda(*args, 2, 1, 0, 0, 0)
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not _lib.cuda_compiled(), reason="this build has no CUDA code")
 def test_cuda_unaligned_views_and_zero_queries():
