@@ -37,9 +37,10 @@ above 128.
 
 Quantization is ``modes._prepare_qk`` itself (the same quantizer as the reference, bit for bit):
 its per-token scales are gathered into the kernel's per-thread scale vectors (``sm_scale·log2 e``
-folded into ``q_scale``). V: FP16 P·V feeds ``fp16(V / v_scale)`` with the reference's per-channel
-power-of-two ``v_scale`` (for ``"fp16"`` the smaller one of ``modes``); FP8 P·V feeds ``shared_kernels.quantize_fp8``'s e4m3 codes with the
-scale divided by that same power of two (exact). The kernel's output (``O / v_scale``, at most 256 in
+folded into ``q_scale``). V (minus its mean with ``smooth_v``): FP16 P·V feeds ``fp16(V / v_scale)``
+with the reference's per-channel power-of-two ``v_scale`` (for ``"fp16"`` the smaller one of
+``modes``); FP8 P·V feeds ``shared_kernels.quantize_fp8``'s e4m3 codes with the scale divided by that
+same power of two (exact). The kernel's output (``O / v_scale``, at most 256 in
 magnitude, in fp16, bf16 for bf16 inputs) is multiplied by the power of two in float32 (exact), so
 an fp32 input gets an fp16-rounded output (relative 2^-11, far below the INT8 error). The lse is
 the kernel's natural-log lse of the smoothed scores plus ``sm_scale·q·mean(K)``

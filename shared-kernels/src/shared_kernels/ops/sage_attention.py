@@ -1,5 +1,5 @@
-"""SageAttention2 forward on pre-quantized operands (INT8 QKᵀ per-thread, FP16 or FP8 PV with upstream's five
-P·V accumulation modes) as a torch custom op."""
+"""SageAttention2 forward on pre-quantized operands (INT8 QKᵀ per-thread, FP16 or FP8 PV with
+upstream's five P·V accumulation modes) as a torch custom op."""
 
 from __future__ import annotations
 
@@ -116,8 +116,8 @@ def sage_attention_fwd(
     rate (not measured here). The reference rounds where the kernel's accumulator rounds (sm90a/sm100a
     have no f16-accumulating FP8 mma.sync: ptxas converts to f16 and rounds after every 16 keys, not 32).
     ``out`` ``[B, Hq, Nq, D]`` in ``out_dtype`` (float16 or bfloat16), ``lse`` float32 ``[B, Hq, Nq]``,
-    natural log, of the scores as given (add ``q·mean(k)·sm_scale`` for the un-smoothed K). Scales must be finite: the kernel does not
-    check them (no device sync) and non-finite scales give undefined rows.
+    natural log, of the scores as given (add ``q·mean(k)·sm_scale`` for the un-smoothed K). Scales must
+    be finite: the kernel does not check them (no device sync) and non-finite scales give undefined rows.
     Cost: ``4·B·Hq·Nq·Nk·D`` ops (half INT8, half FP16/FP8; about half of that when causal); bytes at
     least ``B·Hq·Nq·D·(1 + 2) + B·Hkv·Nk·D·(1 + itemsize(v)) + 4·B·Hq·Nq`` (+ scales), so the kernel is
     compute-bound. Roofline for B=1, H=32, N=8192, D=128 (1.1e12 ops, ~0.2 GB): H100 SXM (dense peaks
