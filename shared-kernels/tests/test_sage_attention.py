@@ -30,11 +30,11 @@ def _float_inputs(b, hq, hkv, nq, nk, d, seed, k_bias=3.0):
     return q, k - k.mean(dim=-2, keepdim=True), v  # K smoothed (exact for softmax)
 
 
-def _quantized(b, hq, hkv, nq, nk, d, seed, fp8, warp_q=32):
+def _quantized(b, hq, hkv, nq, nk, d, seed, fp8, warp_q=32, v_max=448.0):
     qf, kf, vf = _float_inputs(b, hq, hkv, nq, nk, d, seed)
     q8, qs = ref.quantize_q_per_thread(qf, warp_q)
     k8, ks = ref.quantize_k_per_thread(kf)
-    v8, vs = ref.quantize_v_per_channel_fp8(vf) if fp8 else (vf.half(), None)
+    v8, vs = ref.quantize_v_per_channel_fp8(vf, v_max) if fp8 else (vf.half(), None)
     return (q8, k8, v8, qs, ks, vs), (qf, kf, vf)
 
 
@@ -144,6 +144,99 @@ def test_zero_scores_average_v():
     torch.testing.assert_close(lse, torch.full_like(lse, math.log(100.0)))
 
 
+# ---- P·V accumulation modes (pv_accum) ----------------------------------------------------------
+
+F16_MODES = [(False, "fp16+fp32"), (False, "fp16"), (True, "fp32+fp16")]  # (fp8 V, pv_accum)
+F16_IDS = ["fp16+fp32", "fp16", "fp8-fp32+fp16"]
+
+
+def _mode_quantized(b, hq, hkv, nq, nk, d, seed, fp8, warp_q=32):
+    """As :func:`_quantized`; FP8 V scaled to max 2.25 (SageAttention2++: an f16 block sum cannot overflow)."""
+    return _quantized(b, hq, hkv, nq, nk, d, seed, fp8, warp_q, v_max=2.25 if fp8 else 448.0)
+
+
+@pytest.mark.parametrize("fp8,mode", F16_MODES, ids=F16_IDS)
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("shape", SHAPES[1:3])
+def test_f16_accumulation_close_to_float64_attention(shape, causal, fp8, mode):
+    (q8, k8, v8, qs, ks, vs), (qf, kf, vf) = _mode_quantized(*shape, 64, seed=sum(shape), fp8=fp8)
+    out, lse = ref.sage_attention_fwd(q8, k8, v8, qs, ks, vs, causal, 32, torch.float32, mode)
+    want, want_lse = _exact_attention(qf, kf, vf, causal)
+    cos, rl1 = _cos_rl1(out, want)
+    assert cos >= (0.998 if fp8 else 0.9998), cos
+    assert rl1 <= (0.06 if fp8 else 0.02), rl1
+    # the row sums do not depend on the accumulator: the lse is the default mode's
+    _, lse_default = ref.sage_attention_fwd(q8, k8, v8, qs, ks, vs, causal, 32, torch.float32)
+    torch.testing.assert_close(lse, lse_default, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(lse.double(), want_lse, atol=0.05, rtol=0)
+
+
+@pytest.mark.parametrize("fp8,mode", F16_MODES, ids=F16_IDS)
+def test_f16_accumulation_is_exact_when_the_sums_are(fp8, mode):
+    """Zero scores (P = c for every key) and small integer V: every f16 partial sum is exact, so each
+    mode equals the default one bit for bit (checks the block walk, scaling and lse, not the rounding)."""
+    (q8, k8, _, qs, ks, _), _ = _quantized(2, 4, 2, 37, 130, 64, seed=12, fp8=fp8)
+    g = torch.Generator().manual_seed(13)
+    v = torch.randint(-2 if fp8 else -4, 3 if fp8 else 5, (2, 2, 130, 64), generator=g).float()
+    args = (torch.zeros_like(q8), k8, v.to(torch.float8_e4m3fn) if fp8 else v.half(), qs, ks)
+    vs = torch.rand(2, 2, 64, generator=g) + 0.5 if fp8 else None
+    for causal in (False, True):
+        got = ref.sage_attention_fwd(*args, vs, causal, 32, torch.float32, mode)
+        want = ref.sage_attention_fwd(*args, vs, causal, 32, torch.float32)
+        assert_bit_exact(got[0], want[0], "out")
+        torch.testing.assert_close(got[1], want[1], rtol=1e-7, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["fp16+fp32", "fp16"])
+def test_f16_accumulator_rounds_like_a_scalar_f16_loop(mode):
+    """Zero scores (P = 1), V = 1 + (j·5 mod 11)·2^-10 in one channel over 3000 keys: the sums outgrow
+    fp16's 2^-10 steps. The reference must round where an f16 MMA accumulator rounds: after every
+    16-key k-step, the block sum kept in f16 (``fp16+fp32``, blocks added exactly) or the whole sum
+    (``fp16``)."""
+    import numpy as np
+
+    nk = 3000
+    x = 1.0 + ((torch.arange(nk, dtype=torch.float64) * 5) % 11) * 2.0**-10  # exact in fp16
+    (q8, k8, _, qs, ks, _), _ = _quantized(1, 1, 1, 3, nk, 64, seed=14, fp8=False)
+    v = torch.zeros(1, 1, nk, 64, dtype=torch.float16)
+    v[0, 0, :, 0] = x.half()
+    out, _ = ref.sage_attention_fwd(torch.zeros_like(q8), k8, v, qs, ks, None, False, 32, torch.float32, mode)
+    total, run = 0.0, np.float16(0.0)
+    for j0 in range(0, nk, 64):
+        blk = run if mode == "fp16" else np.float16(0.0)
+        for i0 in range(j0, min(j0 + 64, nk), 16):
+            blk = np.float16(float(blk) + float(x[i0 : min(i0 + 16, nk)].sum()))
+        if mode == "fp16":
+            run = blk
+        else:
+            total += float(blk)
+    acc = float(run) if mode == "fp16" else total
+    assert acc != float(x.sum())  # the rounding is visible in the result
+    assert out[0, 0, :, 0].tolist() == [np.float32(acc / nk)] * 3
+    assert (out[..., 1:] == 0).all()
+
+
+def test_f16_accumulator_overflow_is_inf():
+    """An f16 block accumulator past 65504 is inf (FP8 V at scale max 448 instead of 2.25): the
+    reference shows it rather than hiding it in float64."""
+    (q8, k8, _, qs, ks, _), _ = _quantized(1, 1, 1, 2, 64, 64, seed=15, fp8=True)
+    v = torch.full((1, 1, 64, 64), 448.0).to(torch.float8_e4m3fn)
+    vs = torch.ones(1, 1, 64)
+    args = (torch.zeros_like(q8), k8, v, qs, ks, vs, False, 32, torch.float32)
+    assert torch.isinf(ref.sage_attention_fwd(*args, "fp32+fp16")[0]).all()
+    assert torch.isfinite(ref.sage_attention_fwd(*args, "fp32+fp32")[0]).all()
+
+
+@pytest.mark.parametrize("fp8,mode", [(False, "fp32"), (True, "fp32+fp32"), *F16_MODES])
+def test_op_passes_pv_accum_to_the_reference(fp8, mode):
+    args, _ = _mode_quantized(1, 2, 1, 30, 150, 64, seed=16, fp8=fp8)
+    out, lse = sk.sage_attention_fwd(*args, is_causal=True, pv_accum=mode, out_dtype=torch.float16)
+    want, want_lse = ref.sage_attention_fwd(*args, True, 32, torch.float16, mode)
+    assert_bit_exact(out, want, "out")
+    assert_bit_exact(lse, want_lse, "lse")
+    assert ref.resolve_pv_accum(args[2].dtype, None) == ("fp32+fp32" if fp8 else "fp32")
+
+
 # ---- the op -------------------------------------------------------------------------------------
 
 
@@ -198,6 +291,12 @@ def _bad_inputs():
         (dict(is_causal=1), TypeError, "is_causal must be a bool"),
         (dict(warp_q=64), ValueError, "warp_q=64"),
         (dict(out_dtype=torch.float32), TypeError, "out_dtype"),
+        (dict(pv_accum="fp32+fp16"), ValueError, r"pv_accum='fp32\+fp16' is not supported with fp16 v"),
+        (dict(pv_accum="fp32+fp32"), ValueError, r"supported: \('fp32', 'fp16\+fp32', 'fp16'\)"),
+        (dict(v=f8, v_scale=vs, pv_accum="fp32"), ValueError, "not supported with FP8"),
+        (dict(v=f8, v_scale=vs, pv_accum="fp16"), ValueError, r"\('fp32\+fp32', 'fp32\+fp16'\)"),
+        (dict(pv_accum="FP16"), ValueError, "pv_accum='FP16'"),
+        (dict(pv_accum=16), TypeError, "pv_accum must be a str"),
         (dict(backend="gpu"), ValueError, "backend='gpu'"),
         (dict(backend="cpu"), ValueError, "no 'cpu' backend"),
         (dict(backend="cuda"), RuntimeError, "cuda"),
@@ -219,7 +318,7 @@ def test_opcheck(fp8):
     utils = ("test_faketensor", "test_autograd_registration", "test_aot_dispatch_dynamic")
     torch.library.opcheck(
         torch.ops.shared_kernels.sage_attention_fwd.default,
-        (q8, k8, v8, qs, ks, vs, True, 16, torch.float16, "torch"),
+        (q8, k8, v8, qs, ks, vs, True, 16, torch.float16, "fp32+fp16" if fp8 else "fp16", "torch"),
         test_utils=utils if fp8 else (*utils, "test_schema"),
     )
 
@@ -251,12 +350,26 @@ def _fp8_supported() -> bool:
     return torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 9)
 
 
-def _assert_kernel_close(out, lse, want, want_lse, fp8, out_dtype):
+ALL_MODES = [(False, "fp32"), (True, "fp32+fp32"), *F16_MODES]
+ALL_IDS = ["fp16-fp32", "fp8-fp32+fp32", *F16_IDS]
+
+
+def _assert_kernel_close(out, lse, want, want_lse, fp8, out_dtype, mode=None):
     """The tolerance of a kernel result against the float64 reference (CUDA tests and their CPU emulation)."""
     out = out.float()
     assert torch.isfinite(out).all() and torch.isfinite(lse).all()  # poisoned outputs: every element written
     torch.testing.assert_close(lse, want_lse, atol=2e-4, rtol=1e-5)
-    if fp8:  # P rounded to e4m3 against the running max (kernel) vs the final max (reference)
+    if mode in ("fp16+fp32", "fp16", "fp32+fp16"):
+        # the reference rounds P and the f16 accumulator in the kernel's block order; exp2f and the
+        # fp32 sum inside an MMA k-step can flip a rounding by one step (an f16 step of the accumulator
+        # is 2^-10 of its size: up to max|V| · 2^-10 per step for "fp16", whose sum spans all keys)
+        vmax = want.abs().max().item()
+        err = (out - want).abs()
+        assert err.max().item() <= (2.0**-5 if mode == "fp16" else 2.0**-7) * vmax, err.max().item()
+        assert err.mean().item() <= 2.0**-10 * vmax, err.mean().item()
+        cos, _ = _cos_rl1(out, want)
+        assert cos >= 0.9999, cos
+    elif fp8:  # P rounded to e4m3 against the running max (kernel) vs the final max (reference)
         cos, rl1 = _cos_rl1(out, want)
         assert cos >= 0.999 and rl1 <= 0.03, (cos, rl1)
     else:
@@ -264,10 +377,12 @@ def _assert_kernel_close(out, lse, want, want_lse, fp8, out_dtype):
         torch.testing.assert_close(out, want, atol=2e-3 * want.abs().max().item(), rtol=out_tol)
 
 
-def _emulate_kernel(q8, k8, v8, qs, ks, vs, causal, warp_q, out_dtype):
+def _emulate_kernel(q8, k8, v8, qs, ks, vs, causal, warp_q, out_dtype, mode=None):
     """The kernel's algorithm in float32 (vectorized, not lane by lane): 64-key blocks in order, fp32
     dequantization ``acc · (q_scale · k_scale)``, running max, P rounded against it, fp32 accumulation
-    (FP8: a fresh sum per block added to the running one), normalization and LSE in the epilogue."""
+    (FP8: a fresh sum per block added to the running one) or, for the f16 ``mode``s, an f16 rounding
+    after each MMA k-step (16 / 32 keys) of the block's (or, ``"fp16"``, the whole) accumulator;
+    normalization and LSE in the epilogue."""
     nq, nk = q8.shape[-2], k8.shape[-2]
     rep = q8.shape[1] // k8.shape[1]
     fp8 = v8.dtype == torch.float8_e4m3fn
@@ -292,7 +407,15 @@ def _emulate_kernel(q8, k8, v8, qs, ks, vs, causal, warp_q, out_dtype):
         p = torch.exp2(s - m_use[..., None] + off)
         lsum = lsum * alpha + p.sum(-1)
         pr = p.to(torch.float8_e4m3fn).float() if fp8 else p.half().float()
-        o = o * alpha[..., None] + pr @ v[..., k0:k1, :]
+        if mode in (None, "fp32", "fp32+fp32"):
+            o = o * alpha[..., None] + pr @ v[..., k0:k1, :]
+        else:
+            step = 32 if fp8 else 16
+            blk = (o * alpha[..., None]).half().float() if mode == "fp16" else torch.zeros_like(o)
+            for i0 in range(k0, k1, step):
+                i1 = min(i0 + step, k1)
+                blk = (blk + pr[..., i0 - k0 : i1 - k0] @ v[..., i0:i1, :]).half().float()
+            o = blk if mode == "fp16" else o * alpha[..., None] + blk
         m = m_new
     o = o / lsum[..., None]
     if fp8:
@@ -300,48 +423,64 @@ def _emulate_kernel(q8, k8, v8, qs, ks, vs, causal, warp_q, out_dtype):
     return o.to(out_dtype), (m + torch.log2(lsum) - off) * math.log(2.0)
 
 
-@pytest.mark.parametrize("causal", [False, True])
-@pytest.mark.parametrize("fp8", [False, True], ids=["pv_fp16", "pv_fp8"])
-@pytest.mark.parametrize("case", range(len(CUDA_SHAPES)))
-def test_emulated_kernel_algorithm_meets_the_cuda_tolerances(case, fp8, causal):
-    """Runs the CUDA tests' shapes and checks through a float32 emulation of the kernel's algorithm, so
-    the tolerances the GPU tests use are known to hold for the kernel's rounding order."""
+def _cuda_case(case, fp8, mode):
     b, hq, hkv, nq, nk, d = CUDA_SHAPES[case]
     warp_q = (16, 32)[case % 2]
     out_dtype = (torch.float16, torch.bfloat16)[(case // 2) % 2]
-    args, _ = _quantized(b, hq, hkv, nq, nk, d, seed=100 + case, fp8=fp8, warp_q=warp_q)
-    want, want_lse = ref.sage_attention_fwd(*args, causal, warp_q, torch.float32)
-    out, lse = _emulate_kernel(*args, causal, warp_q, out_dtype)
-    _assert_kernel_close(out, lse, want, want_lse, fp8, out_dtype)
+    quant = _mode_quantized if mode == "fp32+fp16" else _quantized
+    args, _ = quant(b, hq, hkv, nq, nk, d, seed=100 + case, fp8=fp8, warp_q=warp_q)
+    return args, warp_q, out_dtype
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("fp8,mode", ALL_MODES, ids=ALL_IDS)
+@pytest.mark.parametrize("case", range(len(CUDA_SHAPES)))
+def test_emulated_kernel_algorithm_meets_the_cuda_tolerances(case, fp8, mode, causal):
+    """Runs the CUDA tests' shapes and checks through a float32 emulation of the kernel's algorithm, so
+    the tolerances the GPU tests use are known to hold for the kernel's rounding order."""
+    args, warp_q, out_dtype = _cuda_case(case, fp8, mode)
+    want, want_lse = ref.sage_attention_fwd(*args, causal, warp_q, torch.float32, mode)
+    out, lse = _emulate_kernel(*args, causal, warp_q, out_dtype, mode)
+    _assert_kernel_close(out, lse, want, want_lse, fp8, out_dtype, mode)
 
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not _lib.cuda_compiled(), reason="this build has no CUDA code")
 @pytest.mark.parametrize("causal", [False, True])
-@pytest.mark.parametrize("fp8", [False, True], ids=["pv_fp16", "pv_fp8"])
+@pytest.mark.parametrize("fp8,mode", ALL_MODES, ids=ALL_IDS)
 @pytest.mark.parametrize("case", range(len(CUDA_SHAPES)))
-def test_cuda_matches_reference(case, fp8, causal):
+def test_cuda_matches_reference(case, fp8, mode, causal):
     if fp8 and not _fp8_supported():
         pytest.skip("FP8 PV needs sm89+")
-    b, hq, hkv, nq, nk, d = CUDA_SHAPES[case]
-    warp_q = (16, 32)[case % 2]
-    out_dtype = (torch.float16, torch.bfloat16)[(case // 2) % 2]
-    args, _ = _quantized(b, hq, hkv, nq, nk, d, seed=100 + case, fp8=fp8, warp_q=warp_q)
-    want, want_lse = ref.sage_attention_fwd(*args, causal, warp_q, torch.float32)
+    args, warp_q, out_dtype = _cuda_case(case, fp8, mode)
+    want, want_lse = ref.sage_attention_fwd(*args, causal, warp_q, torch.float32, mode)
     cargs = [None if t is None else t.cuda() for t in args]
     saved = [None if t is None else t.clone() for t in cargs]
     out, lse = sk.sage_attention_fwd(
-        *cargs, is_causal=causal, warp_q=warp_q, out_dtype=out_dtype, backend="cuda"
+        *cargs, is_causal=causal, warp_q=warp_q, out_dtype=out_dtype, pv_accum=mode, backend="cuda"
     )
     for t, t0 in zip(cargs, saved, strict=True):
         if t is not None:
             assert torch.equal(t.view(torch.uint8), t0.view(torch.uint8)), "caller's input changed"
-    _assert_kernel_close(out.cpu(), lse.cpu(), want, want_lse, fp8, out_dtype)
+    _assert_kernel_close(out.cpu(), lse.cpu(), want, want_lse, fp8, out_dtype, mode)
     # tighter: the emulation rounds P in the kernel's order (only fp32 op order and exp2f differ)
-    emu, emu_lse = _emulate_kernel(*args, causal, warp_q, out_dtype)
+    emu, emu_lse = _emulate_kernel(*args, causal, warp_q, out_dtype, mode)
     cos, rl1 = _cos_rl1(out.cpu().float(), emu.float())
     assert cos >= 0.99999 and rl1 <= 0.005, (cos, rl1)
     torch.testing.assert_close(lse.cpu(), emu_lse, atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.skipif(not _lib.cuda_compiled(), reason="this build has no CUDA code")
+def test_cuda_launchers_refuse_unknown_pv_modes():
+    """The launchers check the P·V mode code before touching the device (runs on a CUDA build without
+    a GPU): 0-4 for the INT8 kernel, 0/1 (``pv_fp8``) for the INT4 one."""
+    args = (0,) * 8 + (1, 1, 1, 1, 1, 64, 8, 4, 32, False)
+    with pytest.raises(ValueError, match="pv_mode must be 0"):
+        _lib.native().sage_attention_fwd_cuda(*args, 5, 1, 0)
+    with pytest.raises(ValueError, match="pv_mode must be 0"):
+        _lib.native().sage_attention_fwd_cuda(*args, -1, 1, 0)
+    with pytest.raises(ValueError, match="pv_fp8 must be 0 or 1"):
+        _lib.native().sage_attention_fwd_int4_cuda(*args, 2, 1, 0, 0, 0)
 
 
 @pytest.mark.cuda
@@ -468,7 +607,10 @@ def test_emulated_qk_fragments_and_scale_groups():
                     assert ref.q_group_index(32, wq)[row].item() == ref.q_group_index(32, wq)[g].item()
 
 
-def test_emulated_fp16_pv_fragments():
+@pytest.mark.parametrize("f16_acc", [False, True], ids=["fp32", "f16acc"])
+def test_emulated_fp16_pv_fragments(f16_acc):
+    """``f16_acc``: the f16-accumulating modes' loop order (all P fragments packed first, then per output
+    tile pair dn the 4 k16 MMAs from ``vbase + kc * 16 * v_stride + dn * 32``) instead of kc-outer."""
     g0 = torch.Generator().manual_seed(31)
     p = torch.randint(0, 9, (16, 64), generator=g0).double()  # exact in fp16 and in the products
     v = torch.randint(-8, 9, (64, D_EMU), generator=g0).double()
@@ -479,19 +621,27 @@ def test_emulated_fp16_pv_fragments():
         for c in range(D_EMU):
             smem_h[(r * VS + c * 2) // 2] = v[r, c].item()  # load_v_tile_f16
     o = [[[0.0] * 4 for _ in range(D_EMU // 8)] for _ in range(32)]
-    for kc in range(4):
-        a_regs = [[s[lane][2 * kc][0:2], s[lane][2 * kc][2:4], s[lane][2 * kc + 1][0:2], s[lane][2 * kc + 1][2:4]]
-                  for lane in range(32)]  # fmt: skip
-        for dn in range(D_EMU // 16):
+    a_all = [[[s[lane][2 * kc][0:2], s[lane][2 * kc][2:4], s[lane][2 * kc + 1][0:2], s[lane][2 * kc + 1][2:4]]
+              for lane in range(32)] for kc in range(4)]  # fmt: skip
+    if f16_acc:  # dn outer; vbase = sV + (lane & 15) * v_stride + (lane >> 4) * 16
+        steps = [(dn, kc) for dn in range(D_EMU // 16) for kc in range(4)]
+    else:
+        steps = [(dn, kc) for kc in range(4) for dn in range(D_EMU // 16)]
+    for dn, kc in steps:
+        if f16_acc:
+            regs = _ldmatrix_x4_trans(
+                smem_h, lambda ln, kc=kc, dn=dn: (ln & 15) * VS + (ln >> 4) * 16 + kc * 16 * VS + dn * 32
+            )
+        else:
             regs = _ldmatrix_x4_trans(
                 smem_h, lambda ln, kc=kc, dn=dn: (kc * 16 + (ln & 15)) * VS + (ln >> 4) * 16 + dn * 32
             )
-            for half in range(2):
-                part = _mma_k16(a_regs, [r[2 * half : 2 * half + 2] for r in regs])
-                for lane in range(32):
-                    o[lane][2 * dn + half] = [
-                        x + y for x, y in zip(o[lane][2 * dn + half], part[lane], strict=True)
-                    ]
+        for half in range(2):
+            part = _mma_k16(a_all[kc], [r[2 * half : 2 * half + 2] for r in regs])
+            for lane in range(32):
+                o[lane][2 * dn + half] = [
+                    x + y for x, y in zip(o[lane][2 * dn + half], part[lane], strict=True)
+                ]
     want = p @ v
     for lane, g, t in _lanes():
         for dt in range(D_EMU // 8):

@@ -1,5 +1,5 @@
 // SageAttention2 forward on mma.sync: INT8 Q.K^T with per-thread scales, online exp2 softmax, and P.V in
-// FP16 (m16n8k16, fp32 accumulation) or FP8 e4m3 (m16n8k32, sm89+, two-level accumulation).
+// FP16 (m16n8k16) or FP8 e4m3 (m16n8k32, sm89+) with one of upstream's five accumulation modes (below).
 // Scale-group layout and launcher contract: include/shared_kernels/sage_attention.h; maths:
 // shared_kernels/reference/sage_attention.py.
 //
@@ -15,6 +15,18 @@
 //    shared memory in that same key order. Each 64-key block is summed in a fresh accumulator (2 MMAs)
 //    and then added to the fp32 output accumulator (two-level accumulation: on sm89 the QMMA
 //    accumulator is not a full fp32 adder, the running sum is).
+// P.V accumulation modes (template parameter kMode, the op's pv_accum; upstream's pv_accum_dtype):
+//    kPvF16F32acc   "fp32"       fp16 MMA accumulating straight into the fp32 output registers
+//    kPvF8F32F32    "fp32+fp32"  FP8 MMA, fresh f32 accumulator per 64-key block, added into fp32
+//    kPvF8F32F16    "fp32+fp16"  FP8 MMA with an f16 accumulator per 64-key block (m16n8k32 .f16.e4m3
+//                                .e4m3.f16, PTX ISA 8.7, sm89+; SageAttention2++), added into fp32
+//    kPvF16F16F32   "fp16+fp32"  fp16 MMA with an f16 accumulator per 64-key block (m16n8k16 .f16.f16
+//                                .f16.f16), added into fp32
+//    kPvF16F16      "fp16"       fp16 MMA accumulating into f16 output registers (rescaled by alpha in
+//                                fp32 and rounded back to f16: fp16(o * alpha), then the MMAs)
+//    The per-block f16 accumulators need k-outer / n-inner loops swapped (n-outer): the P fragments of
+//    the whole block are packed first (16 words) and each output tile's block sum is finished before the
+//    next, so only one tile pair of f16 partials is live.
 // INT4 Q.K^T (SageAttention2's 4-bit option, launch_sage_attention_fwd_int4): the same body with kInt4 =
 // true. Q and K are packed two signed nibbles per byte (element 2i in the low nibble of byte i), so a row
 // is D/2 bytes and one m16n8k64 s4 MMA covers 64 channels: its A/B fragments hold, per lane, the same byte
@@ -43,6 +55,14 @@ constexpr int kBlockN = sa::kBlockK;  // keys per block
 constexpr int kNT = kBlockN / 8;      // n8 score tiles per warp and block
 constexpr int kVtStride = kBlockN + 16;  // bytes per row of the transposed fp8 V tile (20 words)
 constexpr float kLn2 = 0.6931471805599453f;
+
+// P.V modes (the launcher's pv_mode code; see the header comment)
+constexpr int kPvF16F32acc = 0;  // fp16 PV, "fp32"
+constexpr int kPvF8F32F32 = 1;   // fp8 PV, "fp32+fp32"
+constexpr int kPvF8F32F16 = 2;   // fp8 PV, "fp32+fp16" (SageAttention2++)
+constexpr int kPvF16F16F32 = 3;  // fp16 PV, "fp16+fp32"
+constexpr int kPvF16F16 = 4;     // fp16 PV, "fp16"
+constexpr bool pv_is_fp8(int mode) { return mode == kPvF8F32F32 || mode == kPvF8F32F16; }
 
 template <int RB>
 constexpr int k_stride() { return RB + 16; }  // K row of RB bytes in smem: int8 20 / 36 words, int4 12 / 20
@@ -74,6 +94,25 @@ __device__ __forceinline__ void mma_f16(float (&c)[4], const uint32_t (&a)[4], u
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+// f16 accumulator (two f16x2 words: row g cols 2t, 2t+1; row g + 8 the same): D = A.B + C
+__device__ __forceinline__ void mma_f16_f16acc(uint32_t (&c)[2], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f16.f16.f16.f16 {%0,%1}, {%2,%3,%4,%5}, {%6,%7}, {%0,%1};\n"
+      : "+r"(c[0]), "+r"(c[1])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ void mma_e4m3_f16acc(uint32_t (&c)[2], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+  asm volatile(
+      "mma.sync.aligned.m16n8k32.row.col.f16.e4m3.e4m3.f16 {%0,%1}, {%2,%3,%4,%5}, {%6,%7}, {%0,%1};\n"
+      : "+r"(c[0]), "+r"(c[1])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#else
+  __trap();  // never launched: the launcher refuses FP8 PV below sm89
+#endif
+}
+
 __device__ __forceinline__ void mma_e4m3(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
   asm volatile(
@@ -103,6 +142,16 @@ __device__ __forceinline__ uint32_t pack_e4m3x4(float x0, float x1, float x2, fl
   const uint32_t lo = __nv_cvt_float2_to_fp8x2(make_float2(x0, x1), __NV_SATFINITE, __NV_E4M3);
   const uint32_t hi = __nv_cvt_float2_to_fp8x2(make_float2(x2, x3), __NV_SATFINITE, __NV_E4M3);
   return (lo & 0xffffu) | (hi << 16);
+}
+
+__device__ __forceinline__ float2 unpack_half2(uint32_t w) {
+  return __half22float2(*reinterpret_cast<const __half2*>(&w));
+}
+
+// fp16(fp16x2 * alpha) with the product in fp32 (the "fp16" mode's rescale of its f16 accumulator)
+__device__ __forceinline__ uint32_t scale_half2(uint32_t w, float alpha) {
+  const float2 f = unpack_half2(w);
+  return pack_half2(f.x * alpha, f.y * alpha);
 }
 
 __device__ __forceinline__ void store_pair(__half* p, float a, float b) {
@@ -168,7 +217,7 @@ __device__ __forceinline__ void load_v_tile_f8(uint8_t* __restrict__ s, const ui
   }
 }
 
-template <int D, bool kFp8, typename OutT, bool kInt4 = false>
+template <int D, int kMode, typename OutT, bool kInt4 = false>
 __device__ __forceinline__ void attn_fwd_body(const int8_t* __restrict__ q, const int8_t* __restrict__ k,
                                               const void* __restrict__ v, const float* __restrict__ qs,
                                               const float* __restrict__ ks, const float* __restrict__ vs,
@@ -176,6 +225,8 @@ __device__ __forceinline__ void attn_fwd_body(const int8_t* __restrict__ q, cons
                                               int64_t Hkv, int64_t Nq, int64_t Nk, int64_t qs_len, int64_t ks_len,
                                               int64_t warp_q, bool causal, const float* __restrict__ bias = nullptr,
                                               int64_t bias_rows = 0) {
+  constexpr bool kFp8 = pv_is_fp8(kMode);
+  constexpr bool kF16Out = kMode == kPvF16F16;  // output accumulator in f16 registers
   constexpr int RB = kInt4 ? D / 2 : D;  // bytes per Q / K row
   constexpr int kKSteps = RB / 32;       // 32-byte k steps of Q.K^T (k32 int8 or k64 int4 MMAs)
   constexpr int kDT = D / 8;       // n8 output tiles
@@ -218,9 +269,12 @@ __device__ __forceinline__ void attn_fwd_body(const int8_t* __restrict__ q, cons
   const int64_t nkb = (kv_end + kBlockN - 1) / kBlockN;
   constexpr float kOffset = kFp8 ? sa::kFp8POffset : 0.f;
 
-  float o[kDT][4];
+  float o[kF16Out ? 1 : kDT][4];  // fp32 output accumulator (all modes but "fp16")
+  uint32_t o16[kF16Out ? kDT : 1][2];  // f16x2 output accumulator ("fp16" mode)
 #pragma unroll
-  for (int i = 0; i < kDT; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+  for (int i = 0; i < (kF16Out ? 1 : kDT); ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+#pragma unroll
+  for (int i = 0; i < (kF16Out ? kDT : 1); ++i) o16[i][0] = o16[i][1] = 0u;
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
 
   for (int64_t kb = 0; kb < nkb; ++kb) {
@@ -290,15 +344,62 @@ __device__ __forceinline__ void attn_fwd_body(const int8_t* __restrict__ q, cons
         l[e >> 1] += p;
       }
     }
+    if constexpr (kF16Out) {
 #pragma unroll
-    for (int i = 0; i < kDT; ++i) {
-      o[i][0] *= alpha[0];
-      o[i][1] *= alpha[0];
-      o[i][2] *= alpha[1];
-      o[i][3] *= alpha[1];
+      for (int i = 0; i < kDT; ++i) {
+        o16[i][0] = scale_half2(o16[i][0], alpha[0]);
+        o16[i][1] = scale_half2(o16[i][1], alpha[1]);
+      }
+    } else {
+#pragma unroll
+      for (int i = 0; i < kDT; ++i) {
+        o[i][0] *= alpha[0];
+        o[i][1] *= alpha[0];
+        o[i][2] *= alpha[1];
+        o[i][3] *= alpha[1];
+      }
     }
 
-    if constexpr (!kFp8) {
+    if constexpr (kMode == kPvF16F16F32 || kMode == kPvF16F16) {
+      // P as fp16 A fragments of the whole block (4 x 16 keys), then per pair of output tiles: the 4
+      // k16 MMAs into an f16 accumulator (a fresh one per block for "fp16+fp32", added into fp32;
+      // the output registers themselves for "fp16")
+      uint32_t a[kBlockN / 16][4];
+#pragma unroll
+      for (int kc = 0; kc < kBlockN / 16; ++kc) {
+        a[kc][0] = pack_half2(s[2 * kc][0], s[2 * kc][1]);
+        a[kc][1] = pack_half2(s[2 * kc][2], s[2 * kc][3]);
+        a[kc][2] = pack_half2(s[2 * kc + 1][0], s[2 * kc + 1][1]);
+        a[kc][3] = pack_half2(s[2 * kc + 1][2], s[2 * kc + 1][3]);
+      }
+      const uint8_t* vbase = sV + (lane & 15) * v_stride<D>() + (lane >> 4) * 16;
+#pragma unroll
+      for (int dn = 0; dn < D / 16; ++dn) {
+        uint32_t part[2][2] = {{0u, 0u}, {0u, 0u}};
+#pragma unroll
+        for (int kc = 0; kc < kBlockN / 16; ++kc) {
+          uint32_t bf[4];
+          ldmatrix_x4_trans(bf, vbase + kc * 16 * v_stride<D>() + dn * 32);
+          if constexpr (kF16Out) {
+            mma_f16_f16acc(o16[2 * dn], a[kc], bf[0], bf[1]);
+            mma_f16_f16acc(o16[2 * dn + 1], a[kc], bf[2], bf[3]);
+          } else {
+            mma_f16_f16acc(part[0], a[kc], bf[0], bf[1]);
+            mma_f16_f16acc(part[1], a[kc], bf[2], bf[3]);
+          }
+        }
+        if constexpr (!kF16Out) {
+#pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            const float2 lo = unpack_half2(part[j][0]), hi = unpack_half2(part[j][1]);
+            o[2 * dn + j][0] += lo.x;
+            o[2 * dn + j][1] += lo.y;
+            o[2 * dn + j][2] += hi.x;
+            o[2 * dn + j][3] += hi.y;
+          }
+        }
+      }
+    } else if constexpr (!kFp8) {
       // O += P.V, fp16 x fp16 -> fp32, 16 keys per MMA
 #pragma unroll
       for (int kc = 0; kc < kBlockN / 16; ++kc) {
@@ -329,14 +430,27 @@ __device__ __forceinline__ void attn_fwd_body(const int8_t* __restrict__ q, cons
       }
 #pragma unroll
       for (int dt = 0; dt < kDT; ++dt) {
-        float part[4] = {0.f, 0.f, 0.f, 0.f};
         const uint8_t* vrow = sV + (dt * 8 + g) * kVtStride + 4 * t;
+        if constexpr (kMode == kPvF8F32F16) {  // f16 block accumulator (SageAttention2++)
+          uint32_t part[2] = {0u, 0u};
 #pragma unroll
-        for (int c = 0; c < 2; ++c) mma_e4m3(part, a[c], lds32(vrow + c * 32), lds32(vrow + c * 32 + 16));
-        o[dt][0] += part[0];
-        o[dt][1] += part[1];
-        o[dt][2] += part[2];
-        o[dt][3] += part[3];
+          for (int c = 0; c < 2; ++c) {
+            mma_e4m3_f16acc(part, a[c], lds32(vrow + c * 32), lds32(vrow + c * 32 + 16));
+          }
+          const float2 lo = unpack_half2(part[0]), hi = unpack_half2(part[1]);
+          o[dt][0] += lo.x;
+          o[dt][1] += lo.y;
+          o[dt][2] += hi.x;
+          o[dt][3] += hi.y;
+        } else {
+          float part[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+          for (int c = 0; c < 2; ++c) mma_e4m3(part, a[c], lds32(vrow + c * 32), lds32(vrow + c * 32 + 16));
+          o[dt][0] += part[0];
+          o[dt][1] += part[1];
+          o[dt][2] += part[2];
+          o[dt][3] += part[3];
+        }
       }
     }
   }
@@ -354,7 +468,15 @@ __device__ __forceinline__ void attn_fwd_body(const int8_t* __restrict__ q, cons
 #pragma unroll
     for (int dt = 0; dt < kDT; ++dt) {
       const int d = dt * 8 + 2 * t;
-      float x0 = o[dt][2 * h] * inv, x1 = o[dt][2 * h + 1] * inv;
+      float x0, x1;
+      if constexpr (kF16Out) {
+        const float2 f = unpack_half2(o16[dt][h]);
+        x0 = f.x * inv;
+        x1 = f.y * inv;
+      } else {
+        x0 = o[dt][2 * h] * inv;
+        x1 = o[dt][2 * h + 1] * inv;
+      }
       if constexpr (kFp8) {
         x0 *= vsh[d];
         x1 *= vsh[d + 1];
@@ -365,37 +487,54 @@ __device__ __forceinline__ void attn_fwd_body(const int8_t* __restrict__ q, cons
   }
 }
 
-// grid (ceil(Nq / 64), Hq, B)
-template <int D, typename OutT>
-__global__ void __launch_bounds__(kThreads)
-    sk_sage_attn_fwd_f16pv_kernel(const int8_t* q, const int8_t* k, const __half* v, const float* qs,
-                                  const float* ks, OutT* out, float* lse, int64_t Hq, int64_t Hkv, int64_t Nq,
-                                  int64_t Nk, int64_t qs_len, int64_t ks_len, int64_t warp_q, bool causal) {
-  attn_fwd_body<D, false, OutT>(q, k, v, qs, ks, nullptr, out, lse, Hq, Hkv, Nq, Nk, qs_len, ks_len, warp_q, causal);
-}
+// grid (ceil(Nq / 64), Hq, B). One entry point per P.V mode, so that the kernel report can tell them
+// apart by name: f16pv "fp32", f16pv_f16acc "fp16+fp32", f16pv_f16 "fp16", f8pv "fp32+fp32",
+// f8pv_f16acc "fp32+fp16".
+#define SK_SAGE_F16PV_KERNEL(NAME, MODE)                                                                      \
+  template <int D, typename OutT>                                                                            \
+  __global__ void __launch_bounds__(kThreads)                                                                \
+      NAME(const int8_t* q, const int8_t* k, const __half* v, const float* qs, const float* ks, OutT* out,     \
+           float* lse, int64_t Hq, int64_t Hkv, int64_t Nq, int64_t Nk, int64_t qs_len, int64_t ks_len,        \
+           int64_t warp_q, bool causal) {                                                                    \
+    attn_fwd_body<D, MODE, OutT>(q, k, v, qs, ks, nullptr, out, lse, Hq, Hkv, Nq, Nk, qs_len, ks_len, warp_q, \
+                                 causal);                                                                    \
+  }
 
-template <int D, typename OutT>
-__global__ void __launch_bounds__(kThreads)
-    sk_sage_attn_fwd_f8pv_kernel(const int8_t* q, const int8_t* k, const uint8_t* v, const float* qs,
-                                 const float* ks, const float* vs, OutT* out, float* lse, int64_t Hq, int64_t Hkv,
-                                 int64_t Nq, int64_t Nk, int64_t qs_len, int64_t ks_len, int64_t warp_q,
-                                 bool causal) {
+// FP8 P.V: no fp8 mma.sync below sm89 (a __trap stub there; the launcher refuses these devices)
+#define SK_SAGE_F8PV_KERNEL(NAME, MODE)                                                                       \
+  template <int D, typename OutT>                                                                            \
+  __global__ void __launch_bounds__(kThreads)                                                                \
+      NAME(const int8_t* q, const int8_t* k, const uint8_t* v, const float* qs, const float* ks,              \
+           const float* vs, OutT* out, float* lse, int64_t Hq, int64_t Hkv, int64_t Nq, int64_t Nk,            \
+           int64_t qs_len, int64_t ks_len, int64_t warp_q, bool causal) {                                    \
+    SK_SAGE_F8PV_BODY(attn_fwd_body<D, MODE, OutT>(q, k, v, qs, ks, vs, out, lse, Hq, Hkv, Nq, Nk, qs_len,    \
+                                                   ks_len, warp_q, causal));                                 \
+  }
+
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 890
-  __trap();  // no fp8 mma.sync below sm89; the launcher refuses these devices
+#define SK_SAGE_F8PV_BODY(...) __trap()
 #else
-  attn_fwd_body<D, true, OutT>(q, k, v, qs, ks, vs, out, lse, Hq, Hkv, Nq, Nk, qs_len, ks_len, warp_q, causal);
+#define SK_SAGE_F8PV_BODY(...) __VA_ARGS__
 #endif
-}
 
-// INT4 Q.K^T: q / k packed int4 (two per byte), optional Q-smoothing bias rows
+SK_SAGE_F16PV_KERNEL(sk_sage_attn_fwd_f16pv_kernel, kPvF16F32acc)
+SK_SAGE_F16PV_KERNEL(sk_sage_attn_fwd_f16pv_f16acc_kernel, kPvF16F16F32)
+SK_SAGE_F16PV_KERNEL(sk_sage_attn_fwd_f16pv_f16_kernel, kPvF16F16)
+SK_SAGE_F8PV_KERNEL(sk_sage_attn_fwd_f8pv_kernel, kPvF8F32F32)
+SK_SAGE_F8PV_KERNEL(sk_sage_attn_fwd_f8pv_f16acc_kernel, kPvF8F32F16)
+
+#undef SK_SAGE_F16PV_KERNEL
+#undef SK_SAGE_F8PV_KERNEL
+
+// INT4 Q.K^T: q / k packed int4 (two per byte), optional Q-smoothing bias rows; fp32 / fp32+fp32 P.V only
 template <int D, typename OutT>
 __global__ void __launch_bounds__(kThreads)
     sk_sage_attn_fwd_int4_f16pv_kernel(const int8_t* q, const int8_t* k, const __half* v, const float* qs,
                                        const float* ks, OutT* out, float* lse, int64_t Hq, int64_t Hkv, int64_t Nq,
                                        int64_t Nk, int64_t qs_len, int64_t ks_len, int64_t warp_q, bool causal,
                                        const float* bias, int64_t bias_rows) {
-  attn_fwd_body<D, false, OutT, true>(q, k, v, qs, ks, nullptr, out, lse, Hq, Hkv, Nq, Nk, qs_len, ks_len, warp_q,
-                                      causal, bias, bias_rows);
+  attn_fwd_body<D, kPvF16F32acc, OutT, true>(q, k, v, qs, ks, nullptr, out, lse, Hq, Hkv, Nq, Nk, qs_len, ks_len,
+                                             warp_q, causal, bias, bias_rows);
 }
 
 template <int D, typename OutT>
@@ -404,13 +543,11 @@ __global__ void __launch_bounds__(kThreads)
                                       const float* ks, const float* vs, OutT* out, float* lse, int64_t Hq,
                                       int64_t Hkv, int64_t Nq, int64_t Nk, int64_t qs_len, int64_t ks_len,
                                       int64_t warp_q, bool causal, const float* bias, int64_t bias_rows) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 890
-  __trap();  // no fp8 mma.sync below sm89; the launcher refuses these devices
-#else
-  attn_fwd_body<D, true, OutT, true>(q, k, v, qs, ks, vs, out, lse, Hq, Hkv, Nq, Nk, qs_len, ks_len, warp_q, causal,
-                                     bias, bias_rows);
-#endif
+  SK_SAGE_F8PV_BODY(attn_fwd_body<D, kPvF8F32F32, OutT, true>(q, k, v, qs, ks, vs, out, lse, Hq, Hkv, Nq, Nk,
+                                                             qs_len, ks_len, warp_q, causal, bias, bias_rows));
 }
+
+#undef SK_SAGE_F8PV_BODY
 
 struct Args {
   const int8_t* q;
@@ -444,42 +581,64 @@ void launch_typed_int4(const Args& a, bool fp8, cudaStream_t st) {
   }
 }
 
-template <int D, typename OutT>
-void launch_typed(const Args& a, bool fp8, cudaStream_t st) {
+template <typename Kernel, typename OutT>
+void launch_f16pv(Kernel kernel, const char* name, const Args& a, OutT* out, cudaStream_t st) {
   const dim3 grid(ceil_div(a.Nq, kBlockM), static_cast<unsigned>(a.Hq), static_cast<unsigned>(a.B));
+  kernel<<<grid, kThreads, 0, st>>>(a.q, a.k, static_cast<const __half*>(a.v), a.qs, a.ks, out, a.lse, a.Hq,
+                                    a.Hkv, a.Nq, a.Nk, a.qs_len, a.ks_len, a.warp_q, a.causal);
+  check(cudaGetLastError(), name);
+}
+
+template <typename Kernel, typename OutT>
+void launch_f8pv(Kernel kernel, const char* name, const Args& a, OutT* out, cudaStream_t st) {
+  const dim3 grid(ceil_div(a.Nq, kBlockM), static_cast<unsigned>(a.Hq), static_cast<unsigned>(a.B));
+  kernel<<<grid, kThreads, 0, st>>>(a.q, a.k, static_cast<const uint8_t*>(a.v), a.qs, a.ks, a.vs, out, a.lse,
+                                    a.Hq, a.Hkv, a.Nq, a.Nk, a.qs_len, a.ks_len, a.warp_q, a.causal);
+  check(cudaGetLastError(), name);
+}
+
+template <int D, typename OutT>
+void launch_typed(const Args& a, int mode, cudaStream_t st) {
   auto* out = static_cast<OutT*>(a.out);
-  if (fp8) {
-    sk_sage_attn_fwd_f8pv_kernel<D, OutT><<<grid, kThreads, 0, st>>>(
-        a.q, a.k, static_cast<const uint8_t*>(a.v), a.qs, a.ks, a.vs, out, a.lse, a.Hq, a.Hkv, a.Nq, a.Nk, a.qs_len,
-        a.ks_len, a.warp_q, a.causal);
-    check(cudaGetLastError(), "sk_sage_attn_fwd_f8pv_kernel");
-  } else {
-    sk_sage_attn_fwd_f16pv_kernel<D, OutT><<<grid, kThreads, 0, st>>>(
-        a.q, a.k, static_cast<const __half*>(a.v), a.qs, a.ks, out, a.lse, a.Hq, a.Hkv, a.Nq, a.Nk, a.qs_len,
-        a.ks_len, a.warp_q, a.causal);
-    check(cudaGetLastError(), "sk_sage_attn_fwd_f16pv_kernel");
+  switch (mode) {
+    case kPvF16F32acc:
+      launch_f16pv(sk_sage_attn_fwd_f16pv_kernel<D, OutT>, "sk_sage_attn_fwd_f16pv_kernel", a, out, st);
+      break;
+    case kPvF16F16F32:
+      launch_f16pv(sk_sage_attn_fwd_f16pv_f16acc_kernel<D, OutT>, "sk_sage_attn_fwd_f16pv_f16acc_kernel", a, out,
+                   st);
+      break;
+    case kPvF16F16:
+      launch_f16pv(sk_sage_attn_fwd_f16pv_f16_kernel<D, OutT>, "sk_sage_attn_fwd_f16pv_f16_kernel", a, out, st);
+      break;
+    case kPvF8F32F32:
+      launch_f8pv(sk_sage_attn_fwd_f8pv_kernel<D, OutT>, "sk_sage_attn_fwd_f8pv_kernel", a, out, st);
+      break;
+    default:  // kPvF8F32F16 (the launcher validated the code)
+      launch_f8pv(sk_sage_attn_fwd_f8pv_f16acc_kernel<D, OutT>, "sk_sage_attn_fwd_f8pv_f16acc_kernel", a, out, st);
+      break;
   }
 }
 
 template <int D>
-void launch_d(const Args& a, bool fp8, bool int4, int out_dtype, cudaStream_t st) {
+void launch_d(const Args& a, int mode, bool int4, int out_dtype, cudaStream_t st) {
   if (int4) {
     if (out_dtype == 1) {
-      launch_typed_int4<D, __half>(a, fp8, st);
+      launch_typed_int4<D, __half>(a, mode == kPvF8F32F32, st);
     } else {
-      launch_typed_int4<D, __nv_bfloat16>(a, fp8, st);
+      launch_typed_int4<D, __nv_bfloat16>(a, mode == kPvF8F32F32, st);
     }
   } else if (out_dtype == 1) {
-    launch_typed<D, __half>(a, fp8, st);
+    launch_typed<D, __half>(a, mode, st);
   } else {
-    launch_typed<D, __nv_bfloat16>(a, fp8, st);
+    launch_typed<D, __nv_bfloat16>(a, mode, st);
   }
 }
 
 void launch_common(std::uintptr_t q, std::uintptr_t k, std::uintptr_t v, std::uintptr_t q_scale,
                    std::uintptr_t k_scale, std::uintptr_t v_scale, std::uintptr_t out, std::uintptr_t lse, int64_t B,
                    int64_t Hq, int64_t Hkv, int64_t Nq, int64_t Nk, int64_t D, int64_t q_scale_len,
-                   int64_t k_scale_len, int64_t warp_q, bool causal, int pv_fp8, int out_dtype, bool int4,
+                   int64_t k_scale_len, int64_t warp_q, bool causal, int pv_mode, int out_dtype, bool int4,
                    std::uintptr_t bias, int64_t bias_rows, std::uintptr_t stream);
 
 }  // namespace
@@ -488,9 +647,14 @@ void launch_sage_attention_fwd(std::uintptr_t q, std::uintptr_t k, std::uintptr_
                                std::uintptr_t k_scale, std::uintptr_t v_scale, std::uintptr_t out,
                                std::uintptr_t lse, int64_t B, int64_t Hq, int64_t Hkv, int64_t Nq, int64_t Nk,
                                int64_t D, int64_t q_scale_len, int64_t k_scale_len, int64_t warp_q, bool causal,
-                               int pv_fp8, int out_dtype, std::uintptr_t stream) {
+                               int pv_mode, int out_dtype, std::uintptr_t stream) {
+  if (pv_mode < kPvF16F32acc || pv_mode > kPvF16F16) {
+    throw std::invalid_argument(
+        "sage_attention_fwd (cuda): pv_mode must be 0 (fp16 PV, fp32), 1 (fp8 PV, fp32+fp32), 2 (fp8 PV, "
+        "fp32+fp16), 3 (fp16 PV, fp16+fp32) or 4 (fp16 PV, fp16)");
+  }
   launch_common(q, k, v, q_scale, k_scale, v_scale, out, lse, B, Hq, Hkv, Nq, Nk, D, q_scale_len, k_scale_len, warp_q,
-                causal, pv_fp8, out_dtype, false, 0, 0, stream);
+                causal, pv_mode, out_dtype, false, 0, 0, stream);
 }
 
 void launch_sage_attention_fwd_int4(std::uintptr_t q, std::uintptr_t k, std::uintptr_t v, std::uintptr_t q_scale,
@@ -499,12 +663,13 @@ void launch_sage_attention_fwd_int4(std::uintptr_t q, std::uintptr_t k, std::uin
                                     int64_t D, int64_t q_scale_len, int64_t k_scale_len, int64_t warp_q, bool causal,
                                     int pv_fp8, int out_dtype, std::uintptr_t bias, int64_t bias_rows,
                                     std::uintptr_t stream) {
+  if (pv_fp8 != 0 && pv_fp8 != 1) throw std::invalid_argument("sage_attention_fwd_int4 (cuda): pv_fp8 must be 0 or 1");
   if (bias != 0 && (bias_rows < 16 || bias_rows % 16 != 0)) {
     throw std::invalid_argument("sage_attention_fwd_int4 (cuda): bias_rows must be a positive multiple of 16");
   }
   if (bias % 4) throw std::invalid_argument("sage_attention_fwd_int4 (cuda): bias must be 4-byte aligned");
   launch_common(q, k, v, q_scale, k_scale, v_scale, out, lse, B, Hq, Hkv, Nq, Nk, D, q_scale_len, k_scale_len, warp_q,
-                causal, pv_fp8, out_dtype, true, bias, bias_rows, stream);
+                causal, pv_fp8 ? kPvF8F32F32 : kPvF16F32acc, out_dtype, true, bias, bias_rows, stream);
 }
 
 namespace {
@@ -512,7 +677,7 @@ namespace {
 void launch_common(std::uintptr_t q, std::uintptr_t k, std::uintptr_t v, std::uintptr_t q_scale,
                    std::uintptr_t k_scale, std::uintptr_t v_scale, std::uintptr_t out, std::uintptr_t lse, int64_t B,
                    int64_t Hq, int64_t Hkv, int64_t Nq, int64_t Nk, int64_t D, int64_t q_scale_len,
-                   int64_t k_scale_len, int64_t warp_q, bool causal, int pv_fp8, int out_dtype, bool int4,
+                   int64_t k_scale_len, int64_t warp_q, bool causal, int pv_mode, int out_dtype, bool int4,
                    std::uintptr_t bias, int64_t bias_rows, std::uintptr_t stream) {
   if (B == 0 || Hq == 0 || Nq == 0) return;
   if (B < 0 || Hq < 1 || Hkv < 1 || Hq % Hkv != 0 || Nq < 0 || Nk < 1) {
@@ -523,18 +688,18 @@ void launch_common(std::uintptr_t q, std::uintptr_t k, std::uintptr_t v, std::ui
   if (q_scale_len < sa::num_q_groups(Nq, warp_q) || k_scale_len < sa::num_k_groups(Nk)) {
     throw std::invalid_argument("sage_attention_fwd (cuda): q_scale / k_scale have too few groups");
   }
-  if (pv_fp8 != 0 && pv_fp8 != 1) throw std::invalid_argument("sage_attention_fwd (cuda): pv_fp8 must be 0 or 1");
   if (out_dtype != 1 && out_dtype != 2) {
     throw std::invalid_argument("sage_attention_fwd (cuda): out_dtype code must be 1 (fp16) or 2 (bf16)");
   }
   if (q % 16 || k % 16 || v % 16 || out % 4) {
     throw std::invalid_argument("sage_attention_fwd (cuda): q, k, v must be 16-byte aligned, out 4-byte aligned");
   }
-  if (pv_fp8 && v_scale == 0) throw std::invalid_argument("sage_attention_fwd (cuda): FP8 PV needs v_scale");
+  const bool fp8 = pv_is_fp8(pv_mode);
+  if (fp8 && v_scale == 0) throw std::invalid_argument("sage_attention_fwd (cuda): FP8 PV needs v_scale");
   if (B > 65535 || Hq > 65535 || (Nq + kBlockM - 1) / kBlockM > 0x7fffffffLL) {
     throw std::invalid_argument("sage_attention_fwd (cuda): too many batch entries or heads (max 65535 each)");
   }
-  if (pv_fp8) {
+  if (fp8) {
     int dev = 0, major = 0, minor = 0;
     check(cudaGetDevice(&dev), "cudaGetDevice");
     check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev), "cudaDeviceGetAttribute");
@@ -550,9 +715,9 @@ void launch_common(std::uintptr_t q, std::uintptr_t k, std::uintptr_t v, std::ui
                k_scale_len, warp_q, causal, reinterpret_cast<const float*>(bias), bias_rows};
   cudaStream_t st = as_stream(stream);
   if (D == 64) {
-    launch_d<64>(a, pv_fp8 != 0, int4, out_dtype, st);
+    launch_d<64>(a, pv_mode, int4, out_dtype, st);
   } else {
-    launch_d<128>(a, pv_fp8 != 0, int4, out_dtype, st);
+    launch_d<128>(a, pv_mode, int4, out_dtype, st);
   }
 }
 

@@ -30,15 +30,21 @@ SK_HD int64_t num_k_groups(int64_t nk) { return (nk + kBlockK - 1) / kBlockK * k
 
 namespace shared_kernels::cuda {
 
-// q int8 [B, Hq, Nq, D], k int8 [B, Hkv, Nk, D], v fp16 (pv_fp8 = 0) or fp8 e4m3 (pv_fp8 = 1)
+// q int8 [B, Hq, Nq, D], k int8 [B, Hkv, Nk, D], v fp16 (pv_mode 0, 3, 4) or fp8 e4m3 (pv_mode 1, 2)
 // [B, Hkv, Nk, D], all contiguous and 16-byte aligned; q_scale fp32 [B, Hq, q_scale_len] (sm_scale * log2 e
-// folded in), k_scale fp32 [B, Hkv, k_scale_len], v_scale fp32 [B, Hkv, D] (pv_fp8 only, else 0);
+// folded in), k_scale fp32 [B, Hkv, k_scale_len], v_scale fp32 [B, Hkv, D] (fp8 V only, else 0);
 // out [B, Hq, Nq, D] of dtype code 1 fp16 or 2 bf16; lse fp32 [B, Hq, Nq] (natural log). D in {64, 128}.
+// pv_mode, the P.V accumulation (upstream's pv_accum_dtype; per 64-key block, then the running output):
+//   0 fp16 V "fp32": fp32 accumulator       1 fp8 V "fp32+fp32": fresh fp32 block accumulator + fp32
+//   2 fp8 V "fp32+fp16": f16 block accumulator + fp32 (SageAttention2++; keep |P.V| of a block under
+//     65504: V scaled to max 2.25 with P <= 448)
+//   3 fp16 V "fp16+fp32": f16 block accumulator + fp32     4 fp16 V "fp16": f16 accumulator throughout
+// FP8 modes need compute capability 8.9+.
 void launch_sage_attention_fwd(std::uintptr_t q, std::uintptr_t k, std::uintptr_t v, std::uintptr_t q_scale,
                                std::uintptr_t k_scale, std::uintptr_t v_scale, std::uintptr_t out,
                                std::uintptr_t lse, int64_t B, int64_t Hq, int64_t Hkv, int64_t Nq, int64_t Nk,
                                int64_t D, int64_t q_scale_len, int64_t k_scale_len, int64_t warp_q, bool causal,
-                               int pv_fp8, int out_dtype, std::uintptr_t stream);
+                               int pv_mode, int out_dtype, std::uintptr_t stream);
 
 }  // namespace shared_kernels::cuda
 

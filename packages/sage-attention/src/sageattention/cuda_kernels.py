@@ -12,9 +12,14 @@ different maths.
 What the kernel computes is ``modes.sage_attention_mode(cfg)`` (SageAttention2, Zhang et al. 2025,
 eq. 3-5) for these configs:
 
-* FP16 P·V (``pv_dtype="fp16"``) with ``pv_accum_dtype="fp32"`` (fp16 MMA, float32 accumulator);
-* FP8 e4m3 P·V with ``pv_accum_dtype="fp32+fp32"`` (a fresh accumulator per 64-key block added
-  into float32: the kernel's two-level accumulation), V per channel with max 448;
+* FP16 P·V (``pv_dtype="fp16"``) with ``pv_accum_dtype`` ``"fp32"`` (fp16 MMA, float32
+  accumulator), ``"fp16+fp32"`` (an f16 MMA accumulator per 64-key block added into float32) or
+  ``"fp16"`` (f16 accumulator throughout; V scaled so that ``Nk·max|V| <= 2^14`` as in ``modes``);
+* FP8 e4m3 P·V with ``pv_accum_dtype`` ``"fp32+fp32"`` (a fresh float32 accumulator per 64-key
+  block added into float32: the kernel's two-level accumulation; V per channel with max 448) or
+  ``"fp32+fp16"`` (SageAttention2++: an f16 MMA accumulator per block, V per channel with a max
+  ``v_scale_max <= 65504 / (448·64)``, 2.25 upstream, so a block sum cannot overflow);
+* ``smooth_v`` (V minus its token mean, added back to the output in float32, as ``modes``);
 * INT8 Q/K granularities whose groups contain the kernel's per-thread groups (Q row ``r`` ->
   ``(r // W)·8 + r % 8`` with ``W`` = 32 or 16, key ``n`` -> ``(n // 64)·4 + (n % 8) // 2``):
   ``per_thread`` (``warpq`` a multiple of 16, ``warpk`` of 64), ``per_warp`` (``warpq`` a multiple
@@ -26,15 +31,16 @@ eq. 3-5) for these configs:
 INT4 Q/K (``qk_quant_dtype="int4"``, :mod:`sageattention.int4`) runs on the INT4 kernel
 ``shared_kernels.sage_attention_fwd_int4``, with ``smooth_q`` (its exact correction is the kernel's bias).
 
-Not implemented (``NotImplementedError``): ``attn_mask``, ``smooth_q`` with INT8, ``smooth_v``, other
-accumulators (``"fp16+fp32"``, ``"fp16"``, FP8 ``"fp32"`` and ``"fp32+fp16"``), ``per_token``,
-head dims above 128.
+Not implemented (``NotImplementedError``): ``attn_mask``, ``smooth_q`` with INT8, FP8 ``"fp32"``
+(upstream's single-level FP8 accumulator), INT4 Q/K with an f16 accumulator, ``per_token``, head dims
+above 128.
 
 Quantization is ``modes._prepare_qk`` itself (the same quantizer as the reference, bit for bit):
 its per-token scales are gathered into the kernel's per-thread scale vectors (``sm_scale·log2 e``
-folded into ``q_scale``). V: FP16 P·V feeds ``fp16(V / v_scale)`` with the reference's per-channel
-power-of-two ``v_scale``; FP8 P·V feeds ``shared_kernels.quantize_fp8``'s e4m3 codes with the
-scale divided by that same power of two (exact). The kernel's output (``O / v_scale``, at most 256 in
+folded into ``q_scale``). V (minus its mean with ``smooth_v``): FP16 P·V feeds ``fp16(V / v_scale)``
+with the reference's per-channel power-of-two ``v_scale`` (for ``"fp16"`` the smaller one of
+``modes``); FP8 P·V feeds ``shared_kernels.quantize_fp8``'s e4m3 codes with the scale divided by that
+same power of two (exact). The kernel's output (``O / v_scale``, at most 256 in
 magnitude, in fp16, bf16 for bf16 inputs) is multiplied by the power of two in float32 (exact), so
 an fp32 input gets an fp16-rounded output (relative 2^-11, far below the INT8 error). The lse is
 the kernel's natural-log lse of the smoothed scores plus ``sm_scale·q·mean(K)``
@@ -78,6 +84,10 @@ MIN_CAPABILITY = {_FP16: (8, 0), _FP8: (8, 9)}
 #: the shared-kernels op behind each variant's compiled kernel
 KERNEL_OPS = {_FP16: _OP, _FP8: _OP}
 _KERNEL_K = 64  # keys per kernel block (K scale groups and online softmax)
+#: the kernel's P·V accumulation modes (``sage_attention_fwd``'s ``pv_accum``) by P·V dtype
+KERNEL_PV_ACCUM = {"fp16": ("fp32", "fp16+fp32", "fp16"), "fp8": ("fp32+fp32", "fp32+fp16")}
+#: largest FP8 V scale max for ``"fp32+fp16"``: a 64-key block sum of P (<= 448) times V stays in f16
+F16_BLOCK_V_MAX = 65504.0 / (448.0 * _KERNEL_K)
 
 
 def _padded(d: int) -> int:
@@ -164,12 +174,16 @@ def supported(p: Prepared, cfg: modes.SageConfig) -> str | None:
     device: the device is checked by the registered kernels), else the first unsupported option."""
     fp8 = cfg.pv_dtype == "fp8"
     int4 = cfg.qk_quant_dtype == "int4"
-    accum_ok = cfg.pv_accum_dtype == ("fp32+fp32" if fp8 else "fp32")
+    accum = cfg.pv_accum_dtype
+    accum_ok = accum in KERNEL_PV_ACCUM[cfg.pv_dtype][: 1 if int4 else None]  # INT4 kernel: fp32 modes
+    if fp8 and accum == "fp32+fp16":
+        vmax_ok = 0.0 < cfg.v_scale_max <= F16_BLOCK_V_MAX
+    else:
+        vmax_ok = not fp8 or cfg.v_scale_max == 448.0
     d = max(p.q.shape[3], p.v.shape[3])
     checks = (
-        ("pv_accum_dtype", f"{cfg.pv_accum_dtype} with {cfg.pv_dtype} P·V", accum_ok),
-        ("v_scale_max", cfg.v_scale_max, not fp8 or cfg.v_scale_max == 448.0),
-        ("smooth_v", cfg.smooth_v, not cfg.smooth_v),
+        ("pv_accum_dtype", f"{accum} with {cfg.pv_dtype} P·V" + (" and INT4 Q/K" if int4 else ""), accum_ok),
+        ("v_scale_max", f"{cfg.v_scale_max} with pv_accum_dtype={accum}", vmax_ok),
         # Q smoothing's q̄·Kᵀ correction is the INT4 kernel's bias input (rows of blkq, a multiple of 16)
         ("smooth_q", cfg.smooth_q, not cfg.smooth_q or (int4 and cfg.blkq % 16 == 0)),
         ("attn_mask", "a mask", p.mask is None),
@@ -232,7 +246,14 @@ def compiled_attention(p: Prepared, cfg: modes.SageConfig, *, op_backend: str = 
     q8 = pad_d(q8f.to(torch.int8))
     k8 = pad_d(k8f.to(torch.int8))
     vf = p.v.float()
-    vs = ref.v_channel_scale(vf)  # [B, Hkv, 1, Dv] powers of two: the kernel sees |V / vs| <= 256
+    vm = None
+    if cfg.smooth_v:  # modes' mean, in its order: float64 sum over the tokens, rounded to float32
+        vm = (p.v.double().sum(dim=-2, keepdim=True) / nk).float()
+        vf = vf - vm
+    if cfg.pv_accum_dtype == "fp16":  # modes' smaller scale: the f16 sum over all keys stays finite
+        vs = modes._v_scale_pow2(vf, min(ref.V_MAX, modes._FP16_ACC_BUDGET / nk))
+    else:
+        vs = ref.v_channel_scale(vf)  # [B, Hkv, 1, Dv] powers of two: the kernel sees |V / vs| <= 256
     if cfg.pv_dtype == "fp8":
         codes, vsc = quantize_fp8(vf.contiguous(), "e4m3", "per_channel", scale_max=cfg.v_scale_max)
         v_in = pad_d(codes)
@@ -255,9 +276,11 @@ def compiled_attention(p: Prepared, cfg: modes.SageConfig, *, op_backend: str = 
     else:
         o, lse = sage_attention_fwd(
             q8, k8, v_in, q_scale, k_scale, v_scale, is_causal=p.is_causal, warp_q=warp_q,
-            out_dtype=out_dtype, backend=op_backend,
+            out_dtype=out_dtype, pv_accum=cfg.pv_accum_dtype, backend=op_backend,
         )  # fmt: skip
     o = o[..., :dv].float() * vs.repeat_interleave(rep, dim=1)
+    if vm is not None:  # no fully masked row here: Nk >= 1, no mask, causal is top-left
+        o = o + vm.repeat_interleave(rep, dim=1)
     # NaN where the reference gives NaN: a non-finite Q group -> its rows; K -> the whole head; V -> channel
     nan_row = _gather_rows(bad_q, nq, warp_q) | bad_k.any(dim=-1).repeat_interleave(rep, dim=1)[..., None]
     o = torch.where(nan_row[..., None] | bad_v.repeat_interleave(rep, dim=1)[:, :, None, :], math.nan, o)

@@ -1,4 +1,5 @@
-"""SageAttention2 forward on pre-quantized operands (INT8 QKᵀ per-thread, FP16 or FP8 PV) as a torch custom op."""
+"""SageAttention2 forward on pre-quantized operands (INT8 QKᵀ per-thread, FP16 or FP8 PV with
+upstream's five P·V accumulation modes) as a torch custom op."""
 
 from __future__ import annotations
 
@@ -16,11 +17,21 @@ _DTYPE_CODE = {torch.float16: 1, torch.bfloat16: 2}
 _V_DTYPES = (torch.float16, torch.float8_e4m3fn)
 HEAD_DIMS = (64, 128)
 WARP_Q = (16, 32)
+#: the kernel's ``pv_mode`` code of each (V dtype, ``pv_accum``)
+_PV_MODE = {
+    (torch.float16, "fp32"): 0,
+    (torch.float8_e4m3fn, "fp32+fp32"): 1,
+    (torch.float8_e4m3fn, "fp32+fp16"): 2,
+    (torch.float16, "fp16+fp32"): 3,
+    (torch.float16, "fp16"): 4,
+}
+PV_ACCUM = _ref.PV_ACCUM
 
 _backend.register_op(
     _OP,
     backends=("torch", "cuda"),
-    summary="SageAttention2 forward: INT8 QKᵀ with per-thread scales, FP16 or FP8 (sm89+) P·V, output + LSE",
+    summary="SageAttention2 forward: INT8 QKᵀ with per-thread scales, FP16 or FP8 (sm89+) P·V "
+    "(fp32, fp32+fp32, fp32+fp16, fp16+fp32 or fp16 accumulation), output + LSE",
 )
 
 
@@ -29,7 +40,7 @@ def _aligned(t: torch.Tensor) -> torch.Tensor:
     return t if t.data_ptr() % 16 == 0 else t.clone()
 
 
-def _run_cuda(q, k, v, q_scale, k_scale, v_scale, is_causal, warp_q, out_dtype):
+def _run_cuda(q, k, v, q_scale, k_scale, v_scale, is_causal, warp_q, out_dtype, pv_accum):
     b, hq, nq, d = q.shape
     hkv, nk = k.shape[1], k.shape[2]
     out = _alloc.new_empty((b, hq, nq, d), out_dtype, q.device)
@@ -40,7 +51,7 @@ def _run_cuda(q, k, v, q_scale, k_scale, v_scale, is_causal, warp_q, out_dtype):
             "sage_attention_fwd", q,
             _lib.ptr(q), _lib.ptr(k), _lib.ptr(v), _lib.ptr(q_scale), _lib.ptr(k_scale), _lib.ptr(v_scale),
             _lib.ptr(out), _lib.ptr(lse), b, hq, hkv, nq, nk, d, q_scale.shape[-1], k_scale.shape[-1],
-            warp_q, is_causal, int(v.dtype == torch.float8_e4m3fn), _DTYPE_CODE[out_dtype],
+            warp_q, is_causal, _PV_MODE[(v.dtype, pv_accum)], _DTYPE_CODE[out_dtype],
         )  # fmt: skip
     return out, lse
 
@@ -56,15 +67,16 @@ def _sage_attention_fwd_op(
     is_causal: bool,
     warp_q: int,
     out_dtype: torch.dtype,
+    pv_accum: str,
     backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     if backend == "cuda":
-        return _run_cuda(q, k, v, q_scale, k_scale, v_scale, is_causal, warp_q, out_dtype)
-    return _ref.sage_attention_fwd(q, k, v, q_scale, k_scale, v_scale, is_causal, warp_q, out_dtype)
+        return _run_cuda(q, k, v, q_scale, k_scale, v_scale, is_causal, warp_q, out_dtype, pv_accum)
+    return _ref.sage_attention_fwd(q, k, v, q_scale, k_scale, v_scale, is_causal, warp_q, out_dtype, pv_accum)
 
 
 @_sage_attention_fwd_op.register_fake
-def _(q, k, v, q_scale, k_scale, v_scale, is_causal, warp_q, out_dtype, backend):
+def _(q, k, v, q_scale, k_scale, v_scale, is_causal, warp_q, out_dtype, pv_accum, backend):
     return q.new_empty(q.shape, dtype=out_dtype), q.new_empty(q.shape[:-1], dtype=torch.float32)
 
 
@@ -79,6 +91,7 @@ def sage_attention_fwd(
     is_causal: bool = False,
     warp_q: int = 32,
     out_dtype: torch.dtype = torch.float16,
+    pv_accum: str | None = None,
     backend: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """SageAttention2 forward on pre-quantized operands; returns ``(out, lse)``.
@@ -93,10 +106,18 @@ def sage_attention_fwd(
 
         O = rowsum⁻¹(c·2^(S - m)) · round(c·2^(S - m)) · V,   lse = ln2 · (m + log2(Σ_j 2^(S - m)))
 
-    (spelled out in ``shared_kernels.reference.sage_attention``). ``out`` ``[B, Hq, Nq, D]`` in
-    ``out_dtype`` (float16 or bfloat16), ``lse`` float32 ``[B, Hq, Nq]``, natural log, of the scores as
-    given (add ``q·mean(k)·sm_scale`` for the un-smoothed K). Scales must be finite: the kernel does not
-    check them (no device sync) and non-finite scales give undefined rows.
+    (spelled out in ``shared_kernels.reference.sage_attention``). ``pv_accum`` (upstream's
+    ``pv_accum_dtype``) is how the kernel sums P·V per 64-key block: fp16 ``v``: ``"fp32"`` (default, fp32
+    MMA accumulator), ``"fp16+fp32"`` (f16 MMA accumulator per block, added into fp32), ``"fp16"`` (f16
+    accumulator throughout, rescaled in fp32 and rounded back); FP8 ``v``: ``"fp32+fp32"`` (default, a
+    fresh fp32 accumulator per block added into fp32), ``"fp32+fp16"`` (SageAttention2++: f16 MMA
+    accumulator per block; scale V to max 2.25 so a block sum stays below 65504). Upstream uses the f16
+    modes for speed: GeForce Ampere/Ada GPUs run f16-accumulating MMA at twice the f32-accumulating
+    rate (not measured here). The reference rounds where the kernel's accumulator rounds (sm90a/sm100a
+    have no f16-accumulating FP8 mma.sync: ptxas converts to f16 and rounds after every 16 keys, not 32).
+    ``out`` ``[B, Hq, Nq, D]`` in ``out_dtype`` (float16 or bfloat16), ``lse`` float32 ``[B, Hq, Nq]``,
+    natural log, of the scores as given (add ``q·mean(k)·sm_scale`` for the un-smoothed K). Scales must
+    be finite: the kernel does not check them (no device sync) and non-finite scales give undefined rows.
     Cost: ``4·B·Hq·Nq·Nk·D`` ops (half INT8, half FP16/FP8; about half of that when causal); bytes at
     least ``B·Hq·Nq·D·(1 + 2) + B·Hkv·Nk·D·(1 + itemsize(v)) + 4·B·Hq·Nq`` (+ scales), so the kernel is
     compute-bound. Roofline for B=1, H=32, N=8192, D=128 (1.1e12 ops, ~0.2 GB): H100 SXM (dense peaks
@@ -129,22 +150,35 @@ def sage_attention_fwd(
         q_scale, k_scale, b, hq, hkv, _ref.num_q_groups(nq, warp_q), _ref.num_k_groups(nk), warp_q, 64
     )
     _checks.check_v_scale(v, v_scale, b, hkv, d)
+    pv_accum = _ref.resolve_pv_accum(v.dtype, pv_accum)
     resolved = _backend.resolve_backend(_OP, backend, q.device)
     return torch.ops.shared_kernels.sage_attention_fwd(
-        q, k, v, q_scale, k_scale, v_scale, is_causal, warp_q, out_dtype, resolved
+        q, k, v, q_scale, k_scale, v_scale, is_causal, warp_q, out_dtype, pv_accum, resolved
     )
 
 
 _ALL_ARCHS = {80: ("mma",), 89: ("mma",), 90: ("mma",), 100: ("mma",)}
+_FP8_ARCHS = {80: ("none",), 89: ("mma",), 90: ("mma",), 100: ("mma",)}
 
 CUDA_SPECS = [
-    # INT8 QK (IMMA) + FP16 PV (HMMA) on every arch
+    # INT8 QK (IMMA) + FP16 PV (HMMA) on every arch: "fp32" (HMMA.16816.F32), "fp16+fp32" and "fp16"
+    # (HMMA.16816.F16: f16 accumulator)
     CudaKernelSpec(name="sage_attn_fwd_fp16pv", match="sk_sage_attn_fwd_f16pv_kernel", expect=_ALL_ARCHS),
+    CudaKernelSpec(
+        name="sage_attn_fwd_fp16pv_f16acc", match="sk_sage_attn_fwd_f16pv_f16acc_kernel", expect=_ALL_ARCHS
+    ),
+    CudaKernelSpec(
+        name="sage_attn_fwd_fp16pv_f16", match="sk_sage_attn_fwd_f16pv_f16_kernel", expect=_ALL_ARCHS
+    ),
     # INT8 QK + FP8 PV: QMMA on sm89; sm90a/100a run fp8 mma.sync as HMMA (ptxas emulation); the sm80
     # build is a __trap stub (the launcher refuses FP8 PV below sm89), hence "none"
     CudaKernelSpec(
         name="sage_attn_fwd_fp8pv",
         match="sk_sage_attn_fwd_f8pv_kernel",
-        expect={80: ("none",), 89: ("mma",), 90: ("mma",), 100: ("mma",)},
+        expect=_FP8_ARCHS,
+    ),
+    # "fp32+fp16" (SageAttention2++): QMMA.16832.F16.E4M3.E4M3 on sm89; sm90a/100a: HMMA.16816.F16
+    CudaKernelSpec(
+        name="sage_attn_fwd_fp8pv_f16acc", match="sk_sage_attn_fwd_f8pv_f16acc_kernel", expect=_FP8_ARCHS
     ),
 ]

@@ -26,6 +26,24 @@ Maths (per row ``i``; keys ``j >= Nk`` do not exist; ``is_causal`` masks ``j > i
 max over the keys seen so far (online softmax) when it rounds P, so its P rounding differs from this
 one by at most one rounding step per element; the tests compare within that tolerance.
 
+``pv_accum`` (upstream's ``pv_accum_dtype``) picks how ``Σ_j P[i, j] · v[j]`` is accumulated. ``"fp32"``
+(fp16 V) and ``"fp32+fp32"`` (FP8 V), the defaults, are the formulas above, summed exactly (float64).
+The f16-accumulating modes have rounding points that depend on the kernel's block order, so for them
+the reference walks the keys in 64-key blocks with the running max ``m_b`` (online softmax, as the
+kernel and ``sageattention.modes.softmax_pv``) and rounds where the kernel's MMA accumulator rounds,
+once per MMA k-step of ``ks`` keys (16 for fp16 V, 32 for FP8 V; the step's products summed exactly)::
+
+    E_b = c · 2^(S_b - m_b),  α_b = 2^(m_(b-1) - m_b),  l_b = α_b · l_(b-1) + Σ_j E_b[j]
+    "fp16+fp32" (fp16 V) / "fp32+fp16" (FP8 V, SageAttention2++):
+        A_b = f16(... f16(f16(0 + P_b[:ks] · v_b[:ks]) + P_b[ks:2ks] · v_b[ks:2ks]) ...),
+        O_b = α_b · O_(b-1) + A_b                                     (f16 block sum, exact outer sum)
+    "fp16" (fp16 V): O_b = f16(... f16(f16(α_b · O_(b-1)) + P_b[:ks] · v_b[:ks]) ...)  (f16 throughout)
+
+with ``P_b = fp16(E_b)`` or ``e4m3(E_b)``; ``O = O_last / l_last`` (⊙ ``v_scale`` for FP8 V). An f16
+accumulator overflows past 65504: FP8 V for ``"fp32+fp16"`` should be scaled to max 2.25 (64 · 448 ·
+2.25 < 65504; ``quantize_v_per_channel_fp8(v, 2.25)``), fp16 V for ``"fp16"`` so that ``Nk · max|v|``
+stays below 65504.
+
 ``quantize_q_per_thread``, ``quantize_k_per_thread`` and ``quantize_v_per_channel_fp8`` produce such
 operands (for the tests; the production quantizers live elsewhere).
 """
@@ -40,6 +58,7 @@ __all__ = [
     "BLOCK_K",
     "FP8_P_SCALE",
     "LOG2E",
+    "PV_ACCUM",
     "attention_from_scores",
     "dequant_scores",
     "k_group_index",
@@ -49,12 +68,34 @@ __all__ = [
     "quantize_k_per_thread",
     "quantize_q_per_thread",
     "quantize_v_per_channel_fp8",
+    "resolve_pv_accum",
     "sage_attention_fwd",
 ]
 
 LOG2E = 1.4426950408889634
 FP8_P_SCALE = 448.0
 BLOCK_K = 64
+#: the P·V accumulation modes of each V dtype (first: the default); upstream's ``pv_accum_dtype`` values
+#: (FP8 V ``"fp32"``, upstream's single-level accumulator, is not among them)
+PV_ACCUM = {
+    torch.float16: ("fp32", "fp16+fp32", "fp16"),
+    torch.float8_e4m3fn: ("fp32+fp32", "fp32+fp16"),
+}
+
+
+def resolve_pv_accum(v_dtype: torch.dtype, pv_accum: str | None) -> str:
+    """``pv_accum`` checked against the V dtype's modes (:data:`PV_ACCUM`); None gives the default."""
+    modes = PV_ACCUM.get(v_dtype)
+    if modes is None:
+        raise TypeError(f"v has dtype {v_dtype}; supported: float16, float8_e4m3fn")
+    if pv_accum is None:
+        return modes[0]
+    if not isinstance(pv_accum, str):
+        raise TypeError(f"pv_accum must be a str or None, got {type(pv_accum).__name__}")
+    if pv_accum not in modes:
+        kind = "FP8 (float8_e4m3fn)" if v_dtype == torch.float8_e4m3fn else "fp16"
+        raise ValueError(f"pv_accum={pv_accum!r} is not supported with {kind} v; supported: {modes}")
+    return pv_accum
 
 
 def num_q_groups(nq: int, warp_q: int) -> int:
@@ -135,10 +176,11 @@ def sage_attention_fwd(
     is_causal: bool = False,
     warp_q: int = 32,
     out_dtype: torch.dtype = torch.float16,
+    pv_accum: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(out [B, Hq, Nq, D] out_dtype, lse [B, Hq, Nq] float32)``, see the module docstring."""
     s = dequant_scores(q, k, q_scale, k_scale, warp_q)
-    return attention_from_scores(s, v, v_scale, is_causal, out_dtype)
+    return attention_from_scores(s, v, v_scale, is_causal, out_dtype, pv_accum)
 
 
 def attention_from_scores(
@@ -147,15 +189,19 @@ def attention_from_scores(
     v_scale: torch.Tensor | None,
     is_causal: bool,
     out_dtype: torch.dtype,
+    pv_accum: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The softmax and P·V half of :func:`sage_attention_fwd` on float64 log2-domain scores
     ``s [B, Hq, Nq, Nk]`` (shared with the INT4 reference)."""
     nq, nk = s.shape[-2], s.shape[-1]
     fp8 = v.dtype == torch.float8_e4m3fn
     c = FP8_P_SCALE if fp8 else 1.0
+    pv_accum = resolve_pv_accum(v.dtype, pv_accum)
     if is_causal:
         keep = torch.ones(nq, nk, dtype=torch.bool, device=s.device).tril()
         s = s.masked_fill(~keep, float("-inf"))
+    if pv_accum not in ("fp32", "fp32+fp32"):
+        return _f16_accumulated(s, v, v_scale, c, pv_accum, out_dtype)
     m = s.amax(dim=-1, keepdim=True)
     e = c * torch.exp2(s - m)
     lsum = e.sum(dim=-1, keepdim=True)
@@ -170,3 +216,41 @@ def attention_from_scores(
     out = (o / lsum).to(out_dtype)
     lse = ((m + torch.log2(lsum / c)) * math.log(2.0)).squeeze(-1).float()
     return out, lse
+
+
+def _round_f16(x: torch.Tensor) -> torch.Tensor:
+    return x.to(torch.float16).double()
+
+
+def _f16_accumulated(
+    s: torch.Tensor, v: torch.Tensor, v_scale: torch.Tensor | None, c: float, pv_accum: str, out_dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`attention_from_scores` for the f16-accumulating ``pv_accum`` modes: 64-key blocks, running
+    max, an f16 rounding per MMA k-step (module docstring)."""
+    fp8 = v.dtype == torch.float8_e4m3fn
+    kstep = 32 if fp8 else 16
+    one_level = pv_accum == "fp16"
+    rep = s.shape[1] // v.shape[1]
+    vv = v.repeat_interleave(rep, dim=1).double()
+    m = torch.full(s.shape[:-1], float("-inf"), dtype=torch.float64, device=s.device)
+    lsum = torch.zeros_like(m)
+    acc = torch.zeros((*s.shape[:-1], v.shape[-1]), dtype=torch.float64, device=s.device)
+    for j0 in range(0, s.shape[-1], BLOCK_K):
+        sb = s[..., j0 : j0 + BLOCK_K]
+        m_new = torch.maximum(m, sb.amax(dim=-1))
+        m_use = torch.where(m_new == float("-inf"), torch.zeros_like(m_new), m_new)  # no key yet: all 0
+        alpha = torch.exp2(m - m_use)[..., None]
+        e = c * torch.exp2(sb - m_use[..., None])
+        lsum = lsum * alpha[..., 0] + e.sum(dim=-1)
+        p = e.to(torch.float8_e4m3fn).double() if fp8 else _round_f16(e)
+        vb = vv[..., j0 : j0 + BLOCK_K, :]
+        blk = _round_f16(acc * alpha) if one_level else torch.zeros_like(acc)
+        for i0 in range(0, sb.shape[-1], kstep):
+            blk = _round_f16(blk + torch.matmul(p[..., i0 : i0 + kstep], vb[..., i0 : i0 + kstep, :]))
+        acc = blk if one_level else acc * alpha + blk
+        m = m_new
+    o = acc / lsum[..., None]
+    if fp8:
+        o = o * v_scale.repeat_interleave(rep, dim=1).double()[..., None, :]
+    lse = (m + torch.log2(lsum / c)) * math.log(2.0)
+    return o.to(out_dtype), lse.float()
