@@ -191,9 +191,9 @@ def cuda_dispatch(capability: tuple[int, int]) -> tuple[str, dict]:
     sm120/sm121 -> fp8 CUDA with ``per_warp`` and ``"fp32+fp16"``. Beyond upstream (which raises
     "Unsupported CUDA architecture"): sm100/sm103 -> fp8 CUDA with ``per_thread`` and ``"fp32+fp32"``
     (Blackwell's FP8 MMA accumulates accurately); anything else -> ``"reference"`` (per-block maths).
-    ``sageattn`` then runs this choice only where a registered kernel implements it (for the FP8
-    variant it also accepts ``"fp32+fp32"`` in place of ``"fp32+fp16"``: the compiled mma.sync kernel
-    accumulates that way), else the Triton kernel.
+    ``sageattn`` then runs this choice only where a registered kernel implements it (the compiled
+    mma.sync kernel has every mode chosen here, SageAttention2++'s ``"fp32+fp16"`` included; for the
+    FP8 variant ``"fp32+fp32"`` is still tried second), else the Triton kernel.
     """
     major, minor = capability
     if (major, minor) == (8, 0):
@@ -216,9 +216,9 @@ _TRITON = "sageattn_qk_int8_pv_fp16_triton"
 
 def _kernel_kwargs(name, kw, q, k, v, tensor_layout, is_causal, sm_scale, attn_mask, smooth_k):
     """Upstream's kwargs ``kw`` for the variant ``name`` if a kernel registered for it runs them on
-    these inputs; else, for the FP8 variant, the same with ``pv_accum_dtype="fp32+fp32"`` (the
-    compiled mma.sync kernel's two-level float32 accumulation: more accurate than SageAttention2++'s
-    ``"fp32+fp16"``, which it does not implement); else None."""
+    these inputs; else, for the FP8 variant, the same with ``pv_accum_dtype="fp32+fp32"`` (two-level
+    float32 accumulation, as accurate as SageAttention2++'s ``"fp32+fp16"`` or more; a kernel that
+    ran only that mode would still be used); else None."""
     from . import variants
 
     if name not in variants.KERNELS:
@@ -311,8 +311,8 @@ def sageattn(
     to within one fp16 ulp of P: ``|o_cpu - o_torch| <= 2^-9·max|v|`` per channel, see ``_attention_cpu``);
     ``"auto"`` picks ``"cpu"`` on the CPU and, on CUDA, the variant upstream picks for the device's
     compute capability (:func:`cuda_dispatch`; sm100 too) when a kernel of this build runs that
-    variant on these inputs (the compiled mma.sync kernel: sm80 fp16 P·V; sm89/sm100/sm120 FP8 P·V
-    with two-level ``"fp32+fp32"`` accumulation, no masks; the Hopper kernel on sm90), else the
+    variant on these inputs (the compiled mma.sync kernel: sm80 fp16 P·V; sm89/sm120 FP8 P·V with
+    SageAttention2++'s ``"fp32+fp16"``, sm100 with ``"fp32+fp32"``, no masks; the Hopper kernel on sm90), else the
     Triton kernel (``sageattn_qk_int8_pv_fp16_triton`` with per-warp Q scales and fp32 P·V
     accumulation) on every CUDA device; the plain reference only where Triton is missing. Cost: ``2·B·Hq·Nq·Nk·(D + Dv)`` FLOPs.
 
