@@ -69,16 +69,17 @@ fi
 SRC_HASH=$(cd shared-kernels && find CMakeLists.txt pyproject.toml csrc include src -type f ! -name '*.pyc' ! -name '*.so' -print0 |
   LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16)
 PRE=.whl/sk-$SRC_HASH-$ARCH
+PIP="--no-index --disable-pip-version-check"  # nothing can be fetched on the GPU machine
 PYTAG=$($PY -c 'import sys; print("cp%d%d" % sys.version_info[:2])' 2>&1)
 # build_cmd PIP_ARGS: the CUDA build of shared-kernels with pip (no isolation: nothing can be fetched there)
 build_cmd() {
   echo "set -e; rm -rf $WORK/build
 [ -n '$ARCH' ] || { echo 'no CUDA device: no arch to build for (set SHARED_KERNELS_CUDA_ARCHS)'; exit 3; }
 set -- .whl/nvidia_cutlass-*.whl
-if [ -e \"\$1\" ]; then $PY -m pip install -q --no-index --no-deps --no-compile --upgrade --target $WORK/cutlass \"\$1\"; fi
+if [ -e \"\$1\" ]; then $PY -m pip install -q $PIP --no-deps --no-compile --upgrade --target $WORK/cutlass \"\$1\"; fi
 PYTHONPATH=$WORK/cutlass $PY -c 'import cutlass_library' || { echo 'nvidia-cutlass==4.2.0.0 (CUTLASS headers) missing: carry its wheel in .whl/'; exit 3; }
 SHARED_KERNELS_CUDA=ON SHARED_KERNELS_CUDA_ARCHS='$ARCH' CMAKE_BUILD_PARALLEL_LEVEL=\$(nproc) PYTHONPATH=$WORK/cutlass \\
-  $PY -m pip $1 -v --no-build-isolation --no-deps --config-settings=build-dir=$WORK/build ./shared-kernels"
+  $PY -m pip $1 -v $PIP --no-build-isolation --no-deps --config-settings=build-dir=$WORK/build ./shared-kernels"
 }
 if ((PREBUILD)); then
   ((DRY)) && { echo "[prebuild] $(build_cmd "wheel -w $PRE")"; exit 0; }
@@ -130,9 +131,10 @@ else phase env 40 0 "$OUT/env.txt" "date -u; uname -srm; nvidia-smi; command -v 
 
 # 2. shared-kernels into $WORK/site
 BUILD="rm -rf $WORK/site; set -- $PRE/shared_kernels-*-$PYTAG-*.whl
-if [ -e \"\$1\" ]; then echo \"prebuilt wheel \$1\"; $PY -m pip install --no-index --no-deps --no-compile --target $WORK/site \"\$1\"
-else ($(build_cmd "install --no-compile --target $WORK/site")); fi
-PYTHONPATH=$WORK/site $PY -c 'import json, shared_kernels as sk; print(json.dumps(sk.capabilities(), indent=1, default=str))'"
+if [ -e \"\$1\" ]; then echo \"prebuilt wheel \$1\"; $PY -m pip install $PIP --no-deps --no-compile --target $WORK/site \"\$1\"
+else ($(build_cmd "install --no-compile --target $WORK/site")) || exit; fi
+PYTHONPATH=$WORK/site $PY -c 'import json, shared_kernels as sk; assert sk.__file__.startswith(\"$WORK/site/\"), sk.__file__
+print(json.dumps(sk.capabilities(), indent=1, default=str))'"
 [[ -n $ARCH_ERR ]] && note "no arch from torch: $ARCH_ERR"
 if skipped build; then note "phase build: skipped (--skip), reusing $WORK/site if it holds a build"
 else phase build 300 150 "$OUT/build.log" "$BUILD"; fi
@@ -152,7 +154,7 @@ if skipped tests; then note "phase tests: skipped (--skip)"
 else
   for d in "${TEST_DIRS[@]}"; do
     name=${d%/tests}; name=${name#packages/}
-    cmd="$PY -m pytest -c pyproject.toml --rootdir=. $d -m cuda -p no:cacheprovider --continue-on-collection-errors $TIMEOUT_OPT -v -rA --junitxml=$WORK/tests/$name.xml"
+    cmd="$PY -m pytest -c pyproject.toml --rootdir=. $d -m cuda -p no:cacheprovider --continue-on-collection-errors $TIMEOUT_OPT -v -rA --durations=10 --junitxml=$WORK/tests/$name.xml"
     if ((DRY)); then phase "tests $name" 600 70 "$WORK/tests/$name.log" "$cmd"
     else phase "tests $name" 600 70 "$WORK/tests/$name.log" "$cmd" & fi
   done
@@ -179,7 +181,7 @@ work, out = sys.argv[1:3]
 merged = ET.Element("testsuites")
 for log in sorted(glob.glob(f"{work}/tests/*.log")):
     name, c = os.path.basename(log)[:-4], dict(passed=0, failed=0, errors=0, skipped=0, collection_errors=0)
-    xml = f"{work}/tests/{name}.xml"
+    xml, bad = f"{work}/tests/{name}.xml", []
     if os.path.exists(xml):
         for suite in ET.parse(xml).getroot().iter("testsuite"):
             suite.set("name", name)
@@ -189,13 +191,18 @@ for log in sorted(glob.glob(f"{work}/tests/*.log")):
                 key = ("collection_errors" if "collection failure" in tags.get("error", "") else "errors"
                        if "error" in tags else "failed" if "failure" in tags else "skipped" if "skipped" in tags else "passed")
                 c[key] += 1
+                if key in ("failed", "errors", "collection_errors"):
+                    cls, test, msg = tc.get("classname"), tc.get("name"), tags.get("failure") or tags.get("error")
+                    bad.append(f"    {key}: {cls}::{test}: {msg[:150]}")
         src = "junit"
     else:
         text = open(log, errors="replace").read()
         for word, key in (("PASSED", "passed"), ("FAILED", "failed"), ("ERROR", "errors"), ("SKIPPED", "skipped")):
             c[key] = len(re.findall(rf"::\S+ {word}\b", text))
+        bad = [f"    failed: {t}" for t in re.findall(r"(\S+::\S+) FAILED", text)]
         src = "from the log: no JUnit XML (timed out or crashed)"
     print(f"{name:16s}", " ".join(f"{k} {v}" for k, v in c.items()), f"[{src}]")
+    bad and print("\n".join(bad[:15] + ([f"    ... {len(bad) - 15} more"] if len(bad) > 15 else [])))
 ET.ElementTree(merged).write(f"{out}/cuda.xml", encoding="utf-8", xml_declaration=True)'
 if ((DRY)); then echo "[summary] $OUT/summary.txt: phase times, and per test folder passed/failed/errors/skipped/collection errors; $OUT/cuda.xml"
 else

@@ -173,6 +173,14 @@ def test_summary_counts_junit_and_logs(tmp_path: Path) -> None:
     assert re.search(
         r"beta +passed 2 failed 1 errors 0 skipped 0 collection_errors 0 \[from the log", summary
     )
+    for line in (
+        "failed: t::bad: boom",
+        "errors: t::fixture: failed on setup",
+        "collection_errors: ::t2: collection",
+    ):
+        assert line in summary, line
+    assert "failed: pkg/tests/test_a.py::test_three" in summary
+    assert "t::ok" not in summary and "t::skip" not in summary
     merged = ET.parse(out / "cuda.xml").getroot()
     assert [s.get("name") for s in merged.iter("testsuite")] == ["alpha"]
     assert len(list(merged.iter("testcase"))) == 5
