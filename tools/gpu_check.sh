@@ -46,8 +46,7 @@ TEST_DIRS=() NO_CUDA=()
 for d in shared-kernels/tests packages/*/tests; do
   if grep -rqE --include='*.py' 'mark\.cuda\b' "$d"; then TEST_DIRS+=("$d"); else NO_CUDA+=("$d"); fi
 done
-SRC_PATH=$(printf "$ROOT/%s:" packages/*/src)  # the method packages are pure Python: used from the tree
-SRC_PATH=${SRC_PATH%:}
+SRC_PATH=$(printf "$ROOT/%s:" packages/*/src) && SRC_PATH=${SRC_PATH%:}  # pure Python: used from the tree
 # Benchmarks with a GPU mode, most important first, with small settings. bench_triton.py's main() runs its
 # accuracy table on CPU tensors, which its Triton API refuses on a GPU machine: only its timings are run.
 BENCH=(
@@ -113,7 +112,7 @@ else
   mkdir -p "$OUT" "$WORK/tests" "$WORK/bench" || exit 2
   : >"$OUT/summary.txt"
   touch "$WORK/t0"
-  note "gpu_check $(date -u '+%F %T') UTC, budget $BUDGET s, skip '${SKIP}', repo $(git rev-parse --short HEAD 2>/dev/null || echo '(no git)')"
+  note "gpu_check $(date -u '+%F %T') UTC, budget $BUDGET s, skip '${SKIP}', shared-kernels sources $SRC_HASH"
 fi
 
 # 1. environment report
