@@ -47,8 +47,8 @@ for d in shared-kernels/tests packages/*/tests; do
   if grep -rqE --include='*.py' 'mark\.cuda\b' "$d"; then TEST_DIRS+=("$d"); else NO_CUDA+=("$d"); fi
 done
 SRC_PATH=$(printf "$ROOT/%s:" packages/*/src) && SRC_PATH=${SRC_PATH%:}  # pure Python: used from the tree
-# Benchmarks with a GPU mode, most important first, with small settings. bench_triton.py's main() runs its
-# accuracy table on CPU tensors, which its Triton API refuses on a GPU machine: only its timings are run.
+# Benchmarks with a GPU mode, most important first, with small settings. Of bench_triton.py only its timings
+# run here (its main() also computes an accuracy table with float64 references: too slow for the budget).
 BENCH=(
   "$PY shared-kernels/benchmarks/bench_sage_attention_fwd_gpu.py --quick --csv $WORK/bench/sage_attention_fwd_gpu.csv --png $WORK/bench/sage_attention_fwd_gpu.png"
   "$PY shared-kernels/benchmarks/bench_sage_attention_sm90.py --quick --csv $WORK/bench/sage_attention_sm90_gpu.csv"

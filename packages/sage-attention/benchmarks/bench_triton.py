@@ -80,7 +80,9 @@ def run_variant(name, q, k, v, causal):
 def accuracy(shapes):
     rows = []
     for label, (b, h, n, d, causal) in shapes.items():
-        q, k, v = diffusion_like(b, h, n, d)
+        # the Triton kernels need CUDA tensors where a GPU is present (the interpreter runs CPU ones)
+        dev = "cuda" if torch.cuda.is_available() else "cpu"
+        q, k, v = (x.to(dev) for x in diffusion_like(b, h, n, d))
         exact, _ = ref.attention_exact(q, k, v, is_causal=causal)
         for name, (pv, gran, smooth) in VARIANTS.items():
             t0 = time.perf_counter()
