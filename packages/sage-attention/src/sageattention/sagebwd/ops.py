@@ -1,0 +1,235 @@
+"""SageBwd as two ``torch.library`` custom ops with fake implementations and a registered autograd
+formula, so that ``torch.compile(fullgraph=True)`` traces training through them in one graph (the
+Triton launchers and the reference's Python loops stay opaque to dynamo and AOTAutograd).
+
+- ``sageattention::sagebwd_fwd(q, k, v, mask, sm_scale, is_causal, smooth_k, quantize, impl)``
+  returns the flat tuple ``(o, lse, lse2, q8, qs, k8, ks, km)``: ``o`` float32 ``[B, Hq, Nq, Dv]``
+  (float64 for ``quantize=False`` on float64 inputs), the natural-log ``lse`` and the log2 ``lse2``
+  ``[B, Hq, Nq]``, and the rest of :class:`~sageattention.sagebwd.reference.SageBwdSaved`: int8
+  ``q8 [B, Hq, Nq, D]`` with its float32 scales ``qs [B, Hq, ⌈Nq/128⌉]``, int8 ``k8 [B, Hkv, Nk, D]``
+  with ``ks [B, Hkv, ⌈Nk/64⌉]`` and the float32 token mean ``km [B, Hkv, 1, D]``. A field the
+  configuration does not produce (everything after ``lse2`` when ``quantize=False``, ``km`` when
+  ``smooth_k=False``) is an empty tensor of shape ``(0,)``: custom ops cannot return None.
+- ``sageattention::sagebwd_bwd(do, dlse, v, o, lse2, q, k, q8, qs, k8, ks, km, mask, sm_scale,
+  is_causal, quantize, impl)`` returns float32 ``(dQ, dK, dV)`` (float64 as above); ``q``/``k`` are
+  given only for ``quantize=False``, ``q8 … km`` only for ``quantize=True`` (None otherwise).
+
+``impl`` ``"torch"`` runs :mod:`sageattention.sagebwd.reference`, ``"triton"`` the kernels of
+:mod:`sageattention.sagebwd.kernels` (CUDA, or CPU under ``TRITON_INTERPRET=1``; ``quantize=True``
+only). The maths and costs are those modules' (SageAttention3 paper §4, steps 1-10 of the reference).
+:func:`sagebwd_attention` is the validated, differentiable entry point on HND tensors.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .. import reference as ref
+from . import reference as sref
+
+__all__ = ["IMPLS", "sagebwd_attention"]
+
+IMPLS = ("torch", "triton")
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_SAVED_Q = ("q8", "qs", "k8", "ks", "km")
+
+
+def _cdiv(a, b: int):
+    return (a + b - 1) // b
+
+
+def _none_if_empty(x: torch.Tensor) -> torch.Tensor | None:
+    return None if x.dim() == 1 and x.shape[0] == 0 else x
+
+
+@torch.library.custom_op("sageattention::sagebwd_fwd", mutates_args=())
+def _fwd_op(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None,
+    sm_scale: float,
+    is_causal: bool,
+    smooth_k: bool,
+    quantize: bool,
+    impl: str,
+) -> tuple[
+    torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor
+]:
+    kw = dict(sm_scale=sm_scale, is_causal=is_causal, mask=mask, smooth_k=smooth_k)
+    if impl == "triton":
+        from . import kernels
+
+        o, lse, saved = kernels.forward(q, k, v, **kw)
+    else:
+        o, lse, saved = sref.sagebwd_forward(q, k, v, quantize=quantize, **kw)
+    rest = [getattr(saved, n, None) if quantize else None for n in _SAVED_Q]
+    rest = [q.new_empty((0,), dtype=torch.float32) if x is None else x for x in rest]
+    # contiguous: the fake's strides (the reference returns slices of padded blocks)
+    return tuple(x.contiguous() for x in (o, lse, saved.lse2, *rest))
+
+
+@_fwd_op.register_fake
+def _(q, k, v, mask, sm_scale, is_causal, smooth_k, quantize, impl):
+    b, hq, nq, d = q.shape
+    hkv, nk, dv = k.shape[1], k.shape[2], v.shape[3]
+    exact = torch.float64 if (q.dtype == torch.float64 and not quantize) else torch.float32
+    o = q.new_empty((b, hq, nq, dv), dtype=exact)
+    lse, lse2 = (q.new_empty((b, hq, nq), dtype=exact) for _ in range(2))
+    if not quantize:
+        return (o, lse, lse2, *(q.new_empty((0,), dtype=torch.float32) for _ in _SAVED_Q))
+    q8 = q.new_empty((b, hq, nq, d), dtype=torch.int8)
+    qs = q.new_empty((b, hq, _cdiv(nq, ref.BLKQ)), dtype=torch.float32)
+    k8 = q.new_empty((b, hkv, nk, d), dtype=torch.int8)
+    ks = q.new_empty((b, hkv, _cdiv(nk, sref.BLOCK_N)), dtype=torch.float32)
+    km = q.new_empty((b, hkv, 1, d) if smooth_k else (0,), dtype=torch.float32)
+    return o, lse, lse2, q8, qs, k8, ks, km
+
+
+@torch.library.custom_op("sageattention::sagebwd_bwd", mutates_args=())
+def _bwd_op(
+    do: torch.Tensor,
+    dlse: torch.Tensor | None,
+    v: torch.Tensor,
+    o: torch.Tensor,
+    lse2: torch.Tensor,
+    q: torch.Tensor | None,
+    k: torch.Tensor | None,
+    q8: torch.Tensor | None,
+    qs: torch.Tensor | None,
+    k8: torch.Tensor | None,
+    ks: torch.Tensor | None,
+    km: torch.Tensor | None,
+    mask: torch.Tensor | None,
+    sm_scale: float,
+    is_causal: bool,
+    quantize: bool,
+    impl: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    saved = sref.SageBwdSaved(q=q, k=k, v=v, o=o, lse2=lse2, q8=q8, qs=qs, k8=k8, ks=ks, km=km)
+    if impl == "triton":
+        from . import kernels
+
+        return kernels.backward(saved, do, dlse, sm_scale=sm_scale, is_causal=is_causal, mask=mask)
+    return sref.sagebwd_backward(
+        saved, do, dlse, sm_scale=sm_scale, is_causal=is_causal, mask=mask, quantize=quantize
+    )
+
+
+@_bwd_op.register_fake
+def _(do, dlse, v, o, lse2, q, k, q8, qs, k8, ks, km, mask, sm_scale, is_causal, quantize, impl):
+    qq, kk = (q8, k8) if quantize else (q, k)
+    dtype = o.dtype
+    return qq.new_empty(qq.shape, dtype=dtype), kk.new_empty(kk.shape, dtype=dtype), v.new_empty(v.shape, dtype=dtype)
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, mask, sm_scale, is_causal, smooth_k, quantize, impl = inputs
+    o, _lse, lse2, q8, qs, k8, ks, km = output
+    ctx.mark_non_differentiable(lse2, q8, qs, k8, ks, km)
+    if quantize:
+        ctx.save_for_backward(v, o, lse2, None, None, q8, qs, k8, ks, km if smooth_k else None, mask)
+    else:
+        ctx.save_for_backward(v, o, lse2, q, k, None, None, None, None, None, mask)
+    ctx.cfg = (sm_scale, is_causal, quantize, impl)
+    ctx.dtypes = (q.dtype, k.dtype, v.dtype)
+
+
+def _backward(ctx, do, dlse, *_unused):
+    v, o, lse2, q, k, q8, qs, k8, ks, km, mask = ctx.saved_tensors
+    sm_scale, is_causal, quantize, impl = ctx.cfg
+    dq, dk, dv = torch.ops.sageattention.sagebwd_bwd(
+        do, dlse, v, o, lse2, q, k, q8, qs, k8, ks, km, mask, sm_scale, is_causal, quantize, impl
+    )
+    tq, tk, tv = ctx.dtypes
+    return dq.to(tq), dk.to(tk), dv.to(tv), None, None, None, None, None, None
+
+
+torch.library.register_autograd("sageattention::sagebwd_fwd", _backward, setup_context=_setup_context)
+
+
+def _check_tensor(name: str, x: object, dtypes: tuple[torch.dtype, ...]) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in dtypes:
+        raise TypeError(f"{name} must have dtype in {[str(t) for t in dtypes]}, got {x.dtype}")
+    if x.dim() != 4:
+        raise ValueError(f"{name} must be 4-D HND [B, H, N, D], got shape {tuple(x.shape)}")
+    return x
+
+
+def _check_flag(name: str, x: object) -> bool:
+    if not isinstance(x, bool):
+        raise TypeError(f"{name} must be a bool, got {type(x).__name__}")
+    return x
+
+
+def sagebwd_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None,
+    sm_scale: float,
+    is_causal: bool,
+    smooth_k: bool,
+    quantize: bool,
+    impl: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Differentiable SageBwd on HND tensors: ``(o, lse)``, ``o = softmax(c·Q·Kᵀ + mask)·V`` in q's
+    dtype and the float32 natural-log ``lse [B, Hq, Nq]`` (float64 when ``quantize=False`` on float64
+    inputs), with INT8 forward and backward (SageAttention3 paper §4; steps 1-10 of
+    :mod:`sageattention.sagebwd.reference`), ``c = sm_scale``.
+
+    One ``sageattention::sagebwd_fwd`` op; its backward is one ``sageattention::sagebwd_bwd`` op.
+    ``q [B, Hq, Nq, D]``, ``k [B, Hkv, Nk, D]``, ``v [B, Hkv, Nk, Dv]`` share dtype (fp16, bf16, fp32;
+    float64 with ``quantize=False``) and device, ``Hq % Hkv == 0``. ``mask``: None or a floating
+    additive mask (natural log, ``-inf`` = masked) broadcastable to ``[B, Hq, Nq, Nk]`` that does not
+    require grad. ``impl``: ``"torch"`` (reference, any device) or ``"triton"`` (kernels; CUDA or
+    ``TRITON_INTERPRET=1``, ``quantize=True``). Costs: forward ``2·B·Hq·Nq·Nk·(D + Dv)`` INT8 ops,
+    backward ``8·B·Hq·Nq·Nk·D`` INT8 + ``4·B·Hq·Nq·Nk·Dv`` fp16 ops (``D = Dv``). No argument is
+    modified. :func:`sageattention.sagebwd.sageattn_train` is the user-facing API (layouts, bool
+    masks, backend choice, empty sequences)."""
+    if not isinstance(impl, str) or impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    quantize = _check_flag("quantize", quantize)
+    dtypes = _DTYPES if quantize else (*_DTYPES, torch.float64)
+    q, k, v = (_check_tensor(n, x, dtypes) for n, x in (("q", q), ("k", k), ("v", v)))
+    for name, flag in (("is_causal", is_causal), ("smooth_k", smooth_k)):
+        _check_flag(name, flag)
+    if isinstance(sm_scale, bool) or not isinstance(sm_scale, (int, float)) or not math.isfinite(sm_scale):
+        raise TypeError(f"sm_scale must be a finite float, got {sm_scale!r}")
+    for name, x in (("k", k), ("v", v)):
+        if x.dtype != q.dtype or x.device != q.device:
+            raise ValueError(
+                f"{name} must share q's dtype and device ({q.dtype}, {q.device}), got {x.dtype}, {x.device}"
+            )
+    b, hq, nq, d = q.shape
+    hkv, nk = k.shape[1], k.shape[2]
+    if k.shape[0] != b or v.shape[:3] != k.shape[:3] or k.shape[3] != d or hkv < 1 or hq % hkv:
+        raise ValueError(
+            f"need q [B, Hq, Nq, D], k [B, Hkv, Nk, D], v [B, Hkv, Nk, Dv] with Hq % Hkv == 0, got "
+            f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
+        )
+    if mask is not None:
+        if not isinstance(mask, torch.Tensor) or not mask.is_floating_point():
+            raise TypeError(f"mask must be None or a floating additive tensor, got {getattr(mask, 'dtype', mask)!r}")
+        if mask.device != q.device:
+            raise ValueError(f"mask is on {mask.device}, q on {q.device}")
+        try:
+            ok = mask.dim() <= 4 and torch.broadcast_shapes(mask.shape, (b, hq, nq, nk)) == (b, hq, nq, nk)
+        except RuntimeError:
+            ok = False
+        if not ok:
+            raise ValueError(
+                f"mask must be broadcastable to [B, Hq, Nq, Nk] = {[b, hq, nq, nk]}, got {tuple(mask.shape)}"
+            )
+        if mask.requires_grad and torch.is_grad_enabled():
+            raise ValueError("mask requires grad: SageBwd has no gradient for the mask; detach it")
+    if impl == "triton" and not quantize:
+        raise ValueError("quantize=False runs in PyTorch only: use impl='torch'")
+    o, lse, *_saved = torch.ops.sageattention.sagebwd_fwd(
+        q, k, v, mask, float(sm_scale), is_causal, smooth_k, quantize, impl
+    )
+    return o.to(q.dtype), lse
