@@ -106,22 +106,44 @@ def sageattn_train(
     return p.finish(o, lse)
 
 
+def _no_backward_message(name: str) -> str:
+    return (
+        f"{name} is an inference kernel without a backward: it cannot give gradients. For "
+        f"training use sageattention.sageattn (SageBwd: INT8 forward and backward when q, k or v "
+        f"requires grad) or sageattention.sagebwd.sageattn_train"
+    )
+
+
+@torch.library.custom_op("sageattention::no_backward_error", mutates_args=())
+def _no_backward_error(
+    grads: list[torch.Tensor], q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, name: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Raises the error of an inference variant's backward when it runs. An op (not a ``raise`` in
+    ``backward``) so that ``torch.compile`` traces the backward and the error comes at backward time;
+    it takes the incoming gradients so that it can only be scheduled in the backward graph."""
+    raise RuntimeError(_no_backward_message(name))
+
+
+@_no_backward_error.register_fake
+def _(grads, q, k, v, name):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
 class _NoBackward(torch.autograd.Function):
     """Passes an inference variant's outputs through; its backward raises (never wrong gradients)."""
 
     @staticmethod
     def forward(ctx, name, q, k, v, *outs):
         ctx.name = name
+        ctx.save_for_backward(q, k, v)
         res = tuple(o.view_as(o) for o in outs)
         return res if len(res) > 1 else res[0]
 
     @staticmethod
     def backward(ctx, *grads):
-        raise RuntimeError(
-            f"{ctx.name} is an inference kernel without a backward: it cannot give gradients. For "
-            f"training use sageattention.sageattn (SageBwd: INT8 forward and backward when q, k or v "
-            f"requires grad) or sageattention.sagebwd.sageattn_train"
-        )
+        q, k, v = ctx.saved_tensors
+        dq, dk, dv = torch.ops.sageattention.no_backward_error(list(grads), q, k, v, ctx.name)
+        return (None, dq, dk, dv, *(None for _ in grads))
 
 
 def no_backward(fn: Callable) -> Callable:

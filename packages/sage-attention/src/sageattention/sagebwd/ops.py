@@ -3,16 +3,18 @@ formula, so that ``torch.compile(fullgraph=True)`` traces training through them 
 Triton launchers and the reference's Python loops stay opaque to dynamo and AOTAutograd).
 
 - ``sageattention::sagebwd_fwd(q, k, v, mask, sm_scale, is_causal, smooth_k, quantize, impl)``
-  returns the flat tuple ``(o, lse, lse2, q8, qs, k8, ks, km)``: ``o`` float32 ``[B, Hq, Nq, Dv]``
+  returns the flat tuple ``(o, lse, lse2, q8, k8, scales)``: ``o`` float32 ``[B, Hq, Nq, Dv]``
   (float64 for ``quantize=False`` on float64 inputs), the natural-log ``lse`` and the log2 ``lse2``
   ``[B, Hq, Nq]``, and the rest of :class:`~sageattention.sagebwd.reference.SageBwdSaved`: int8
-  ``q8 [B, Hq, Nq, D]`` with its float32 scales ``qs [B, Hq, ⌈Nq/128⌉]``, int8 ``k8 [B, Hkv, Nk, D]``
-  with ``ks [B, Hkv, ⌈Nk/64⌉]`` and the float32 token mean ``km [B, Hkv, 1, D]``. A field the
-  configuration does not produce (everything after ``lse2`` when ``quantize=False``, ``km`` when
-  ``smooth_k=False``) is an empty tensor of shape ``(0,)``: custom ops cannot return None.
-- ``sageattention::sagebwd_bwd(do, dlse, v, o, lse2, q, k, q8, qs, k8, ks, km, mask, sm_scale,
-  is_causal, quantize, impl)`` returns float32 ``(dQ, dK, dV)`` (float64 as above); ``q``/``k`` are
-  given only for ``quantize=False``, ``q8 … km`` only for ``quantize=True`` (None otherwise).
+  ``q8 [B, Hq, Nq, D]``, int8 ``k8 [B, Hkv, Nk, D]`` and one float32 vector ``scales = qs ⧺ ks ⧺ km``
+  (Q scales ``[B, Hq, ⌈Nq/128⌉]``, K scales ``[B, Hkv, ⌈Nk/64⌉]``, token mean of K ``[B, Hkv, 1, D]``
+  only when ``smooth_k``), flattened. With ``quantize=False`` (the backward then recomputes from Q,
+  K, which autograd saves as inputs) ``q8``, ``k8``, ``scales`` are empty float32 tensors of shape
+  ``(0,)``: a custom op cannot return None.
+- ``sageattention::sagebwd_bwd(do, dlse, v, o, lse2, q, k, q8, k8, scales, mask, sm_scale,
+  is_causal, smooth_k, quantize, impl)`` returns float32 ``(dQ, dK, dV)`` (float64 as above);
+  ``q``/``k`` are given only for ``quantize=False``, ``q8, k8, scales`` only for ``quantize=True``
+  (None otherwise). ``dlse`` None means 0.
 
 ``impl`` ``"torch"`` runs :mod:`sageattention.sagebwd.reference`, ``"triton"`` the kernels of
 :mod:`sageattention.sagebwd.kernels` (CUDA, or CPU under ``TRITON_INTERPRET=1``; ``quantize=True``
@@ -33,15 +35,33 @@ __all__ = ["IMPLS", "sagebwd_attention"]
 
 IMPLS = ("torch", "triton")
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-_SAVED_Q = ("q8", "qs", "k8", "ks", "km")
 
 
 def _cdiv(a, b: int):
     return (a + b - 1) // b
 
 
-def _none_if_empty(x: torch.Tensor) -> torch.Tensor | None:
-    return None if x.dim() == 1 and x.shape[0] == 0 else x
+def _scale_sizes(b, hq, hkv, nq, nk, d, smooth_k: bool) -> tuple:
+    """Element counts of ``qs [B, Hq, ⌈Nq/128⌉]``, ``ks [B, Hkv, ⌈Nk/64⌉]``, ``km [B, Hkv, 1, D]``."""
+    return b * hq * _cdiv(nq, ref.BLKQ), b * hkv * _cdiv(nk, sref.BLOCK_N), (b * hkv * d if smooth_k else 0)
+
+
+def _pack_scales(qs: torch.Tensor, ks: torch.Tensor, km: torch.Tensor | None) -> torch.Tensor:
+    """``qs ⧺ ks ⧺ km`` flattened into one float32 vector. One 1-D tensor instead of three keeps
+    ``torch.compile(dynamic=True)`` from specialising on ``⌈N/128⌉ == 1`` (its contiguity check of a
+    ``[B, H, ⌈N/128⌉]`` tensor guards on each size being 1: a recompile at N = 65 and N = 129)."""
+    parts = [qs.reshape(-1), ks.reshape(-1)] + ([km.reshape(-1)] if km is not None else [])
+    return torch.cat([x.float() for x in parts])
+
+
+def _unpack_scales(scales: torch.Tensor, q8: torch.Tensor, k8: torch.Tensor, smooth_k: bool):
+    """``(qs, ks, km or None)`` views of :func:`_pack_scales`'s vector."""
+    b, hq, nq, d = q8.shape
+    hkv, nk = k8.shape[1], k8.shape[2]
+    nqs, nks, nkm = _scale_sizes(b, hq, hkv, nq, nk, d, smooth_k)
+    qs, ks, km = scales.split([nqs, nks, nkm])
+    qs, ks = qs.view(b, hq, -1), ks.view(b, hkv, -1)
+    return qs, ks, (km.view(b, hkv, 1, d) if smooth_k else None)
 
 
 @torch.library.custom_op("sageattention::sagebwd_fwd", mutates_args=())
@@ -55,9 +75,7 @@ def _fwd_op(
     smooth_k: bool,
     quantize: bool,
     impl: str,
-) -> tuple[
-    torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor
-]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     kw = dict(sm_scale=sm_scale, is_causal=is_causal, mask=mask, smooth_k=smooth_k)
     if impl == "triton":
         from . import kernels
@@ -65,8 +83,10 @@ def _fwd_op(
         o, lse, saved = kernels.forward(q, k, v, **kw)
     else:
         o, lse, saved = sref.sagebwd_forward(q, k, v, quantize=quantize, **kw)
-    rest = [getattr(saved, n, None) if quantize else None for n in _SAVED_Q]
-    rest = [q.new_empty((0,), dtype=torch.float32) if x is None else x for x in rest]
+    if quantize:
+        rest = (saved.q8, saved.k8, _pack_scales(saved.qs, saved.ks, saved.km))
+    else:
+        rest = tuple(q.new_empty((0,), dtype=torch.float32) for _ in range(3))
     # contiguous: the fake's strides (the reference returns slices of padded blocks)
     return tuple(x.contiguous() for x in (o, lse, saved.lse2, *rest))
 
@@ -79,13 +99,11 @@ def _(q, k, v, mask, sm_scale, is_causal, smooth_k, quantize, impl):
     o = q.new_empty((b, hq, nq, dv), dtype=exact)
     lse, lse2 = (q.new_empty((b, hq, nq), dtype=exact) for _ in range(2))
     if not quantize:
-        return (o, lse, lse2, *(q.new_empty((0,), dtype=torch.float32) for _ in _SAVED_Q))
+        return (o, lse, lse2, *(q.new_empty((0,), dtype=torch.float32) for _ in range(3)))
     q8 = q.new_empty((b, hq, nq, d), dtype=torch.int8)
-    qs = q.new_empty((b, hq, _cdiv(nq, ref.BLKQ)), dtype=torch.float32)
     k8 = q.new_empty((b, hkv, nk, d), dtype=torch.int8)
-    ks = q.new_empty((b, hkv, _cdiv(nk, sref.BLOCK_N)), dtype=torch.float32)
-    km = q.new_empty((b, hkv, 1, d) if smooth_k else (0,), dtype=torch.float32)
-    return o, lse, lse2, q8, qs, k8, ks, km
+    scales = q.new_empty((sum(_scale_sizes(b, hq, hkv, nq, nk, d, smooth_k)),), dtype=torch.float32)
+    return o, lse, lse2, q8, k8, scales
 
 
 @torch.library.custom_op("sageattention::sagebwd_bwd", mutates_args=())
@@ -98,16 +116,18 @@ def _bwd_op(
     q: torch.Tensor | None,
     k: torch.Tensor | None,
     q8: torch.Tensor | None,
-    qs: torch.Tensor | None,
     k8: torch.Tensor | None,
-    ks: torch.Tensor | None,
-    km: torch.Tensor | None,
+    scales: torch.Tensor | None,
     mask: torch.Tensor | None,
     sm_scale: float,
     is_causal: bool,
+    smooth_k: bool,
     quantize: bool,
     impl: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    qs = ks = km = None
+    if quantize:
+        qs, ks, km = _unpack_scales(scales, q8, k8, smooth_k)
     saved = sref.SageBwdSaved(q=q, k=k, v=v, o=o, lse2=lse2, q8=q8, qs=qs, k8=k8, ks=ks, km=km)
     if impl == "triton":
         from . import kernels
@@ -119,29 +139,32 @@ def _bwd_op(
 
 
 @_bwd_op.register_fake
-def _(do, dlse, v, o, lse2, q, k, q8, qs, k8, ks, km, mask, sm_scale, is_causal, quantize, impl):
+def _(do, dlse, v, o, lse2, q, k, q8, k8, scales, mask, sm_scale, is_causal, smooth_k, quantize, impl):
     qq, kk = (q8, k8) if quantize else (q, k)
-    dtype = o.dtype
-    return qq.new_empty(qq.shape, dtype=dtype), kk.new_empty(kk.shape, dtype=dtype), v.new_empty(v.shape, dtype=dtype)
+    return (
+        qq.new_empty(qq.shape, dtype=o.dtype),
+        kk.new_empty(kk.shape, dtype=o.dtype),
+        v.new_empty(v.shape, dtype=o.dtype),
+    )
 
 
 def _setup_context(ctx, inputs, output):
     q, k, v, mask, sm_scale, is_causal, smooth_k, quantize, impl = inputs
-    o, _lse, lse2, q8, qs, k8, ks, km = output
-    ctx.mark_non_differentiable(lse2, q8, qs, k8, ks, km)
+    o, _lse, lse2, q8, k8, scales = output
+    ctx.mark_non_differentiable(lse2, q8, k8, scales)
     if quantize:
-        ctx.save_for_backward(v, o, lse2, None, None, q8, qs, k8, ks, km if smooth_k else None, mask)
+        ctx.save_for_backward(v, o, lse2, None, None, q8, k8, scales, mask)
     else:
-        ctx.save_for_backward(v, o, lse2, q, k, None, None, None, None, None, mask)
-    ctx.cfg = (sm_scale, is_causal, quantize, impl)
+        ctx.save_for_backward(v, o, lse2, q, k, None, None, None, mask)
+    ctx.cfg = (sm_scale, is_causal, smooth_k, quantize, impl)
     ctx.dtypes = (q.dtype, k.dtype, v.dtype)
 
 
 def _backward(ctx, do, dlse, *_unused):
-    v, o, lse2, q, k, q8, qs, k8, ks, km, mask = ctx.saved_tensors
-    sm_scale, is_causal, quantize, impl = ctx.cfg
+    v, o, lse2, q, k, q8, k8, scales, mask = ctx.saved_tensors
+    sm_scale, is_causal, smooth_k, quantize, impl = ctx.cfg
     dq, dk, dv = torch.ops.sageattention.sagebwd_bwd(
-        do, dlse, v, o, lse2, q, k, q8, qs, k8, ks, km, mask, sm_scale, is_causal, quantize, impl
+        do, dlse, v, o, lse2, q, k, q8, k8, scales, mask, sm_scale, is_causal, smooth_k, quantize, impl
     )
     tq, tk, tv = ctx.dtypes
     return dq.to(tq), dk.to(tk), dv.to(tv), None, None, None, None, None, None
@@ -214,7 +237,9 @@ def sagebwd_attention(
         )
     if mask is not None:
         if not isinstance(mask, torch.Tensor) or not mask.is_floating_point():
-            raise TypeError(f"mask must be None or a floating additive tensor, got {getattr(mask, 'dtype', mask)!r}")
+            raise TypeError(
+                f"mask must be None or a floating additive tensor, got {getattr(mask, 'dtype', mask)!r}"
+            )
         if mask.device != q.device:
             raise ValueError(f"mask is on {mask.device}, q on {q.device}")
         try:
