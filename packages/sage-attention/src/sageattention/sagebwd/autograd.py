@@ -98,10 +98,6 @@ def sageattn_train(
     if backend == "auto":
         impl = "triton" if (quantize and p.q.device.type == "cuda" and _triton_runs(p.q.device)
                             and max(d, dv) <= MAX_TRITON_DIM) else "torch"  # fmt: skip
-    if p.is_empty:
-        o = p.q.new_zeros((*p.q.shape[:3], dv)) + 0 * (p.q.sum() + p.k.sum() + p.v.sum())
-        lse = p.q.new_full(p.q.shape[:3], float("-inf"), dtype=torch.float32)
-        return p.finish(o, lse)
     o, lse = ops.sagebwd_attention(p.q, p.k, p.v, p.mask, p.sm_scale, p.is_causal, p.smooth_k, quantize, impl)
     return p.finish(o, lse)
 

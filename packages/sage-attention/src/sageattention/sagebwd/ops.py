@@ -189,6 +189,16 @@ def _check_flag(name: str, x: object) -> bool:
     return x
 
 
+def _empty_result(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, quantize: bool):
+    """``Nq = 0`` or ``Nk = 0``: ``o = 0``, ``lse = -inf`` and exact zero gradients (the sums of empty
+    slices are 0 and keep the graph connected without touching the values, so inf inputs give no NaN)."""
+    b, hq, nq, _ = q.shape
+    zero = q[..., :0].sum() + k[..., :0].sum() + v[..., :0].sum()
+    o = q.new_zeros((b, hq, nq, v.shape[3])) + zero
+    exact = torch.float64 if (q.dtype == torch.float64 and not quantize) else torch.float32
+    return o, q.new_full((b, hq, nq), float("-inf"), dtype=exact)
+
+
 def sagebwd_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -212,8 +222,9 @@ def sagebwd_attention(
     require grad. ``impl``: ``"torch"`` (reference, any device) or ``"triton"`` (kernels; CUDA or
     ``TRITON_INTERPRET=1``, ``quantize=True``). Costs: forward ``2·B·Hq·Nq·Nk·(D + Dv)`` INT8 ops,
     backward ``8·B·Hq·Nq·Nk·D`` INT8 + ``4·B·Hq·Nq·Nk·Dv`` fp16 ops (``D = Dv``). No argument is
-    modified. :func:`sageattention.sagebwd.sageattn_train` is the user-facing API (layouts, bool
-    masks, backend choice, empty sequences)."""
+    modified. ``Nq = 0`` or ``Nk = 0`` gives zeros, lse ``-inf`` and zero gradients without calling
+    the ops. :func:`sageattention.sagebwd.sageattn_train` is the user-facing API (layouts, bool
+    masks, backend choice)."""
     if not isinstance(impl, str) or impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     quantize = _check_flag("quantize", quantize)
@@ -221,8 +232,10 @@ def sagebwd_attention(
     q, k, v = (_check_tensor(n, x, dtypes) for n, x in (("q", q), ("k", k), ("v", v)))
     for name, flag in (("is_causal", is_causal), ("smooth_k", smooth_k)):
         _check_flag(name, flag)
-    if isinstance(sm_scale, bool) or not isinstance(sm_scale, (int, float)) or not math.isfinite(sm_scale):
-        raise TypeError(f"sm_scale must be a finite float, got {sm_scale!r}")
+    if isinstance(sm_scale, bool) or not isinstance(sm_scale, (int, float)):
+        raise TypeError(f"sm_scale must be a float, got {type(sm_scale).__name__}")
+    if not math.isfinite(sm_scale):
+        raise ValueError(f"sm_scale must be finite, got {sm_scale}")
     for name, x in (("k", k), ("v", v)):
         if x.dtype != q.dtype or x.device != q.device:
             raise ValueError(
@@ -254,6 +267,8 @@ def sagebwd_attention(
             raise ValueError("mask requires grad: SageBwd has no gradient for the mask; detach it")
     if impl == "triton" and not quantize:
         raise ValueError("quantize=False runs in PyTorch only: use impl='torch'")
+    if nq == 0 or nk == 0:
+        return _empty_result(q, k, v, quantize)
     o, lse, *_saved = torch.ops.sageattention.sagebwd_fwd(
         q, k, v, mask, float(sm_scale), is_causal, smooth_k, quantize, impl
     )
