@@ -329,3 +329,12 @@ def test_empty_sequences_zero_output_and_gradients(impl, nq, nk):
     o.sum().backward()
     for x in (q, k, v):
         assert x.grad is not None and torch.all(x.grad == 0)
+
+
+def test_double_backward_is_a_clear_error():
+    q, k, v = _qkv(1, 2, 1, 20, 20, 16, 16)
+    o = sageattn(q, k, v)
+    (g,) = torch.autograd.grad(o.square().sum(), q, create_graph=True)  # first order works
+    assert torch.isfinite(g).all()
+    with pytest.raises(RuntimeError, match="SageBwd has no second-order gradient"):
+        g.sum().backward()

@@ -173,6 +173,17 @@ def _backward(ctx, do, dlse, *_unused):
 torch.library.register_autograd("sageattention::sagebwd_fwd", _backward, setup_context=_setup_context)
 
 
+def _no_double_backward(ctx, *grads):
+    raise RuntimeError(
+        "SageBwd has no second-order gradient (its backward, sageattention::sagebwd_bwd, is INT8 "
+        "maths without a derivative); use torch.nn.functional.scaled_dot_product_attention where "
+        "double backward is needed"
+    )
+
+
+torch.library.register_autograd("sageattention::sagebwd_bwd", _no_double_backward)
+
+
 def _check_tensor(name: str, x: object, dtypes: tuple[torch.dtype, ...]) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
