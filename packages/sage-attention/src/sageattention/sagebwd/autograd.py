@@ -1,5 +1,6 @@
-"""``sageattn_train``: differentiable SageBwd attention (``torch.autograd.Function``), and the guard
-that makes backward through an inference-only variant a clear error."""
+"""``sageattn_train``: differentiable SageBwd attention (the custom ops of :mod:`.ops`, which
+``torch.compile(fullgraph=True)`` traces), and the guard that makes backward through an
+inference-only variant a clear error."""
 
 from __future__ import annotations
 
@@ -12,68 +13,28 @@ from collections.abc import Callable
 import torch
 
 from .. import core
-from . import reference as sref
+from . import ops
 
 __all__ = ["SageBwdFunction", "no_backward", "sageattn_train"]
 
 _log = logging.getLogger(__name__)
 BACKENDS = ("auto", "torch", "triton")
-_SAVED = ("q8", "qs", "k8", "ks", "km", "v", "o", "lse2", "q", "k")
 MAX_TRITON_DIM = 256
+_HAS_TRITON = importlib.util.find_spec("triton") is not None  # once: dynamo does not trace importlib
 
 
 def _triton_runs(device: torch.device) -> bool:
-    if importlib.util.find_spec("triton") is None:
-        return False
-    return device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
+    return _HAS_TRITON and (device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1")
 
 
-class SageBwdFunction(torch.autograd.Function):
-    """``(o, lse) = SageBwdFunction.apply(q, k, v, mask, sm_scale, is_causal, smooth_k, quantize, impl)``
-    on HND tensors (``mask`` additive float or None; ``impl`` ``"torch"`` or ``"triton"``).
-    ``o`` in q's dtype, ``lse`` float32 natural log (float64 un-quantized in float64). The forward
-    saves int8 Q8/K8 with their scales, ``mean(K)``, V, float32 O and the log2 lse (``quantize=False``:
-    Q, K, V, O, lse)."""
+class SageBwdFunction:
+    """Former ``torch.autograd.Function`` of SageBwd, kept as a name:
+    ``SageBwdFunction.apply(q, k, v, mask, sm_scale, is_causal, smooth_k, quantize, impl)`` is
+    :func:`sageattention.sagebwd.ops.sagebwd_attention` (the ``torch.library`` custom ops
+    ``sageattention::sagebwd_fwd``/``sagebwd_bwd`` with a registered autograd formula, which
+    ``torch.compile`` traces without graph breaks): ``(o in q's dtype, lse)`` on HND tensors."""
 
-    @staticmethod
-    def forward(ctx, q, k, v, mask, sm_scale, is_causal, smooth_k, quantize, impl):
-        if impl == "triton":
-            from . import kernels
-
-            o, lse, saved = kernels.forward(
-                q, k, v, sm_scale=sm_scale, is_causal=is_causal, mask=mask, smooth_k=smooth_k
-            )
-        else:
-            o, lse, saved = sref.sagebwd_forward(
-                q, k, v, sm_scale=sm_scale, is_causal=is_causal, mask=mask, smooth_k=smooth_k,
-                quantize=quantize,
-            )  # fmt: skip
-        names = [n for n in _SAVED if getattr(saved, n, None) is not None]
-        ctx.names = names
-        ctx.save_for_backward(*(getattr(saved, n) for n in names), mask)
-        ctx.cfg = (sm_scale, is_causal, quantize, impl)
-        ctx.dtypes = (q.dtype, k.dtype, v.dtype)
-        return o.to(q.dtype), lse
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, do, dlse):
-        *tensors, mask = ctx.saved_tensors
-        saved = sref.SageBwdSaved(**{n: None for n in _SAVED})
-        saved.__dict__.update(zip(ctx.names, tensors, strict=True))
-        sm_scale, is_causal, quantize, impl = ctx.cfg
-        if do is None:
-            do = torch.zeros_like(saved.o)
-        if impl == "triton":
-            from . import kernels
-
-            dq, dk, dv = kernels.backward(saved, do, dlse, sm_scale=sm_scale, is_causal=is_causal, mask=mask)
-        else:
-            dq, dk, dv = sref.sagebwd_backward(
-                saved, do, dlse, sm_scale=sm_scale, is_causal=is_causal, mask=mask, quantize=quantize
-            )
-        tq, tk, tv = ctx.dtypes
-        return dq.to(tq), dk.to(tk), dv.to(tv), None, None, None, None, None, None
+    apply = staticmethod(ops.sagebwd_attention)
 
 
 def sageattn_train(
@@ -137,12 +98,31 @@ def sageattn_train(
     if backend == "auto":
         impl = "triton" if (quantize and p.q.device.type == "cuda" and _triton_runs(p.q.device)
                             and max(d, dv) <= MAX_TRITON_DIM) else "torch"  # fmt: skip
-    if p.is_empty:
-        o = p.q.new_zeros((*p.q.shape[:3], dv)) + 0 * (p.q.sum() + p.k.sum() + p.v.sum())
-        lse = p.q.new_full(p.q.shape[:3], float("-inf"), dtype=torch.float32)
-        return p.finish(o, lse)
-    o, lse = SageBwdFunction.apply(p.q, p.k, p.v, p.mask, p.sm_scale, p.is_causal, p.smooth_k, quantize, impl)
+    o, lse = ops.sagebwd_attention(p.q, p.k, p.v, p.mask, p.sm_scale, p.is_causal, p.smooth_k, quantize, impl)
     return p.finish(o, lse)
+
+
+def _no_backward_message(name: str) -> str:
+    return (
+        f"{name} is an inference kernel without a backward: it cannot give gradients. For "
+        f"training use sageattention.sageattn (SageBwd: INT8 forward and backward when q, k or v "
+        f"requires grad) or sageattention.sagebwd.sageattn_train"
+    )
+
+
+@torch.library.custom_op("sageattention::no_backward_error", mutates_args=())
+def _no_backward_error(
+    grads: list[torch.Tensor], q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, name: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Raises the error of an inference variant's backward when it runs. An op (not a ``raise`` in
+    ``backward``) so that ``torch.compile`` traces the backward and the error comes at backward time;
+    it takes the incoming gradients so that it can only be scheduled in the backward graph."""
+    raise RuntimeError(_no_backward_message(name))
+
+
+@_no_backward_error.register_fake
+def _(grads, q, k, v, name):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
 class _NoBackward(torch.autograd.Function):
@@ -151,16 +131,15 @@ class _NoBackward(torch.autograd.Function):
     @staticmethod
     def forward(ctx, name, q, k, v, *outs):
         ctx.name = name
+        ctx.save_for_backward(q, k, v)
         res = tuple(o.view_as(o) for o in outs)
         return res if len(res) > 1 else res[0]
 
     @staticmethod
     def backward(ctx, *grads):
-        raise RuntimeError(
-            f"{ctx.name} is an inference kernel without a backward: it cannot give gradients. For "
-            f"training use sageattention.sageattn (SageBwd: INT8 forward and backward when q, k or v "
-            f"requires grad) or sageattention.sagebwd.sageattn_train"
-        )
+        q, k, v = ctx.saved_tensors
+        dq, dk, dv = torch.ops.sageattention.no_backward_error(list(grads), q, k, v, ctx.name)
+        return (None, dq, dk, dv, *(None for _ in grads))
 
 
 def no_backward(fn: Callable) -> Callable:
