@@ -80,6 +80,8 @@ SUMMARY_COLS = (  # the full run's summary columns
     "dit-like N=8192 D=32",
     "dit-like N=8192 D=64",
     "dit-like N=8192 D=128",
+    "dit-like spread=1 N=8192 D=64",
+    "dit-like spread=3 N=8192 D=64",
 )
 
 
@@ -88,7 +90,9 @@ def short_label(group: str) -> str:
     if group.startswith("minilm"):
         return "MiniLM sent." if group.endswith("sentences") else "MiniLM w" + group.rsplit(" ", 1)[1]
     kind = "outl" if group.startswith("synthetic") else "DiT"
-    n, d = (int(x) for x in group.replace("N=", "").replace("D=", "").split()[1:])
+    f = dict(w.split("=") for w in group.split()[1:])
+    n, d = int(f["N"]), int(f["D"])
+    kind += f" s{f['spread']}" if "spread" in f else ""
     return f"{kind} {n // 1024}K D{d}" if n >= 1024 else f"{kind} {n} D{d}"
 
 
@@ -158,6 +162,10 @@ def build_cases(quick: bool) -> tuple[list[tuple[str, torch.Tensor, torch.Tensor
     t, h, w = (2, 16, 16) if quick else (8, 32, 32)
     for d in (64,) if quick else (32, 64, 128):
         cases.append((f"dit-like N={t * h * w} D={d}", *dit_like(t, h, w, d)))
+    for spread in () if quick else (1.0, 3.0):  # how peaked attention is (the default above: 2)
+        cases.append(
+            (f"dit-like spread={spread:g} N={t * h * w} D=64", *dit_like(t, h, w, 64, spread=spread))
+        )
     return cases, lengths
 
 
@@ -214,6 +222,7 @@ def run(quick: bool, out_dir: pathlib.Path, fresh: bool = False) -> list[dict]:
     cache_path = out_dir / f"{stem}_cache.json"
     cache = {} if fresh or not cache_path.exists() else json.loads(cache_path.read_text())
     src = _sources_digest()
+    head_dim = {g: q.shape[-1] for g, q, _, _ in cases}
     rows = []
     for name, (api, kwr, fn) in tqdm(runners(quick).items(), desc="modes"):
         per_group: dict[str, list[list[float]]] = {}
@@ -231,7 +240,7 @@ def run(quick: bool, out_dir: pathlib.Path, fresh: bool = False) -> list[dict]:
             rows.append(
                 dict(
                     mode=name, api=api, inputs=group,
-                    head_dim=32 if group.startswith("minilm") else int(group.rsplit("D=", 1)[1]),
+                    head_dim=head_dim[group],
                     real_activations="yes" if group.startswith("minilm") else "no (synthetic)",
                     n_cases=len(ms), mean_cos=sum(cos) / len(cos), min_cos=min(cos),
                     mean_rel_l1=sum(rel) / len(rel), max_rel_l1=max(rel),
@@ -259,7 +268,9 @@ def run(quick: bool, out_dir: pathlib.Path, fresh: bool = False) -> list[dict]:
         )
     groups = list(dict.fromkeys(r["inputs"] for r in rows))
     cols = [c for c in SUMMARY_COLS if c in groups] if not quick else groups
-    print("\n# mean cosine (MiniLM: real activations, D=32; outl/DiT-like: synthetic)")
+    print(
+        "\n# mean cosine (MiniLM: real activations, D=32; outl/DiT: synthetic; DiT s1/s3: score std 1/3, else 2)"
+    )
     print(f"{'mode':40} " + " ".join(f"{short_label(c):>13}" for c in cols))
     for name in dict.fromkeys(r["mode"] for r in rows):
         got = {r["inputs"]: r["mean_cos"] for r in rows if r["mode"] == name}

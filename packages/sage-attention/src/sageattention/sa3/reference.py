@@ -23,6 +23,19 @@ top-left aligned like SDPA. The maths (SA3 paper §3, upstream ``sageattn3``):
    ``l`` accumulates the unquantized ``exp2(S - m)``; ``O = acc / (2688·l)``.
 6. ``lse = (m + log2 l)·ln 2 + sm_scale · q·mean(K)``: natural log of the un-smoothed scores.
 
+Audited against upstream ``sageattn3`` (``api.py``, ``fp4_quantization_4d.cu``,
+``softmax_fused.h``, ``mainloop_tma_ws.h``); the same: E4M3 scale ``RNE_sat(amax_16 / 6)``, E2M1
+``RNE_sat`` (a scale rounded down puts ``amax/scale`` up to 6.375: saturated to 6, as
+``cvt.rn.satfinite``), K mean over the valid tokens, ``ΔS`` unquantized in float32 added to the
+FP4 ``Q'·K'ᵀ``, ``P̃ = 2688·exp2(S - m)``, per-16 P scales ``blockmax/6``, row sum of the
+unquantized ``P̃``, two-level (per-block, then float32) P·V accumulation. Different on purpose
+(options reproduce upstream where it matters for accuracy): upstream codes P against the unrounded
+float32 ``blockmax/6`` and uses the E4M3-rounded scale only in the MMA (``p_code_scale="fp32"``);
+it visits key blocks last to first (``key_order="reverse"``); it has no range guard
+(``range_guard=False``); its Q block means divide by 128 including the zero rows that pad the last
+block, and its smoothing runs in the input dtype (bf16/fp16), where ours uses the valid rows and
+float32 (exact either way: the ``ΔS`` correction absorbs any mean).
+
 Rows with every key masked give 0 and lse ``-inf``. ``quantize=False`` skips steps 3 and 5's FP4
 rounding (so the result is exact attention through the smoothing algebra: a test of step 2).
 Cost: ``2·B·Hq·Nq·Nk·(D + Dv)`` FLOPs plus ``2·B·Hq·(Nq/128)·Nk·D`` for ΔS.
