@@ -9,7 +9,8 @@ Q channels x30, large per-channel K bias), N 1K/4K/16K, D 64/128. (c) SYNTHETIC 
 (``dit_like`` below; random numbers, NOT activations of any model): a smooth random 3-D latent field
 (8x32x32 = 8192 tokens, 32 channels, box-blurred noise plus fine noise), random linear Q/K/V
 projections with per-channel biases, 3-D RoPE on Q and K, Q rescaled so the smoothed scores
-``sm_scale·q·(k - mean k)`` have standard deviation 2 per row; D 32/64/128 (the head-dim study).
+``sm_scale·q·(k - mean k)`` have standard deviation 2 per row; D 32/64/128 (the head-dim study);
+plus std 1 and 3 at D=64 (how peaked attention is).
 In (b) and (c) 256 query rows (two whole 128-query blocks, so SA3's per-block Q means are those of
 the full problem) attend to all N keys.
 

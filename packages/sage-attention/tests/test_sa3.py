@@ -234,6 +234,12 @@ def test_reference_rejects_bad_options(kw, exc, match):
         sa3.sa3_attention(q, k, v, sm_scale=0.25, **kw)
     with pytest.raises(ValueError, match="fmt must be one of"):
         sa3.fp4_roundtrip(q, -1, "int4")
+    with pytest.raises(ValueError, match="axis must be -1 or -2"):
+        sa3.mxfp4_roundtrip(q, 1)
+    with pytest.raises(ValueError, match="multiple of 16"):
+        sa3.nvfp4_roundtrip_fp32_codes(q.abs()[..., :8])
+    with pytest.raises(ValueError, match="non-negative"):
+        sa3.nvfp4_roundtrip_fp32_codes(-q.abs())
 
 
 def test_range_guard_keeps_large_values_from_saturating():

@@ -103,6 +103,10 @@ def nvfp4_roundtrip_fp32_codes(x: torch.Tensor) -> torch.Tensor:
     along the last axis (size a multiple of 16): codes ``E2M1_rn_sat(x / s)`` against the
     **unrounded** float32 scale ``s = max_16(x) / 6``, decoded with ``E4M3_rn_sat(s)``. Our default
     (``nvfp4_roundtrip``) encodes against the decoded E4M3 scale instead, as for Q, K, V."""
+    if x.dim() < 1 or x.shape[-1] % 16:
+        raise ValueError(f"x.shape[-1] must be a multiple of 16 (NVFP4 groups), got shape {tuple(x.shape)}")
+    if bool((x < 0).any()):
+        raise ValueError("x must be non-negative (it is the P tile; signed inputs: use nvfp4_roundtrip)")
     xb = x.float().reshape(*x.shape[:-1], x.shape[-1] // 16, 16)
     s = xb.amax(dim=-1, keepdim=True) / 6.0
     y = torch.where(s > 0, xb / torch.where(s > 0, s, 1.0), 0.0)
@@ -115,6 +119,8 @@ def mxfp4_roundtrip(x: torch.Tensor, axis: int) -> torch.Tensor:
     E8M0 scale ``2^(floor(log2 amax_32) - 2)`` (``shared_kernels.quantize_mx``, ``scale_rule="floor"``,
     elements saturate at 6), zero-padded like ``nvfp4_roundtrip``. No range guard: a power-of-two
     factor commutes exactly with an E8M0 scale."""
+    if axis not in (-1, -2):
+        raise ValueError(f"axis must be -1 or -2, got {axis!r}")
     n_ax, d = x.shape[axis], x.shape[-1]
     pad_ax, pad_d = -n_ax % 32, -d % 32
     xp = torch.nn.functional.pad(x, (0, pad_d, 0, pad_ax if axis == -2 else 0))
