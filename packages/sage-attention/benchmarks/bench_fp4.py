@@ -19,7 +19,8 @@ Every mode runs its plain-PyTorch reference maths in float32 on the CPU (SA3:
 interpreter; INT8: ``sageattention.modes``). Paper numbers (SA3 paper via the reference notes,
 kernel level on real video-model activations): NVFP4 99.52% vs MXFP4 98.37% cosine; two-level P
 99.52% vs direct 93.32%; SA2 (INT8, smooth Q+K) 99.46%. Writes ``results/fp4_accuracy.csv`` (one
-row per mode and input group) and prints the long table and a cosine summary. Per-case metrics are
+row per mode and input group) and ``fp4_accuracy.png`` (``1 - cos`` bars), and prints the long table and a
+cosine summary. Per-case metrics are
 cached (``results/fp4_accuracy_cache.json``, keyed by the mode, the inputs and the reference
 sources), so an interrupted run resumes; ``--fresh`` ignores the cache.
 
@@ -213,6 +214,44 @@ def runners(quick: bool = False) -> dict[str, tuple[str, str, object]]:
     return out
 
 
+PLOT_MODES = {
+    "SA3 NVFP4 (sageattn3_blackwell)": "NVFP4 (SA3)",
+    "SA3 with MXFP4 for Q, K, P, V": "MXFP4",
+    "SA3 ablation: direct P (no 2688 level)": "NVFP4, direct P",
+    "SA3 component: FP4 Q·Kᵀ only": "FP4 Q·Kᵀ only",
+    "SA3 component: FP4 P only": "FP4 P only",
+    "SA3 component: FP4 V only": "FP4 V only",
+    "per_thread fp8 fp32+fp16 (sm89, 2++)": "INT8/FP8 SA2++",
+}
+
+
+def plot(rows: list[dict], groups: list[str], path: pathlib.Path) -> None:
+    """Grouped bars of ``1 - mean cosine`` (log scale) per input group for ``PLOT_MODES``, with the
+    paper's NVFP4 / MXFP4 levels as horizontal lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    got = {(r["mode"], r["inputs"]): r["mean_cos"] for r in rows}
+    modes = [m for m in PLOT_MODES if any((m, g) in got for g in groups)]
+    fig, ax = plt.subplots(figsize=(1.2 * len(groups) + 3, 4.5))
+    width = 0.8 / len(modes)
+    for i, m in enumerate(modes):
+        xs = [j + (i - (len(modes) - 1) / 2) * width for j in range(len(groups))]
+        ax.bar(xs, [max(1 - got.get((m, g), float("nan")), 1e-6) for g in groups], width, label=PLOT_MODES[m])
+    for val, name, style in ((0.9952, "paper NVFP4 99.52%", "--"), (0.9837, "paper MXFP4 98.37%", ":")):
+        ax.axhline(1 - val, color="k", ls=style, lw=1, label=name)
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(groups)), [short_label(g) for g in groups], rotation=30, ha="right")
+    ax.set_ylabel("1 - cosine vs float64 attention")
+    ax.set_title("SageAttention3 FP4 error (MiniLM: real activations; outl/DiT: synthetic)")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def run(quick: bool, out_dir: pathlib.Path, fresh: bool = False) -> list[dict]:
     """Measure every mode on every input; write the CSV; return its rows."""
     torch.manual_seed(0)
@@ -276,7 +315,9 @@ def run(quick: bool, out_dir: pathlib.Path, fresh: bool = False) -> list[dict]:
     for name in dict.fromkeys(r["mode"] for r in rows):
         got = {r["inputs"]: r["mean_cos"] for r in rows if r["mode"] == name}
         print(f"{name:40} " + " ".join(f"{got[c]:13.5f}" for c in cols))
-    print(f"# wrote {path}")
+    png = out_dir / f"{stem}.png"
+    plot(rows, cols, png)
+    print(f"# wrote {path.name}, {png.name} in {out_dir}")
     return rows
 
 

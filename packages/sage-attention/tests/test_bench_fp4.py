@@ -46,6 +46,7 @@ def test_quick_run_writes_every_mode_and_input(tmp_path, monkeypatch, capsys):
             assert cos[f"SA3 component: FP4 {part} only", g] > cos[nv, g]
     assert {r["head_dim"] for r in rows} == {"32", "64"}
     assert "MiniLM sent." in printed and "DiT 512 D64" in printed
+    assert (tmp_path / "fp4_accuracy_quick.png").stat().st_size > 10_000
     cache = tmp_path / "fp4_accuracy_quick_cache.json"
     assert cache.exists()
     rows2 = bench_fp4.run(True, tmp_path)  # resumed from the cache: the same numbers
