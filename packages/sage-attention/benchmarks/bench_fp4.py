@@ -10,7 +10,7 @@ Q channels x30, large per-channel K bias), N 1K/4K/16K, D 64/128. (c) SYNTHETIC 
 (8x32x32 = 8192 tokens, 32 channels, box-blurred noise plus fine noise), random linear Q/K/V
 projections with per-channel biases, 3-D RoPE on Q and K, Q rescaled so the smoothed scores
 ``sm_scale·q·(k - mean k)`` have standard deviation 2 per row; D 32/64/128 (the head-dim study);
-plus std 1 and 3 at D=64 (how peaked attention is).
+plus std 1, 1.5 and 3 at D=64 (how peaked attention is).
 In (b) and (c) 256 query rows (two whole 128-query blocks, so SA3's per-block Q means are those of
 the full problem) attend to all N keys.
 
@@ -19,8 +19,9 @@ Every mode runs its plain-PyTorch reference maths in float32 on the CPU (SA3:
 interpreter; INT8: ``sageattention.modes``). Paper numbers (SA3 paper via the reference notes,
 kernel level on real video-model activations): NVFP4 99.52% vs MXFP4 98.37% cosine; two-level P
 99.52% vs direct 93.32%; SA2 (INT8, smooth Q+K) 99.46%. Writes ``results/fp4_accuracy.csv`` (one
-row per mode and input group) and ``fp4_accuracy.png`` (``1 - cos`` bars), and prints the long table and a
-cosine summary. Per-case metrics are
+row per mode and input group), ``fp4_accuracy.png`` (``1 - cos`` bars) and
+``fp4_accuracy_p_underflow.csv`` (how much softmax mass sits in 16-groups whose P scale underflows E4M3,
+direct vs two-level P), and prints the tables. Per-case metrics are
 cached (``results/fp4_accuracy_cache.json``, keyed by the mode, the inputs and the reference
 sources), so an interrupted run resumes; ``--fresh`` ignores the cache.
 
@@ -83,6 +84,7 @@ SUMMARY_COLS = (  # the full run's summary columns
     "dit-like N=8192 D=64",
     "dit-like N=8192 D=128",
     "dit-like spread=1 N=8192 D=64",
+    "dit-like spread=1.5 N=8192 D=64",
     "dit-like spread=3 N=8192 D=64",
 )
 
@@ -164,7 +166,7 @@ def build_cases(quick: bool) -> tuple[list[tuple[str, torch.Tensor, torch.Tensor
     t, h, w = (2, 16, 16) if quick else (8, 32, 32)
     for d in (64,) if quick else (32, 64, 128):
         cases.append((f"dit-like N={t * h * w} D={d}", *dit_like(t, h, w, d)))
-    for spread in () if quick else (1.0, 3.0):  # how peaked attention is (the default above: 2)
+    for spread in () if quick else (1.0, 1.5, 3.0):  # how peaked attention is (the default above: 2)
         cases.append(
             (f"dit-like spread={spread:g} N={t * h * w} D=64", *dit_like(t, h, w, 64, spread=spread))
         )
@@ -212,6 +214,50 @@ def runners(quick: bool = False) -> dict[str, tuple[str, str, object]]:
             )[0],
         )
     return out
+
+
+def p_scale_underflow(q: torch.Tensor, k: torch.Tensor, level: float) -> tuple[float, float]:
+    """Share of the softmax mass (mean over rows, float64, P relative to the FINAL row max) in 16-key
+    groups whose E4M3 scale ``level·blockmax/6`` is subnormal (< 2^-6) and rounds to zero (< 2^-10):
+    ``level`` 1 is the direct-P ablation, 2688 SA3's two-level P."""
+    qd, kd = q.double(), k.double()
+    kd = kd.repeat_interleave(qd.shape[1] // kd.shape[1], dim=1)
+    s = qd @ kd.transpose(-1, -2) * q.shape[-1] ** -0.5
+    p = torch.exp(s - s.amax(-1, keepdim=True))
+    p = F.pad(p, (0, -p.shape[-1] % 16)).reshape(*p.shape[:-1], -1, 16)
+    scale, mass = p.amax(-1) * level / 6.0, p.sum(-1)
+    total = mass.sum(-1)
+    sub = ((mass * (scale < 2.0**-6)).sum(-1) / total).mean()
+    zero = ((mass * (scale < 2.0**-10)).sum(-1) / total).mean()
+    return float(sub), float(zero)
+
+
+def underflow_table(cases: list, out_dir: pathlib.Path, stem: str) -> list[dict]:
+    """``p_scale_underflow`` of every input group (mean over its cases) -> ``<stem>_p_underflow.csv``."""
+    acc: dict[str, list[tuple[float, ...]]] = {}
+    for group, q, k, _ in cases:
+        acc.setdefault(group, []).append(
+            p_scale_underflow(q, k, 1.0) + p_scale_underflow(q, k, sa3_ref.P_SCALE)
+        )
+    keys = ("direct_subnormal", "direct_zero", "two_level_subnormal", "two_level_zero")
+    rows = [
+        dict(inputs=g, n_cases=len(v), **{kk: sum(x[i] for x in v) / len(v) for i, kk in enumerate(keys)})
+        for g, v in acc.items()
+    ]
+    with open(out_dir / f"{stem}_p_underflow.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    print(
+        "\n# share of P mass in 16-groups whose E4M3 scale is subnormal / rounds to 0 (P vs the final row max)"
+    )
+    print(f"{'inputs':30} {'direct P: subn.':>15} {'zero':>8} {'two-level: subn.':>17} {'zero':>8}")
+    for r in rows:
+        print(
+            f"{r['inputs']:30} {r['direct_subnormal']:15.4f} {r['direct_zero']:8.4f} "
+            f"{r['two_level_subnormal']:17.2e} {r['two_level_zero']:8.1e}"
+        )
+    return rows
 
 
 PLOT_MODES = {
@@ -315,6 +361,7 @@ def run(quick: bool, out_dir: pathlib.Path, fresh: bool = False) -> list[dict]:
     for name in dict.fromkeys(r["mode"] for r in rows):
         got = {r["inputs"]: r["mean_cos"] for r in rows if r["mode"] == name}
         print(f"{name:40} " + " ".join(f"{got[c]:13.5f}" for c in cols))
+    underflow_table(cases, out_dir, stem)
     png = out_dir / f"{stem}.png"
     plot(rows, cols, png)
     print(f"# wrote {path.name}, {png.name} in {out_dir}")

@@ -22,6 +22,18 @@ def test_dit_like_shapes_spread_and_determinism():
     assert not torch.equal(bench_fp4.dit_like(2, 8, 8, 40, heads=3, rows=64, seed=1)[1], k)
 
 
+def test_p_scale_underflow_thresholds():
+    """One row, 32 keys: group 0 holds the max (P = 1), group 1 has max P = 0.05 (direct scale
+    0.05/6 < 2^-6: subnormal, not zero); with a 2688 level neither group is subnormal."""
+    s = torch.full((32,), -30.0)
+    s[0], s[16] = 0.0, torch.log(torch.tensor(0.05))
+    k = torch.eye(32)[None, None] * s[None, None, :, None]  # k_j = s_j·e_j, so d^-0.5·q·k_j = s_j
+    q = torch.ones(1, 1, 1, 32) * 32**0.5
+    sub, zero = bench_fp4.p_scale_underflow(q, k, 1.0)
+    assert sub == pytest.approx(0.05 / 1.05, rel=1e-6) and zero == 0.0
+    assert bench_fp4.p_scale_underflow(q, k, 2688.0) == (0.0, 0.0)
+
+
 def test_short_labels():
     assert bench_fp4.short_label("minilm windows 256") == "MiniLM w256"
     assert bench_fp4.short_label("synthetic N=16384 D=128") == "outl 16K D128"
@@ -47,6 +59,18 @@ def test_quick_run_writes_every_mode_and_input(tmp_path, monkeypatch, capsys):
     assert {r["head_dim"] for r in rows} == {"32", "64"}
     assert "MiniLM sent." in printed and "DiT 512 D64" in printed
     assert (tmp_path / "fp4_accuracy_quick.png").stat().st_size > 10_000
+    with open(tmp_path / "fp4_accuracy_quick_p_underflow.csv") as f:
+        under = {r["inputs"]: r for r in csv.DictReader(f)}
+    assert sorted(under) == sorted(groups)
+    for r in under.values():  # the 2688 level moves P's scales out of the E4M3 subnormals
+        assert (
+            0
+            <= float(r["two_level_zero"])
+            <= float(r["two_level_subnormal"])
+            <= float(r["direct_subnormal"])
+            <= 1
+        )
+        assert float(r["direct_zero"]) <= float(r["direct_subnormal"])
     cache = tmp_path / "fp4_accuracy_quick_cache.json"
     assert cache.exists()
     rows2 = bench_fp4.run(True, tmp_path)  # resumed from the cache: the same numbers
