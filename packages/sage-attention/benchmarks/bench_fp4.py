@@ -345,17 +345,17 @@ def run(quick: bool, out_dir: pathlib.Path, fresh: bool = False) -> list[dict]:
     )
     print(f"# MiniLM sentence lengths: {sorted(lengths)}")
     print(
-        f"{'mode':40} {'inputs':24} {'D':>3} {'mean cos':>9} {'min cos':>9} {'rel L1':>8} {'RMSE':>9}  paper"
+        f"{'mode':40} {'inputs':31} {'D':>3} {'mean cos':>9} {'min cos':>9} {'rel L1':>8} {'RMSE':>9}  paper"
     )
     for r in rows:
         print(
-            f"{r['mode']:40} {r['inputs']:24} {r['head_dim']:3d} {r['mean_cos']:9.6f} {r['min_cos']:9.6f} "
+            f"{r['mode']:40} {r['inputs']:31} {r['head_dim']:3d} {r['mean_cos']:9.6f} {r['min_cos']:9.6f} "
             f"{r['mean_rel_l1']:8.5f} {r['mean_rmse']:9.2e}  {r['paper']}"
         )
     groups = list(dict.fromkeys(r["inputs"] for r in rows))
     cols = [c for c in SUMMARY_COLS if c in groups] if not quick else groups
     print(
-        "\n# mean cosine (MiniLM: real activations, D=32; outl/DiT: synthetic; DiT s1/s3: score std 1/3, else 2)"
+        "\n# mean cosine (MiniLM: real activations, D=32; outl/DiT: synthetic; DiT sX: score std X, else 2)"
     )
     print(f"{'mode':40} " + " ".join(f"{short_label(c):>13}" for c in cols))
     for name in dict.fromkeys(r["mode"] for r in rows):
