@@ -236,10 +236,27 @@ def test_reference_rejects_bad_options(kw, exc, match):
         sa3.fp4_roundtrip(q, -1, "int4")
     with pytest.raises(ValueError, match="axis must be -1 or -2"):
         sa3.mxfp4_roundtrip(q, 1)
+    with pytest.raises(ValueError, match="axis must be -1 or -2"):
+        sa3.nvfp4_roundtrip(q, 0)
     with pytest.raises(ValueError, match="multiple of 16"):
         sa3.nvfp4_roundtrip_fp32_codes(q.abs()[..., :8])
     with pytest.raises(ValueError, match="non-negative"):
         sa3.nvfp4_roundtrip_fp32_codes(-q.abs())
+
+
+def test_reference_rejects_bad_tensors():
+    q, k, v = _qkv(nq=4, nk=6, d=16)
+    bad = [
+        ((q[0], k, v), TypeError, "q must be a 4-D floating-point tensor"),
+        ((q, k.long(), v), TypeError, "k must be a 4-D floating-point tensor"),
+        ((q, k, v.numpy()), TypeError, "v must be .* got ndarray"),
+        ((q, k, v[:, :, :5]), ValueError, "shapes must be"),
+        ((q, k[..., :8], v), ValueError, "shapes must be"),
+        ((q[:, :3], k, v), ValueError, "multiple of the k/v heads"),
+    ]
+    for args, exc, match in bad:
+        with pytest.raises(exc, match=match):
+            sa3.sa3_attention(*args, sm_scale=0.25)
 
 
 def test_range_guard_keeps_large_values_from_saturating():

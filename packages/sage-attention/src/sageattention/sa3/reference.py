@@ -89,6 +89,8 @@ def pow2_range_scale(x: torch.Tensor) -> torch.Tensor:
 def nvfp4_roundtrip(x: torch.Tensor, axis: int, guard: bool = True) -> torch.Tensor:
     """``deq(quant(x))`` for NVFP4 groups of 16 along ``axis`` (-1 or -2) in ``x``'s dtype; the axis and
     the last dim are zero-padded to multiples of 16 (zeros never change a group's amax)."""
+    if axis not in (-1, -2):
+        raise ValueError(f"axis must be -1 or -2, got {axis!r}")
     n_ax, d = x.shape[axis], x.shape[-1]
     pad_ax, pad_d = -n_ax % 16, -d % 16
     xp = torch.nn.functional.pad(x, (0, pad_d, 0, pad_ax if axis == -2 else 0))
@@ -156,6 +158,20 @@ def _expand(x: torch.Tensor, hq: int) -> torch.Tensor:
     return x.repeat_interleave(hq // x.shape[1], dim=1) if x.shape[1] != hq else x
 
 
+def _check_qkv(q: object, k: object, v: object) -> None:
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() != 4:
+            got = f"{x.dtype} {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
+            raise TypeError(f"{name} must be a 4-D floating-point tensor [B, H, N, D] (HND), got {got}")
+    if k.shape[:3] != v.shape[:3] or k.shape[0] != q.shape[0] or q.shape[-1] != k.shape[-1]:
+        raise ValueError(
+            f"shapes must be q [B, Hq, Nq, D], k [B, Hkv, Nk, D], v [B, Hkv, Nk, Dv]; got q {tuple(q.shape)}, "
+            f"k {tuple(k.shape)}, v {tuple(v.shape)}"
+        )
+    if k.shape[1] == 0 or q.shape[1] % k.shape[1]:
+        raise ValueError(f"the query heads ({q.shape[1]}) must be a multiple of the k/v heads ({k.shape[1]})")
+
+
 def _check_options(fmt: object, fp4_parts: object, key_order: object, p_code_scale: object) -> frozenset:
     if fmt not in FORMATS:
         raise ValueError(f"fmt must be one of {FORMATS}, got {fmt!r}")
@@ -207,6 +223,7 @@ def sa3_attention(
     if dtype not in (torch.float32, torch.float64):
         raise TypeError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
     parts = _check_options(fmt, fp4_parts, key_order, p_code_scale)
+    _check_qkv(q, k, v)
     if p_code_scale == "fp32" and fmt != "nvfp4":
         raise ValueError(
             "p_code_scale='fp32' is an NVFP4 (E4M3 scale) option; fmt='mxfp4' has exact E8M0 scales"
