@@ -103,6 +103,174 @@ def test_nvfp4_roundtrip_uses_shared_kernels_format():
     assert y.shape == (2, 3, 20, 40) and torch.isfinite(y).all()
 
 
+# ------------------------------------------------------------------------------ audit vs paper / upstream
+def _group(values, n=16):
+    """One 16-group (padded with zeros) as a [1, 1, 1, n] float32 row."""
+    x = torch.zeros(1, 1, 1, n)
+    x[0, 0, 0, : len(values)] = torch.tensor(values)
+    return x
+
+
+def test_e2m1_elements_round_half_to_even():
+    """amax 6 -> E4M3 scale exactly 1, so the elements are the E2M1 grid itself; the midpoints
+    0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5 go to the even code (as cvt.rn.satfinite.e2m1x2)."""
+    ties = [0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, -5.0, -1.25, 6.0]
+    want = [0.0, 1.0, 1.0, 2.0, 2.0, 4.0, 4.0, -4.0, -1.0, 6.0]
+    for guard in (True, False):
+        y = sa3.nvfp4_roundtrip(_group(ties), -1, guard)[0, 0, 0, : len(ties)]
+        assert y.tolist() == want, (guard, y.tolist())
+
+
+def test_scale_rounded_down_saturates_elements_at_6():
+    """amax/6 = 1.06 rounds (RNE) down to the E4M3 value 1.0, so amax/scale = 6.36 > 6: the element
+    saturates to 6 (upstream's cvt.rn.satfinite does the same). The clip error is < amax/16, below
+    the top binade's half step (1·scale); rounding the scale UP instead (no clipping) costs more on
+    Gaussian data, so RNE is kept."""
+    y = sa3.nvfp4_roundtrip(_group([6.36, 2.6, -6.3]), -1, False)[0, 0, 0, :3]
+    assert y.tolist() == [6.0, 3.0, -6.0]
+    assert (6.36 - 6.0) < 6.36 / 16
+    x = torch.randn(1, 1, 256, 64, generator=torch.Generator().manual_seed(0))
+    rne_err = (sa3.nvfp4_roundtrip(x, -1, False) - x).pow(2).mean()
+    xb = x.reshape(1, 1, 256, 4, 16)
+    s = xb.abs().amax(-1, keepdim=True) / 6
+    s_up = torch.where(s.to(torch.float8_e4m3fn).float() < s, (s * 1.0625).to(torch.float8_e4m3fn).float(), s)
+    s_up = s_up.to(torch.float8_e4m3fn).float()  # smallest E4M3 value >= amax/6 (never clips)
+    assert (s_up >= s).all()
+    from shared_kernels.reference.microscaling import E2M1, decode, encode
+
+    up = (decode(encode(xb / s_up, E2M1), E2M1) * s_up).reshape(x.shape)
+    assert rne_err < (up - x).pow(2).mean()
+
+
+def test_p_codes_against_fp32_scale_are_upstreams_recipe():
+    """Upstream's kernel divides P by the UNROUNDED blockmax/6 and uses E4M3(blockmax/6) only in
+    the MMA (``softmax_fused.h``); our default codes P against the decoded E4M3 scale (as for Q, K, V
+    and the paper's φ). Group max 6.36: scale 1.06 -> E4M3 1.0; element 2.6: ours 2.6/1 -> 3,
+    upstream 2.6/1.06 = 2.45 -> 2."""
+    g = _group([6.36, 2.6, 1.0])
+    assert sa3.nvfp4_roundtrip(g, -1, False)[0, 0, 0, :3].tolist() == [6.0, 3.0, 1.0]
+    assert sa3.nvfp4_roundtrip_fp32_codes(g)[0, 0, 0, :3].tolist() == [6.0, 2.0, 1.0]
+    q, k, v = _qkv(nq=128, nk=256, d=64)
+    o, _ = sa3.sa3_attention(q, k, v, sm_scale=0.2)
+    o_up, _ = sa3.sa3_attention(q, k, v, sm_scale=0.2, p_code_scale="fp32")
+    assert not torch.equal(o, o_up) and (o - o_up).abs().max() < 0.05 * v.abs().max()
+    e, _ = exact_ref.attention_exact(q, k, v, sm_scale=0.2)
+    assert _metrics(o, e)[1] <= _metrics(o_up, e)[1] * 1.02  # ours is not worse
+
+
+def test_reverse_key_order_equals_forward_on_block_reversed_keys():
+    """``key_order='reverse'`` (upstream visits key blocks last to first) is the forward loop on K, V
+    with their 128-key blocks reversed (quantization groups are unchanged by whole-block moves)."""
+    q, k, v = _qkv(nq=64, nk=384, d=32)
+    o_r, l_r = sa3.sa3_attention(q, k, v, sm_scale=0.3, key_order="reverse")
+    flip = torch.cat([torch.arange(j, j + 128) for j in (256, 128, 0)])
+    o_f, l_f = sa3.sa3_attention(q, k[:, :, flip], v[:, :, flip], sm_scale=0.3)
+    assert torch.allclose(o_r, o_f, atol=1e-6) and torch.allclose(l_r, l_f, atol=1e-6)
+    o, _ = sa3.sa3_attention(q, k, v, sm_scale=0.3)
+    assert not torch.equal(o, o_r)  # the order changes the running max at which P is quantized
+    o64, _ = sa3.sa3_attention(
+        q, k, v, sm_scale=0.3, key_order="reverse", quantize=False, dtype=torch.float64
+    )
+    e, _ = exact_ref.attention_exact(q, k, v, sm_scale=0.3)
+    assert (o64 - e).abs().max() < 1e-10
+
+
+def test_mxfp4_roundtrip_is_ocp_floor_rule():
+    """E8M0 scale 2^(floor(log2 amax) - 2): amax 5 -> scale 1 (5 is a tie between 4 and 6 -> 4);
+    amax 7 -> scale 1, 7 saturates to 6; amax 12 -> scale 2. One scale per 32 (not 16) values."""
+    y = sa3.mxfp4_roundtrip(_group([5.0, 0.75], 32), -1)[0, 0, 0, :2]
+    assert y.tolist() == [4.0, 1.0]
+    assert sa3.mxfp4_roundtrip(_group([7.0, 2.5], 32), -1)[0, 0, 0, :2].tolist() == [6.0, 2.0]
+    row = _group([12.0] + [0.0] * 16 + [0.9], 32)  # 0.9/2 = 0.45 -> 0.5 -> 1.0; NVFP4 (own group) keeps 0.9
+    assert sa3.mxfp4_roundtrip(row, -1)[0, 0, 0, [0, 17]].tolist() == [12.0, 1.0]
+    assert sa3.nvfp4_roundtrip(row, -1)[0, 0, 0, 17].item() == pytest.approx(0.9, rel=0.07)
+    x = torch.randn(2, 3, 40, 24) * 5  # padding along both axes (24 -> 32, 40 -> 64)
+    for axis in (-1, -2):
+        y = sa3.mxfp4_roundtrip(x, axis)
+        assert y.shape == x.shape and (y - x).abs().max() <= x.abs().max() / 4
+
+
+def test_mxfp4_is_less_accurate_than_nvfp4():
+    """The paper's NVFP4 vs MXFP4 comparison (99.52% vs 98.37%): MXFP4's power-of-two scales over 32
+    values lose more than NVFP4's E4M3 scales over 16."""
+    q, k, v = _qkv(nq=128, nk=256, d=64, q_bias=0.3, k_bias=1.0)
+    e, _ = exact_ref.attention_exact(q, k, v, sm_scale=0.125)
+    cos_nv = _metrics(sa3.sa3_attention(q, k, v, sm_scale=0.125)[0], e)[0]
+    cos_mx = _metrics(sa3.sa3_attention(q, k, v, sm_scale=0.125, fmt="mxfp4")[0], e)[0]
+    assert 0.9 < cos_mx < cos_nv, (cos_mx, cos_nv)
+
+
+def test_fp4_parts_switch_each_component():
+    q, k, v = _qkv(nq=128, nk=200, d=48)
+    kw = dict(sm_scale=0.2)
+    exact_smooth, _ = sa3.sa3_attention(q, k, v, quantize=False, **kw)
+    assert torch.equal(sa3.sa3_attention(q, k, v, fp4_parts=(), **kw)[0], exact_smooth)
+    full, _ = sa3.sa3_attention(q, k, v, **kw)
+    assert torch.equal(sa3.sa3_attention(q, k, v, fp4_parts=["v", "p", "qk"], **kw)[0], full)
+    e, _ = exact_ref.attention_exact(q, k, v, **kw)
+    errs = {}
+    for part in sa3.FP4_PARTS:
+        o, _ = sa3.sa3_attention(q, k, v, fp4_parts=(part,), **kw)
+        errs[part] = _metrics(o, e)[1]
+        assert 0 < errs[part] < _metrics(full, e)[1]
+    assert errs["qk"] > errs["p"]  # Gaussian Q/K: the FP4 scores dominate
+
+
+@pytest.mark.parametrize(
+    "kw,exc,match",
+    [
+        (dict(fmt="fp4"), ValueError, "fmt must be one of"),
+        (dict(fp4_parts="qk"), TypeError, "fp4_parts must be a collection"),
+        (dict(fp4_parts=("qk", "s")), ValueError, r"subset of .*\['s'\]"),
+        (dict(key_order="backward"), ValueError, "key_order must be one of"),
+        (dict(p_code_scale="bf16"), ValueError, "p_code_scale must be one of"),
+        (dict(p_code_scale="fp32", fmt="mxfp4"), ValueError, "NVFP4"),
+        (dict(dtype=torch.float16), TypeError, "dtype must be"),
+    ],
+)
+def test_reference_rejects_bad_options(kw, exc, match):
+    q, k, v = _qkv(nq=4, nk=4, d=16)
+    with pytest.raises(exc, match=match):
+        sa3.sa3_attention(q, k, v, sm_scale=0.25, **kw)
+    with pytest.raises(ValueError, match="fmt must be one of"):
+        sa3.fp4_roundtrip(q, -1, "int4")
+    with pytest.raises(ValueError, match="axis must be -1 or -2"):
+        sa3.mxfp4_roundtrip(q, 1)
+    with pytest.raises(ValueError, match="axis must be -1 or -2"):
+        sa3.nvfp4_roundtrip(q, 0)
+    with pytest.raises(ValueError, match="multiple of 16"):
+        sa3.nvfp4_roundtrip_fp32_codes(q.abs()[..., :8])
+    with pytest.raises(ValueError, match="non-negative"):
+        sa3.nvfp4_roundtrip_fp32_codes(-q.abs())
+
+
+def test_reference_rejects_bad_tensors():
+    q, k, v = _qkv(nq=4, nk=6, d=16)
+    bad = [
+        ((q[0], k, v), TypeError, "q must be a 4-D floating-point tensor"),
+        ((q, k.long(), v), TypeError, "k must be a 4-D floating-point tensor"),
+        ((q, k, v.numpy()), TypeError, "v must be .* got ndarray"),
+        ((q, k, v[:, :, :5]), ValueError, "shapes must be"),
+        ((q, k[..., :8], v), ValueError, "shapes must be"),
+        ((q[:, :3], k, v), ValueError, "multiple of the k/v heads"),
+    ]
+    for args, exc, match in bad:
+        with pytest.raises(exc, match=match):
+            sa3.sa3_attention(*args, sm_scale=0.25)
+
+
+def test_range_guard_keeps_large_values_from_saturating():
+    """V times 2^12 (max|V|/6 > 448: upstream's E4M3 scales saturate and the elements clip at 6·448):
+    with the guard the output scales exactly by 2^12; without it the result is far off."""
+    q, k, v = _qkv(nq=128, nk=128, d=64)
+    o1, _ = sa3.sa3_attention(q, k, v, sm_scale=0.3)
+    o2, _ = sa3.sa3_attention(q, k, v * 2.0**12, sm_scale=0.3)
+    assert torch.equal(o2, o1 * 2.0**12)
+    o3, _ = sa3.sa3_attention(q, k, v * 2.0**12, sm_scale=0.3, range_guard=False)
+    e, _ = exact_ref.attention_exact(q, k, v * 2.0**12, sm_scale=0.3)
+    assert _metrics(o3, e)[1] > 1.5 * _metrics(o2, e)[1]  # measured 0.49 vs 0.26
+
+
 # ------------------------------------------------------------------------------ Triton kernel
 def _kernel_device() -> str:
     """CPU under the interpreter (NATIVE=False path); on a GPU machine the CUDA device, where the
