@@ -15,7 +15,13 @@ Roofline (non-causal; causal halves the FLOPs), ``F = B·Hq·Nq·Nk``:
   (dK) INT8 ops; the dQ kernel recomputes S and dP (``2·F·D`` INT8 + ``2·F·Dv`` fp16) and does
   ``2·F·D`` INT8 ops for dQ: in all ``8·F·D`` INT8 + ``4·F·Dv`` fp16 ops when ``D = Dv`` (FA2 does
   ``10·F·D`` fp16). Compulsory bytes per kernel: Q8, K8 (1 B), dO as fp16 and int8 (3 B), V16
-  (2 B), lse2 and Δ (8 B per query), dQ/dK/dV float32 (4 B).
+  (2 B), lse2 and Δ (8 B per query), dQ/dK/dV float32 (4 B). Where the launch table picks
+  ``TWO_PASS`` (sm80/89, sm90 with a mask) the dK/dV kernel recomputes ``S``: ``2·F·D`` more INT8
+  ops and a second read of Q8 and lse2.
+
+Launch options (``num_warps``, ``num_stages``, ``TWO_PASS``) come from one table by arch class, head
+dim class and mask (:func:`launch_config`): every entry compiles with 0 spill bytes on sm80, sm89,
+sm90a and sm100a (``tools/kernel_report.py``, rows from ``sagebwd/kernel_specs.py``).
 """
 
 from __future__ import annotations
@@ -360,6 +366,7 @@ ARCHS = (80, 89, 90, 100)
 # this table and tests/test_sagebwd_specs.py checks them against the launches). Levers: 8 warps
 # and 1 stage for a masked forward (the mask tile is loaded in the MMA layout: 4 warps spill
 # 0.7-3 KB), two dK/dV passes on sm80/89 (and sm90 with a mask), 2 stages for dK/dV on sm100 at d64.
+# Shared memory stays <= 99 KB on sm80/89 (sm86/89 have 99 KB; sm86 uses the sm80 row).
 _CLASSES = ("d64", "d128")
 
 
@@ -368,8 +375,8 @@ def _table_entry(kernel: str, arch: int, hclass: str, masked: bool) -> tuple[int
         return (8, 1, False) if masked else (4, 3, False)
     if kernel == "preprocess":
         return (4, 1, False)
-    if kernel == "dq":
-        return (4, 3, False) if hclass == "d64" else (8, 3, False)
+    if kernel == "dq":  # 3 stages with a mask at d128 need 104-129 KB of shared memory: > sm86/89's 99
+        return (4, 3, False) if hclass == "d64" else (8, 2 if masked else 3, False)
     if arch in (80, 89) or (arch == 90 and masked):  # dkdv
         return (8, 1, True)
     if arch == 100 and hclass == "d64":
