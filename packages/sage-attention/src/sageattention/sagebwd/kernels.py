@@ -264,17 +264,26 @@ def sagebwd_dkdv_kernel(
     dv_ptrs = dv_ptr + (bhk64 * NK + cols[:, None]) * DV + dv[None, :]
     dv_mask = cmask[:, None] & (dv < DV)[None, :]
     if TWO_PASS:
-        _, dvacc = _dkdv_loop(q_ptr, qs_ptr, mask_ptr, lse_ptr, delta_ptr, do16_ptr, g_ptr, do8_ptr, sdo_ptr, kt, vt16, ks, col0,
-            cols, cmask, b, hk, NQ, HQ, HKV, D, DV, NQB, NDOB, stride_mb, stride_mh, stride_mm, QGROUP,
-            BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, IS_CAUSAL, MASK_MODE, INTERPRET, True, False)  # fmt: skip
+        _, dvacc = _dkdv_loop(
+            q_ptr, qs_ptr, mask_ptr, lse_ptr, delta_ptr, do16_ptr, g_ptr, do8_ptr, sdo_ptr, kt, vt16,
+            ks, col0, cols, cmask, b, hk, NQ, HQ, HKV, D, DV, NQB, NDOB, stride_mb, stride_mh,
+            stride_mm, QGROUP, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, IS_CAUSAL, MASK_MODE, INTERPRET,
+            True, False,
+        )  # fmt: skip
         tl.store(dv_ptrs, dvacc, mask=dv_mask)
-        dk, _ = _dkdv_loop(q_ptr, qs_ptr, mask_ptr, lse_ptr, delta_ptr, do16_ptr, g_ptr, do8_ptr, sdo_ptr, kt, vt16, ks, col0,
-            cols, cmask, b, hk, NQ, HQ, HKV, D, DV, NQB, NDOB, stride_mb, stride_mh, stride_mm, QGROUP,
-            BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, IS_CAUSAL, MASK_MODE, INTERPRET, False, True)  # fmt: skip
+        dk, _ = _dkdv_loop(
+            q_ptr, qs_ptr, mask_ptr, lse_ptr, delta_ptr, do16_ptr, g_ptr, do8_ptr, sdo_ptr, kt, vt16,
+            ks, col0, cols, cmask, b, hk, NQ, HQ, HKV, D, DV, NQB, NDOB, stride_mb, stride_mh,
+            stride_mm, QGROUP, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, IS_CAUSAL, MASK_MODE, INTERPRET,
+            False, True,
+        )  # fmt: skip
     else:
-        dk, dvacc = _dkdv_loop(q_ptr, qs_ptr, mask_ptr, lse_ptr, delta_ptr, do16_ptr, g_ptr, do8_ptr, sdo_ptr, kt, vt16, ks, col0,
-            cols, cmask, b, hk, NQ, HQ, HKV, D, DV, NQB, NDOB, stride_mb, stride_mh, stride_mm, QGROUP,
-            BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, IS_CAUSAL, MASK_MODE, INTERPRET, True, True)  # fmt: skip
+        dk, dvacc = _dkdv_loop(
+            q_ptr, qs_ptr, mask_ptr, lse_ptr, delta_ptr, do16_ptr, g_ptr, do8_ptr, sdo_ptr, kt, vt16,
+            ks, col0, cols, cmask, b, hk, NQ, HQ, HKV, D, DV, NQB, NDOB, stride_mb, stride_mh,
+            stride_mm, QGROUP, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, IS_CAUSAL, MASK_MODE, INTERPRET,
+            True, True,
+        )  # fmt: skip
         tl.store(dv_ptrs, dvacc, mask=dv_mask)
     tl.store(dk_ptrs, dk / LOG2E, mask=dk_mask)
 
