@@ -96,16 +96,19 @@ def test_package_report_includes_sagebwd():
 
 
 def test_launch_config_table_and_errors():
-    assert kernels.arch_class((8, 0)) == 80 and kernels.arch_class((8, 6)) == 80
+    assert kernels.arch_class((8, 0)) == 80 and kernels.arch_class((8, 6)) == 89  # 99 KB smem
     assert kernels.arch_class((8, 9)) == 89 and kernels.arch_class((12, 0)) == 89
     assert kernels.arch_class((9, 0)) == 90 and kernels.arch_class((10, 0)) == 100
     assert kernels.head_class(64, 48) == "d64" and kernels.head_class(96, 64) == "d128"
+    assert kernels.head_class(64, 160) == "d256"
     for kernel in kernels.KERNELS:
         for arch in kernels.ARCHS:
             for masked in (False, True):
-                cfg = kernels.launch_config(kernel, arch, 128, 128, masked)
-                assert cfg["num_warps"] in (4, 8) and cfg["num_stages"] in (1, 2, 3)
-                assert ("TWO_PASS" in cfg) == (kernel == "dkdv")
+                for d in (32, 128, 256):
+                    cfg = kernels.launch_config(kernel, arch, d, d, masked)
+                    assert cfg["num_warps"] in (4, 8) and cfg["num_stages"] in (1, 2, 3)
+                    assert ("TWO_PASS" in cfg) == (kernel == "dkdv")
+    assert kernels.launch_config("dq", 89, 256, 256)["num_stages"] == 1  # 3 stages: 147 KB > 99 KB
     assert kernels.launch_config("fwd", 80, 128, 128, True) != kernels.launch_config("fwd", 80, 128, 128)
     with pytest.raises(ValueError, match="kernel must be one of"):
         kernels.launch_config("dk", 80, 64, 64)

@@ -369,14 +369,16 @@ ARCHS = (80, 89, 90, 100)
 """Arch classes of the launch table (``tools/kernel_report`` compiles sm80, sm89, sm90a, sm100a)."""
 
 # Launch table: (kernel, arch class, head dim class, masked) -> (num_warps, num_stages, TWO_PASS of the
-# dK/dV kernel). Head dim class "d64": max(BLOCK_D, BLOCK_DV) <= 64, "d128": larger; masked: an
-# additive or bool attn_mask is passed. Each entry is a config whose AOT compile for that arch has 0
-# spill bytes (``tools/kernel_report.py``; sageattention.sagebwd.kernel_specs builds its rows from
-# this table and tests/test_sagebwd_specs.py checks them against the launches). Levers: 8 warps
+# dK/dV kernel). Head dim class "d64": max(BLOCK_D, BLOCK_DV) <= 64, "d128": <= 128, "d256": larger;
+# masked: an additive or bool attn_mask is passed. Each d64/d128 entry is a config whose AOT compile
+# for that arch has 0 spill bytes (``tools/kernel_report.py``; sageattention.sagebwd.kernel_specs
+# builds its rows from this table and tests/test_sagebwd_specs.py checks them against the launches).
+# d256 only fits shared memory (forward and dK/dV spill 0.06-1.2 KB there; not in the report). Levers: 8 warps
 # and 1 stage for a masked forward (the mask tile is loaded in the MMA layout: 4 warps spill
 # 0.7-3 KB), two dK/dV passes on sm80/89 (and sm90 with a mask), 2 stages for dK/dV on sm100 at d64.
-# Shared memory stays <= 99 KB on sm80/89 (sm86/89 have 99 KB; sm86 uses the sm80 row).
-_CLASSES = ("d64", "d128")
+# Shared memory stays <= 99 KB on the sm89 class (sm86/89: 99 KB per block) and, for d <= 128, on
+# sm80 too (d256 dQ on sm80 uses 3 stages: 147 KB of A100's 163 KB, 0 spills).
+_CLASSES = ("d64", "d128", "d256")
 
 
 def _table_entry(kernel: str, arch: int, hclass: str, masked: bool) -> tuple[int, int, bool]:
@@ -385,6 +387,8 @@ def _table_entry(kernel: str, arch: int, hclass: str, masked: bool) -> tuple[int
     if kernel == "preprocess":
         return (4, 1, False)
     if kernel == "dq":  # 3 stages with a mask at d128 need 104-129 KB of shared memory: > sm86/89's 99
+        if hclass == "d256":
+            return (8, {80: 2 if masked else 3, 89: 1}.get(arch, 2), False)
         return (4, 3, False) if hclass == "d64" else (8, 2 if masked else 3, False)
     if arch in (80, 89) or (arch == 90 and masked):  # dkdv
         return (8, 1, True)
@@ -404,11 +408,12 @@ _LAUNCH: dict[tuple[str, int, str, bool], tuple[int, int, bool]] = {
 
 
 def arch_class(capability: tuple[int, int]) -> int:
-    """The launch-table arch of a CUDA compute capability: sm80/86/87 -> 80, sm89 and consumer
-    Blackwell (sm120, mma.sync like Ada) -> 89, sm90 -> 90, sm100/103/110 -> 100."""
+    """The launch-table arch of a CUDA compute capability: sm80/87 -> 80; sm86, sm89 and consumer
+    Blackwell (sm120: mma.sync, 99 KB of shared memory per block like Ada) -> 89; sm90 -> 90;
+    sm100/103/110 -> 100."""
     major, minor = capability
     if major == 8:
-        return 89 if minor >= 9 else 80
+        return 89 if minor in (6, 9) else 80
     if major == 9:
         return 90
     if major in (10, 11):
@@ -417,8 +422,9 @@ def arch_class(capability: tuple[int, int]) -> int:
 
 
 def head_class(d: int, dv: int) -> str:
-    """``"d64"`` when both padded head dims are <= 64, else ``"d128"``."""
-    return "d64" if max(_blocks(d, dv)) <= 64 else "d128"
+    """``"d64"``, ``"d128"`` or ``"d256"``: the larger padded head dim is <= 64, <= 128 or more."""
+    block = max(_blocks(d, dv))
+    return "d64" if block <= 64 else "d128" if block <= 128 else "d256"
 
 
 def launch_config(kernel: str, arch: int, d: int, dv: int, masked: bool = False) -> dict:
