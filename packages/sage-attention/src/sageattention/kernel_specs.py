@@ -1,4 +1,5 @@
-"""Kernels of ``sageattention`` for ``tools/kernel_report`` (AOT-compiled for sm80/89/90a/100a).
+"""Kernels of ``sageattention`` for ``tools/kernel_report`` (AOT-compiled for sm80/89/90a/100a),
+SageBwd's training kernels included (``sagebwd/kernel_specs.py``).
 
 Attention: INT8 ``Q·Kᵀ`` must run on integer tensor cores (``mma.sync`` IMMA on sm80/89, ``wgmma``
 IGMMA on sm90a, ``tcgen05`` on sm100a) and so must ``P·V`` (fp16 HMMA/HGMMA, or FP8 QMMA/QGMMA on
@@ -307,3 +308,9 @@ CUDA_KERNELS: list = []
 from .sa3.triton_fp4 import SA3_KERNEL_SPECS  # noqa: E402
 
 TRITON_KERNELS += SA3_KERNEL_SPECS
+
+# SageBwd (trainable INT8 attention): forward, Δ preprocess, dK/dV and dQ at their real launch
+# configs (sagebwd/kernels.py launch table; one row per group of archs sharing a config)
+from .sagebwd.kernel_specs import TRITON_KERNELS as _SAGEBWD_SPECS  # noqa: E402
+
+TRITON_KERNELS += _SAGEBWD_SPECS

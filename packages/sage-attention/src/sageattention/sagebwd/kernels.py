@@ -15,7 +15,13 @@ Roofline (non-causal; causal halves the FLOPs), ``F = B·Hq·Nq·Nk``:
   (dK) INT8 ops; the dQ kernel recomputes S and dP (``2·F·D`` INT8 + ``2·F·Dv`` fp16) and does
   ``2·F·D`` INT8 ops for dQ: in all ``8·F·D`` INT8 + ``4·F·Dv`` fp16 ops when ``D = Dv`` (FA2 does
   ``10·F·D`` fp16). Compulsory bytes per kernel: Q8, K8 (1 B), dO as fp16 and int8 (3 B), V16
-  (2 B), lse2 and Δ (8 B per query), dQ/dK/dV float32 (4 B).
+  (2 B), lse2 and Δ (8 B per query), dQ/dK/dV float32 (4 B). Where the launch table picks
+  ``TWO_PASS`` (sm80/89, sm90 with a mask) the dK/dV kernel recomputes ``S``: ``2·F·D`` more INT8
+  ops and a second read of Q8 and lse2.
+
+Launch options (``num_warps``, ``num_stages``, ``TWO_PASS``) come from one table by arch class, head
+dim class and mask (:func:`launch_config`): every entry compiles with 0 spill bytes on sm80, sm89,
+sm90a and sm100a (``tools/kernel_report.py``, rows from ``sagebwd/kernel_specs.py``).
 """
 
 from __future__ import annotations
@@ -104,13 +110,14 @@ def sagebwd_fwd_kernel(
     hi = NK
     if IS_CAUSAL:
         hi = tl.minimum(NK, row0 + BLOCK_M)
+    m_off = (rows - row0)[:, None] * stride_mm + kb[None, :]  # int32 inside one tile
     for start in range(0, hi, BLOCK_N):
         cols = start + kb
         cmask = cols < NK
         kt = tl.load(k_ptr + (bhk64 * NK + cols[None, :]) * D + dd[:, None],
                      mask=cmask[None, :] & (dd < D)[:, None], other=0)  # fmt: skip
         ks = tl.load(ks_ptr + bhk64 * NKB + start // BLOCK_N)
-        m_ptrs = m_base + rows[:, None].to(tl.int64) * stride_mm + cols[None, :]
+        m_ptrs = (m_base + row0.to(tl.int64) * stride_mm + start) + m_off
         s = _scores(q, kt, qs, ks, rows, cols, rmask, cmask, m_ptrs, MASK_MODE, IS_CAUSAL, INTERPRET)
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
         m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -153,44 +160,36 @@ def sagebwd_preprocess_kernel(do_ptr, o_ptr, dlse_ptr, delta_ptr, NQ, DV, HAS_DL
 
 
 @triton.jit
+def _dp_tile(do16, vt16, g, INTERPRET: tl.constexpr):
+    """Step 6 on one tile: ``dP = (dO16·V16ᵀ)·g`` on fp16 tensor cores, float32 accumulation."""
+    if INTERPRET:  # fp16 products are exact in float32: the same sums as the fp16 MMA
+        return tl.dot(do16.to(tl.float32), vt16.to(tl.float32)) * g
+    return tl.dot(do16, vt16) * g
+
+
+@triton.jit
 def _ds_tile(q, kt, qs, ks, rows, cols, rmask, cmask, m_ptrs, lse_use, delta, do16, vt16, g,
              MASK_MODE: tl.constexpr, IS_CAUSAL: tl.constexpr, INTERPRET: tl.constexpr):  # fmt: skip
     """Steps 5-7 on one tile: ``(P, dS)`` float32."""
     s = _scores(q, kt, qs, ks, rows, cols, rmask, cmask, m_ptrs, MASK_MODE, IS_CAUSAL, INTERPRET)
     p = tl.math.exp2(s - lse_use[:, None])
-    if INTERPRET:  # fp16 products are exact in float32: the same sums as the fp16 MMA
-        dp = tl.dot(do16.to(tl.float32), vt16.to(tl.float32)) * g
-    else:
-        dp = tl.dot(do16, vt16) * g
-    return p, p * (dp - delta[:, None])
+    return p, p * (_dp_tile(do16, vt16, g, INTERPRET) - delta[:, None])
 
 
 @triton.jit
-def sagebwd_dkdv_kernel(
-    q_ptr, k_ptr, v16_ptr, qs_ptr, ks_ptr, mask_ptr, lse_ptr, delta_ptr, do16_ptr, g_ptr, do8_ptr,
-    sdo_ptr, dk_ptr, dv_ptr, NQ, NK, HQ, HKV, D, DV, NQB, NKB, NDOB, stride_mb, stride_mh, stride_mm,
+def _dkdv_loop(
+    q_ptr, qs_ptr, mask_ptr, lse_ptr, delta_ptr, do16_ptr, g_ptr, do8_ptr, sdo_ptr, kt, vt16, ks,
+    col0, cols, cmask, b, hk, NQ, HQ, HKV, D, DV, NQB, NDOB, stride_mb, stride_mh, stride_mm,
     QGROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_DV: tl.constexpr, IS_CAUSAL: tl.constexpr, MASK_MODE: tl.constexpr, INTERPRET: tl.constexpr,
+    WANT_DV: tl.constexpr, WANT_DK: tl.constexpr,
 ):  # fmt: skip
-    """Steps 8 and 10, one program per ``BLOCK_N`` keys of one (b, kv head), looping over the query
-    heads of its GQA group and their query tiles (no atomics): float32 ``dK``, ``dV``."""
-    pid_n = tl.program_id(0)
-    bhk = tl.program_id(1)
-    b = bhk // HKV
-    hk = bhk % HKV
+    """The query loop of the dK/dV kernel for one key tile: ``(dK·log2 e, dV)`` float32, each only
+    if asked (the other stays 0 and its work is compiled out)."""
     grp = HQ // HKV
-    bhk64 = bhk.to(tl.int64)
-    col0 = pid_n * BLOCK_N
-    cols = col0 + tl.arange(0, BLOCK_N)
-    cmask = cols < NK
     dd = tl.arange(0, BLOCK_D)
     dv = tl.arange(0, BLOCK_DV)
     tr = tl.arange(0, BLOCK_M)
-    kt = tl.load(k_ptr + (bhk64 * NK + cols[None, :]) * D + dd[:, None],
-                 mask=cmask[None, :] & (dd < D)[:, None], other=0)  # fmt: skip
-    ks = tl.load(ks_ptr + bhk64 * NKB + pid_n)
-    vt16 = tl.load(v16_ptr + (bhk64 * NK + cols[None, :]) * DV + dv[:, None],
-                   mask=cmask[None, :] & (dv < DV)[:, None], other=0.0)  # fmt: skip
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dvacc = tl.zeros([BLOCK_N, BLOCK_DV], dtype=tl.float32)
     lo = 0
@@ -199,7 +198,6 @@ def sagebwd_dkdv_kernel(
     for gi in range(0, grp):
         h = hk * grp + gi
         bh64 = (b * HQ + h).to(tl.int64)
-        g = tl.load(g_ptr + bh64)
         m_base = mask_ptr + b.to(tl.int64) * stride_mb + h.to(tl.int64) * stride_mh
         for row0 in range(lo, NQ, BLOCK_M):
             rows = row0 + tr
@@ -209,26 +207,85 @@ def sagebwd_dkdv_kernel(
             qs = tl.load(qs_ptr + bh64 * NQB + row0 // QGROUP)
             lse = tl.load(lse_ptr + bh64 * NQ + rows, mask=rmask, other=0.0)
             lse_use = tl.where(lse == float("-inf"), 0.0, lse)
-            delta = tl.load(delta_ptr + bh64 * NQ + rows, mask=rmask, other=0.0)
+            m_ptrs = m_base + rows[:, None].to(tl.int64) * stride_mm + cols[None, :]
+            s = _scores(q, kt, qs, ks, rows, cols, rmask, cmask, m_ptrs, MASK_MODE, IS_CAUSAL, INTERPRET)
+            p = tl.math.exp2(s - lse_use[:, None])
             dmask = rmask[:, None] & (dv < DV)[None, :]
             do_off = (bh64 * NQ + rows[:, None]) * DV + dv[None, :]
-            do16 = tl.load(do16_ptr + do_off, mask=dmask, other=0.0)
-            m_ptrs = m_base + rows[:, None].to(tl.int64) * stride_mm + cols[None, :]
-            p, ds = _ds_tile(q, kt, qs, ks, rows, cols, rmask, cmask, m_ptrs, lse_use, delta, do16,
-                             vt16, g, MASK_MODE, IS_CAUSAL, INTERPRET)  # fmt: skip
-            sp = _tile_scale(p)
-            p8 = _int8_round(p, sp)
-            do8 = tl.load(do8_ptr + do_off, mask=dmask, other=0)
-            sdo = tl.load(sdo_ptr + bh64 * NDOB + row0 // BLOCK_M)
-            dvacc += (_idot(tl.trans(p8), do8, INTERPRET) * sp) * sdo
-            sds = _tile_scale(ds)
-            ds8 = _int8_round(ds, sds)
-            dk += (_idot(tl.trans(ds8), q, INTERPRET) * sds) * qs
-    dk = dk / LOG2E
-    tl.store(dk_ptr + (bhk64 * NK + cols[:, None]) * D + dd[None, :], dk,
-             mask=cmask[:, None] & (dd < D)[None, :])  # fmt: skip
-    tl.store(dv_ptr + (bhk64 * NK + cols[:, None]) * DV + dv[None, :], dvacc,
-             mask=cmask[:, None] & (dv < DV)[None, :])  # fmt: skip
+            if WANT_DV:
+                sp = _tile_scale(p)
+                p8 = _int8_round(p, sp)
+                do8 = tl.load(do8_ptr + do_off, mask=dmask, other=0)
+                sdo = tl.load(sdo_ptr + bh64 * NDOB + row0 // BLOCK_M)
+                dvacc += (_idot(tl.trans(p8), do8, INTERPRET) * sp) * sdo
+            if WANT_DK:
+                g = tl.load(g_ptr + bh64)
+                delta = tl.load(delta_ptr + bh64 * NQ + rows, mask=rmask, other=0.0)
+                do16 = tl.load(do16_ptr + do_off, mask=dmask, other=0.0)
+                ds = p * (_dp_tile(do16, vt16, g, INTERPRET) - delta[:, None])
+                sds = _tile_scale(ds)
+                ds8 = _int8_round(ds, sds)
+                dk += (_idot(tl.trans(ds8), q, INTERPRET) * sds) * qs
+    return dk, dvacc
+
+
+@triton.jit
+def sagebwd_dkdv_kernel(
+    q_ptr, k_ptr, v16_ptr, qs_ptr, ks_ptr, mask_ptr, lse_ptr, delta_ptr, do16_ptr, g_ptr, do8_ptr,
+    sdo_ptr, dk_ptr, dv_ptr, NQ, NK, HQ, HKV, D, DV, NQB, NKB, NDOB, stride_mb, stride_mh, stride_mm,
+    QGROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_DV: tl.constexpr, IS_CAUSAL: tl.constexpr, MASK_MODE: tl.constexpr, INTERPRET: tl.constexpr,
+    TWO_PASS: tl.constexpr,
+):  # fmt: skip
+    """Steps 8 and 10, one program per ``BLOCK_N`` keys of one (b, kv head), looping over the query
+    heads of its GQA group and their query tiles (no atomics): float32 ``dK``, ``dV``.
+
+    ``TWO_PASS``: a dV pass then a dK pass over the query tiles instead of one fused pass, so only
+    one ``BLOCK_N × D`` accumulator is live at a time (no register spills where the fused loop
+    spills); the price is recomputing ``S`` (``2·BLOCK_M·BLOCK_N·D`` more INT8 ops per tile and a
+    second read of Q8 and lse). Same operations on every element and the same summation order."""
+    pid_n = tl.program_id(0)
+    bhk = tl.program_id(1)
+    b = bhk // HKV
+    hk = bhk % HKV
+    bhk64 = bhk.to(tl.int64)
+    col0 = pid_n * BLOCK_N
+    cols = col0 + tl.arange(0, BLOCK_N)
+    cmask = cols < NK
+    dd = tl.arange(0, BLOCK_D)
+    dv = tl.arange(0, BLOCK_DV)
+    kt = tl.load(k_ptr + (bhk64 * NK + cols[None, :]) * D + dd[:, None],
+                 mask=cmask[None, :] & (dd < D)[:, None], other=0)  # fmt: skip
+    ks = tl.load(ks_ptr + bhk64 * NKB + pid_n)
+    vt16 = tl.load(v16_ptr + (bhk64 * NK + cols[None, :]) * DV + dv[:, None],
+                   mask=cmask[None, :] & (dv < DV)[:, None], other=0.0)  # fmt: skip
+    dk_ptrs = dk_ptr + (bhk64 * NK + cols[:, None]) * D + dd[None, :]
+    dk_mask = cmask[:, None] & (dd < D)[None, :]
+    dv_ptrs = dv_ptr + (bhk64 * NK + cols[:, None]) * DV + dv[None, :]
+    dv_mask = cmask[:, None] & (dv < DV)[None, :]
+    if TWO_PASS:
+        _, dvacc = _dkdv_loop(
+            q_ptr, qs_ptr, mask_ptr, lse_ptr, delta_ptr, do16_ptr, g_ptr, do8_ptr, sdo_ptr, kt, vt16,
+            ks, col0, cols, cmask, b, hk, NQ, HQ, HKV, D, DV, NQB, NDOB, stride_mb, stride_mh,
+            stride_mm, QGROUP, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, IS_CAUSAL, MASK_MODE, INTERPRET,
+            True, False,
+        )  # fmt: skip
+        tl.store(dv_ptrs, dvacc, mask=dv_mask)
+        dk, _ = _dkdv_loop(
+            q_ptr, qs_ptr, mask_ptr, lse_ptr, delta_ptr, do16_ptr, g_ptr, do8_ptr, sdo_ptr, kt, vt16,
+            ks, col0, cols, cmask, b, hk, NQ, HQ, HKV, D, DV, NQB, NDOB, stride_mb, stride_mh,
+            stride_mm, QGROUP, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, IS_CAUSAL, MASK_MODE, INTERPRET,
+            False, True,
+        )  # fmt: skip
+    else:
+        dk, dvacc = _dkdv_loop(
+            q_ptr, qs_ptr, mask_ptr, lse_ptr, delta_ptr, do16_ptr, g_ptr, do8_ptr, sdo_ptr, kt, vt16,
+            ks, col0, cols, cmask, b, hk, NQ, HQ, HKV, D, DV, NQB, NDOB, stride_mb, stride_mh,
+            stride_mm, QGROUP, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, IS_CAUSAL, MASK_MODE, INTERPRET,
+            True, True,
+        )  # fmt: skip
+        tl.store(dv_ptrs, dvacc, mask=dv_mask)
+    tl.store(dk_ptrs, dk / LOG2E, mask=dk_mask)
 
 
 @triton.jit
@@ -308,6 +365,90 @@ def _blocks(d: int, dv: int) -> tuple[int, int]:
     return max(16, triton.next_power_of_2(d)), max(16, triton.next_power_of_2(dv))
 
 
+ARCHS = (80, 89, 90, 100)
+"""Arch classes of the launch table (``tools/kernel_report`` compiles sm80, sm89, sm90a, sm100a)."""
+
+# Launch table: (kernel, arch class, head dim class, masked) -> (num_warps, num_stages, TWO_PASS of the
+# dK/dV kernel). Head dim class "d64": max(BLOCK_D, BLOCK_DV) <= 64, "d128": <= 128, "d256": larger;
+# masked: an additive or bool attn_mask is passed. Each d64/d128 entry is a config whose AOT compile
+# for that arch has 0 spill bytes (``tools/kernel_report.py``; sageattention.sagebwd.kernel_specs
+# builds its rows from this table and tests/test_sagebwd_specs.py checks them against the launches).
+# d256 only fits shared memory (forward and dK/dV spill 0.06-1.2 KB there; not in the report). Levers: 8 warps
+# and 1 stage for a masked forward (the mask tile is loaded in the MMA layout: 4 warps spill
+# 0.7-3 KB), two dK/dV passes on sm80/89 (and sm90 with a mask), 2 stages for dK/dV on sm100 at d64.
+# Shared memory stays <= 99 KB on the sm89 class (sm86/89: 99 KB per block) and, for d <= 128, on
+# sm80 too (d256 dQ on sm80 uses 3 stages: 147 KB of A100's 163 KB, 0 spills).
+_CLASSES = ("d64", "d128", "d256")
+
+
+def _table_entry(kernel: str, arch: int, hclass: str, masked: bool) -> tuple[int, int, bool]:
+    if kernel == "fwd":
+        return (8, 1, False) if masked else (4, 3, False)
+    if kernel == "preprocess":
+        return (4, 1, False)
+    if kernel == "dq":  # 3 stages with a mask at d128 need 104-129 KB of shared memory: > sm86/89's 99
+        if hclass == "d256":
+            return (8, {80: 2 if masked else 3, 89: 1}.get(arch, 2), False)
+        return (4, 3, False) if hclass == "d64" else (8, 2 if masked else 3, False)
+    if arch in (80, 89) or (arch == 90 and masked):  # dkdv
+        return (8, 1, True)
+    if arch == 100 and hclass == "d64":
+        return (8, 2, False)
+    return (8, 1, False)
+
+
+KERNELS = ("fwd", "preprocess", "dkdv", "dq")
+_LAUNCH: dict[tuple[str, int, str, bool], tuple[int, int, bool]] = {
+    (k, a, c, m): _table_entry(k, a, c, m)
+    for k in KERNELS
+    for a in ARCHS
+    for c in _CLASSES
+    for m in (False, True)
+}
+
+
+def arch_class(capability: tuple[int, int]) -> int:
+    """The launch-table arch of a CUDA compute capability: sm80/87 -> 80; sm86, sm89 and consumer
+    Blackwell (sm120: mma.sync, 99 KB of shared memory per block like Ada) -> 89; sm90 -> 90;
+    sm100/103/110 -> 100."""
+    major, minor = capability
+    if major == 8:
+        return 89 if minor in (6, 9) else 80
+    if major == 9:
+        return 90
+    if major in (10, 11):
+        return 100
+    return 89 if major >= 12 else 80
+
+
+def head_class(d: int, dv: int) -> str:
+    """``"d64"``, ``"d128"`` or ``"d256"``: the larger padded head dim is <= 64, <= 128 or more."""
+    block = max(_blocks(d, dv))
+    return "d64" if block <= 64 else "d128" if block <= 128 else "d256"
+
+
+def launch_config(kernel: str, arch: int, d: int, dv: int, masked: bool = False) -> dict:
+    """Launch options of one SageBwd kernel: ``num_warps``, ``num_stages`` (and ``TWO_PASS`` for
+    ``"dkdv"``) for arch class ``arch`` (:data:`ARCHS`), head dims ``d``, ``dv`` and whether an
+    attention mask is passed."""
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+    if arch not in ARCHS:
+        raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
+    if not isinstance(d, int) or not isinstance(dv, int) or d < 1 or dv < 1:
+        raise ValueError(f"head dims d, dv must be positive ints, got {d!r}, {dv!r}")
+    warps, stages, two_pass = _LAUNCH[kernel, arch, head_class(d, dv), bool(masked)]
+    cfg = {"num_warps": warps, "num_stages": stages}
+    if kernel == "dkdv":
+        cfg["TWO_PASS"] = two_pass
+    return cfg
+
+
+def _arch_of(x: torch.Tensor) -> int:
+    """Launch-table arch of a tensor's device (80 off CUDA: the interpreter ignores it)."""
+    return arch_class(torch.cuda.get_device_capability(x.device)) if x.is_cuda else 80
+
+
 def forward(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -345,7 +486,8 @@ def forward(
     sagebwd_fwd_kernel[(triton.cdiv(nq, sref.BLOCK_M), b * hq)](
         q8, k8, v8, qs, ks, vs, mptr, o, lse2, nq, nk, hq, hkv, d, dv, qs.shape[-1], ks.shape[-1], *mstr,
         QGROUP=ref.BLKQ, BLOCK_M=sref.BLOCK_M, BLOCK_N=sref.BLOCK_N, BLOCK_D=bd, BLOCK_DV=bdv,
-        IS_CAUSAL=is_causal, MASK_MODE=mode, INTERPRET=not q.is_cuda, num_warps=4,
+        IS_CAUSAL=is_causal, MASK_MODE=mode, INTERPRET=not q.is_cuda,
+        **launch_config("fwd", _arch_of(q), d, dv, mode != 0),
     )  # fmt: skip
     km4 = km[:, :, None, :] if km is not None else None
     saved = sref.SageBwdSaved(q8=q8, qs=qs, k8=k8, ks=ks, km=km4, v=v, o=o, lse2=lse2)
@@ -378,9 +520,10 @@ def backward(
     if dlse is not None:
         dlse = torch.where(lse2 == float("-inf"), 0.0, dlse.float()).contiguous()
     grid_q = (triton.cdiv(nq, sref.BLOCK_M), b * hq)
+    arch = _arch_of(q8)
     sagebwd_preprocess_kernel[grid_q](
         do, o, dlse if dlse is not None else delta, delta, nq, dv, HAS_DLSE=dlse is not None,
-        BLOCK_M=sref.BLOCK_M, BLOCK_DV=bdv,
+        BLOCK_M=sref.BLOCK_M, BLOCK_DV=bdv, **launch_config("preprocess", arch, d, dv),
     )  # fmt: skip
     mode, mptr, mstr = _mask_args(mask, (b, hq, nq, nk), delta)
     bd, bdv = _blocks(d, dv)
@@ -392,17 +535,16 @@ def backward(
         IS_CAUSAL=is_causal, MASK_MODE=mode, INTERPRET=not q8.is_cuda,
     )  # fmt: skip
     nqb, nkb = saved.qs.shape[-1], saved.ks.shape[-1]
-    # 8 warps for dK/dV (two 64 x D float32 accumulators) and for dQ when D > 64: no spills at
-    # D = 128 on sm80-sm100a (kernel_specs / tools/kernel_report)
     sagebwd_dkdv_kernel[(triton.cdiv(nk, sref.BLOCK_N), b * hkv)](
         q8, k8, v16, saved.qs, saved.ks, mptr, lse2, delta, do16, g, do8, sdo, dk, dvv,
-        nq, nk, hq, hkv, d, dv, nqb, nkb, sdo.shape[-1], *mstr, **common, num_warps=8,
+        nq, nk, hq, hkv, d, dv, nqb, nkb, sdo.shape[-1], *mstr, **common,
+        **launch_config("dkdv", arch, d, dv, mode != 0),
     )  # fmt: skip
     dq = torch.empty((b, hq, nq, d), dtype=torch.float32, device=dev)
     sagebwd_dq_kernel[grid_q](
         q8, k8, v16, saved.qs, saved.ks, mptr, lse2, delta, do16, g, dq,
         nq, nk, hq, hkv, d, dv, nqb, nkb, *mstr, float(sm_scale), **common,
-        num_warps=8 if max(d, dv) > 64 else 4,
+        **launch_config("dq", arch, d, dv, mode != 0),
     )  # fmt: skip
     if dlse is not None and saved.km is not None:
         km = saved.km.repeat_interleave(hq // hkv, dim=1) if hkv != hq else saved.km
