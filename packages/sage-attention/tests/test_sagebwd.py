@@ -213,16 +213,27 @@ def test_quantize_tiles_rounds_half_away_and_scales_per_tile():
     assert s[1, 2] == 0 and x8[1, 2] == 0  # all-zero tile: scale 0, zeros
 
 
+@pytest.fixture
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.mark.parametrize(
     "b,hq,hkv,nq,nk,d,dv,causal,masked",
     [(1, 2, 1, 70, 70, 96, 80, True, False), (2, 1, 1, 65, 100, 32, 32, False, True)],
 )
-def test_triton_kernels_match_reference(b, hq, hkv, nq, nk, d, dv, causal, masked):
+def test_triton_kernels_match_reference(b, hq, hkv, nq, nk, d, dv, causal, masked, one_thread):
     from sageattention.sagebwd import kernels
 
+    # Fixed inputs (dlse came from the global generator, so it changed with the test order) and one
+    # thread (the reference's float32 matmuls then sum in one order whatever the machine's load): the
+    # test failed twice in ~100 loaded multi-file runs, never alone; 40 dlse seeds pass at 1 thread.
     q, k, v, do = _inputs(b, hq, hkv, nq, nk, d, dv, seed=5)
     do = do * 1e-3
-    dlse = torch.randn(b, hq, nq)
+    dlse = torch.randn(b, hq, nq, generator=torch.Generator().manual_seed(11))
     mask = None
     if masked:
         g = torch.Generator().manual_seed(2)
