@@ -241,3 +241,25 @@ def test_gpu_kernels_match_oracle(fp8, kw):
         e.abs().max()
     )
     assert (lse.cpu() - le).abs().max() <= 1e-4 * float(le.abs().max())
+
+
+def test_num_stages_fit_shared_memory_and_match_the_report():
+    """d > 128 on the 99 KB shared-memory GPUs (sm86/89/12x) runs 2 stages (3 need 120 KB there); the
+    kernel report's d256 rows describe exactly these launches."""
+    from sageattention import kernel_specs
+    from sageattention.triton.attn import num_stages
+
+    assert num_stages(128, 128, False, (8, 9)) == 3
+    assert num_stages(256, 256, True, (8, 9)) == 1
+    for cc, want in [((8, 0), 3), ((8, 6), 2), ((8, 9), 2), ((12, 0), 2), ((9, 0), 3), ((10, 0), 3)]:
+        assert num_stages(256, 256, False, cc) == want, cc
+        assert num_stages(64, 160, False, cc) == want, cc
+    specs = {s.name: s for s in kernel_specs.TRITON_KERNELS}
+    for name, arch_cc in [
+        ("sage_attn_fwd_int8_fp16pv_d256", (8, 0)),
+        ("sage_attn_fwd_int8_fp16pv_d256_sm89", (8, 9)),
+    ]:
+        spec = specs[name]
+        assert spec.num_stages == num_stages(256, 256, False, arch_cc)
+    assert specs["sage_attn_fwd_int8_fp16pv_d256_sm89"].archs == (89,)
+    assert 89 not in specs["sage_attn_fwd_int8_fp16pv_d256"].archs

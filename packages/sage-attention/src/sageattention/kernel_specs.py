@@ -147,7 +147,9 @@ TRITON_KERNELS = [
         archs=(89, 90, 100),
         BLOCK_M=64,
     ),
-    _attn_spec("sage_attn_fwd_int8_fp16pv_d256", d=256, BLOCK_M=64),
+    _attn_spec("sage_attn_fwd_int8_fp16pv_d256", d=256, BLOCK_M=64, archs=(80, 90, 100)),
+    # 99 KB of shared memory per block on sm86/89/12x: 2 stages (triton.attn.num_stages)
+    _attn_spec("sage_attn_fwd_int8_fp16pv_d256_sm89", d=256, BLOCK_M=64, archs=(89,), stages=2),
     _attn_spec("sage_attn_fwd_int8_fp16pv_d128_varlen_causal", VARLEN=True, IS_CAUSAL=True),
     _attn_spec("sage_attn_fwd_int8_fp8pv_d128", v="*fp8e4nv", pv_fp8=True, archs=(89, 90, 100)),
     _attn_spec(

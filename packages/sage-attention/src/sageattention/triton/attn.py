@@ -285,6 +285,16 @@ def tile_m(
     return 128 if (max(d, dv) <= 128 and not has_mask and not sm100_tight and not acc_kstep) else 64
 
 
+def num_stages(d: int, dv: int, interp: bool, cc: tuple[int, int] = (9, 0)) -> int:
+    """Software-pipeline stages: 3, but 2 for head dims > 128 on the GPUs with 99 KB of shared memory
+    per block (sm86, sm89, sm12x): at 3 stages the d256 program needs 120 KB there (kernel report's
+    shared-memory check), at 2 about 74 KB. The interpreter runs 1."""
+    if interp:
+        return 1
+    small_smem = cc in ((8, 6), (8, 9)) or cc[0] == 12
+    return 2 if (small_smem and max(d, dv) > 128) else 3
+
+
 def launch(
     q8: torch.Tensor,
     k8: torch.Tensor,
@@ -398,7 +408,7 @@ def launch(
         QC_BLK=q_corr[1] if q_corr is not None else 0,
         ACC_KSTEP=acc_kstep,
         num_warps=num_warps,
-        num_stages=1 if interp else 3,
+        num_stages=num_stages(d, dv, interp, cc),
     )
     if dst is not out:
         out.copy_(dst)
