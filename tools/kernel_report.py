@@ -630,9 +630,14 @@ def cuda_rows(
                 continue
             for n in here:
                 sf, ru = funcs[n][sm]
-                static = ru.get("SHARED")
+                static = ru.get("SHARED")  # None: no res-usage line; the static part is not checked
                 status, failed = judge(
-                    sf.families, expected, sf.spill_bytes, spec.max_spill_bytes, static, smem_limit(sm)
+                    sf.families,
+                    expected,
+                    sf.spill_bytes,
+                    spec.max_spill_bytes,
+                    static,
+                    None if static is None else smem_limit(sm),
                 )
                 details = {
                     "spec": spec.name,
@@ -641,7 +646,9 @@ def cuda_rows(
                     "stack_bytes": ru.get("STACK"),
                     "static_shared_bytes": static,
                     "smem_limit_bytes": smem_limit(sm),
-                    "smem_error": smem_error(f"{spec.name} [{_short(pretty[n])}]", sm, static),
+                    "smem_error": None
+                    if static is None
+                    else smem_error(f"{spec.name} [{_short(pretty[n])}]", sm, static),
                     "spill_store_bytes": sf.spill_store_bytes,
                     "spill_load_bytes": sf.spill_load_bytes,
                 }

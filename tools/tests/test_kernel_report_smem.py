@@ -266,3 +266,13 @@ def test_cuda_binary_end_to_end_with_nvcc(tmp_path):
     got = {(r.kernel.split(" ")[0], r.arch): r.smem_bytes for r in rows}
     assert got == {("tile", "sm_80"): 16384, ("tile", "sm_89"): 16384, ("dyn_sum", "sm_80,sm_89"): 0}
     assert not any(r.failed for r in rows)
+
+
+def test_cuda_row_without_res_usage_is_not_checked_for_shared_memory(monkeypatch):
+    rows = _cuda_rows_from_samples(monkeypatch, "", [CudaKernelSpec("tile", match="tile_sum")])
+    spec_rows = [r for r in rows if r.kernel.startswith("tile ")]
+    assert len(spec_rows) == 2
+    assert all(
+        (r.status, r.failed, r.smem_bytes, r.cells()[HEADER_SMEM]) == ("ok", False, None, "-")
+        for r in spec_rows
+    )
