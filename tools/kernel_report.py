@@ -1,4 +1,5 @@
-"""Static kernel report: tensor-core instruction families, registers and spills of every GPU kernel.
+"""Static kernel report: tensor-core instruction families, registers, spills and shared memory of every
+GPU kernel.
 
     python tools/kernel_report.py                         # every declared kernel, sm80/89/90/100
     python tools/kernel_report.py --arch 90 100 --only attn
@@ -11,12 +12,21 @@ up by name in the cubins inside ``shared_kernels._C``. Both are inspected with `
 ``-sass`` gives the instruction families (HMMA/IMMA/QMMA/OMMA/DMMA -> mma, HGMMA/IGMMA/QGMMA ->
 wgmma, UTC*MMA -> tcgen05; Triton's PTX is checked too) and the spill bytes (bytes moved by the
 LDL/STL instructions, loads + stores: the figure ``ptxas -v`` prints as spill loads/stores),
-``-res-usage`` the registers and stack. No GPU is needed.
+``-res-usage`` the registers, stack and static shared memory. No GPU is needed.
+
+Shared memory (column ``smem B``): a Triton row reports ``CompiledKernel.metadata.shared``, the
+bytes of dynamic shared memory Triton requests for every launch (Triton kernels have no static
+shared memory); the row fails when it exceeds the opt-in per-block maximum of its arch class
+(``SMEM_LIMITS``; a spec cannot raise it). A CUDA row reports the *static* shared memory of the
+function (``SHARED`` of ``cuobjdump -res-usage``, shown as ``N+dyn``): dynamic shared memory is
+set at launch by the host code and cannot be checked statically, so a CUDA row is only checked
+on its static part.
 
 Specs come from ``shared_kernels.kernel_specs``, every ``<import>.kernel_specs`` module of
 ``packages/*/src/<import>/`` and each ``--spec-module`` (a dotted name or a .py path). The exit
 status is 1 when a kernel lacks an expected family, uses one where "none" is declared, spills more
-than allowed, fails to compile or is not found in a built cubin; CUDA rows of a CPU-only build
+than allowed, needs more shared memory per block than its arch allows, fails to compile or is not
+found in a built cubin; CUDA rows of a CPU-only build
 say "not built" and fail only with ``--require-cuda``. Kernels found in the cubins that no spec
 covers are listed for information. Triton's cache (``~/.triton/cache``) makes reruns fast.
 """
@@ -46,6 +56,24 @@ from _common import REPO_ROOT, SHARED_KERNELS_DIR, ToolError, load_packages, run
 
 ARCHS = (80, 89, 90, 100)
 FAMILIES = ("mma", "wgmma", "tcgen05", "none")
+
+# Opt-in maximum of shared memory per thread block (cudaDevAttrMaxSharedMemoryPerBlockOptin), bytes,
+# per reported arch class. Sources: CUDA C++ Programming Guide, "Compute Capabilities" appendix
+# (table "Technical Specifications per Compute Capability", row "Maximum amount of shared memory per
+# thread block"; section "Shared Memory" of cc 8.x: "Devices of compute capability 8.0 and 8.7 allow
+# a single thread block to address up to 163 KB of shared memory, while devices of compute
+# capabilities 8.6 and 8.9 allow up to 99 KB"; of cc 12.0: "up to 99 KB"); Hopper Tuning Guide
+# 1.4.1.1 (H100, cc 9.0: 227 KB per thread block of the 228 KB per SM) and Blackwell Tuning Guide
+# 1.4.1.1 (cc 10.0: 227 KB; cc 12.0: 99 KB). The 1 KB between the SM's capacity and the per-block
+# maximum is reserved for system use. The sm89 cubins also serve sm86 and sm12x (same 99 KB).
+KB = 1024
+SMEM_LIMITS = {80: 163 * KB, 89: 99 * KB, 90: 227 * KB, 100: 227 * KB}
+SMEM_CLASS = {
+    80: "sm80/sm87 (A100)",
+    89: "sm86/sm89/sm12x (RTX 30xx/40xx/50xx, L4, L40)",
+    90: "sm90 (H100/H200)",
+    100: "sm100 (B200/GB200)",
+}
 
 # --------------------------------------------------------------------------------------------------
 # Parsing of cuobjdump and PTX text
@@ -181,6 +209,33 @@ def arch_number(arch: str | int) -> int:
     return int(m.group(1))
 
 
+def smem_limit(arch: str | int) -> int:
+    """Opt-in per-block shared-memory maximum (bytes) of a reported arch: ``"sm_89"`` -> 101376."""
+    n = arch_number(arch)
+    if n not in SMEM_LIMITS:
+        raise ToolError(f"no shared-memory limit for {arch!r}: the report knows {sorted(SMEM_LIMITS)}")
+    return SMEM_LIMITS[n]
+
+
+def smem_error(kernel: str, arch: str, nbytes: int | None) -> str | None:
+    """Why ``kernel`` cannot launch on ``arch`` for its shared memory, or None when it fits.
+
+    ``nbytes`` is the shared memory one block needs; None (unknown) is an error, not a pass.
+    """
+    limit = smem_limit(arch)
+    cls = SMEM_CLASS[arch_number(arch)]
+    if nbytes is None:
+        return (
+            f"{kernel} on {arch}: shared memory per block unknown (the {limit} B limit of {cls} is unchecked)"
+        )
+    if nbytes > limit:
+        return (
+            f"{kernel} on {arch}: {nbytes} B of shared memory per block ({nbytes / KB:.1f} KB) exceeds the "
+            f"{limit} B ({limit // KB} KB) opt-in maximum of {cls}"
+        )
+    return None
+
+
 # --------------------------------------------------------------------------------------------------
 # Tools
 
@@ -243,6 +298,12 @@ class Row:
     status: str = "ok"
     failed: bool = False
     details: dict = field(default_factory=dict)
+    smem_bytes: int | None = None  # Triton: all of it (dynamic); CUDA: the static part only
+
+    def smem_cell(self) -> str:
+        if self.smem_bytes is None:
+            return "-"
+        return f"{self.smem_bytes}+dyn" if self.kind == "cuda" else str(self.smem_bytes)
 
     def cells(self) -> list[str]:
         return [
@@ -252,16 +313,25 @@ class Row:
             ",".join(self.families) or "-",
             "-" if self.regs is None else str(self.regs),
             "-" if self.spill_bytes is None else str(self.spill_bytes),
+            self.smem_cell(),
             ",".join(self.expected) if self.expected else "-",
             self.status,
         ]
 
 
-HEADER = ["kernel", "kind", "arch", "families", "regs", "spill B", "expected", "status"]
+HEADER = ["kernel", "kind", "arch", "families", "regs", "spill B", "smem B", "expected", "status"]
 
 
-def judge(found: set[str], expected: tuple[str, ...] | None, spill: int, max_spill: int) -> tuple[str, bool]:
-    """Status text and whether it is a failure."""
+def judge(
+    found: set[str],
+    expected: tuple[str, ...] | None,
+    spill: int,
+    max_spill: int,
+    smem: int | None = None,
+    max_smem: int | None = None,
+) -> tuple[str, bool]:
+    """Status text and whether it is a failure. ``smem`` is checked only when ``max_smem`` is given
+    (then an unknown ``smem`` fails too)."""
     problems = []
     if expected:
         if "none" in expected:
@@ -270,6 +340,11 @@ def judge(found: set[str], expected: tuple[str, ...] | None, spill: int, max_spi
             problems += [f"MISSING {f}" for f in expected if f not in found]
     if spill > max_spill:
         problems.append("SPILLS")
+    if max_smem is not None:
+        if smem is None:
+            problems.append("SMEM UNKNOWN")
+        elif smem > max_smem:
+            problems.append(f"SMEM {smem} > {max_smem} B")
     return (", ".join(problems), True) if problems else ("ok", False)
 
 
@@ -439,7 +514,8 @@ def triton_rows(specs: list, archs: list[int], tool: str, log) -> list[Row]:
             ru = res.get((arch, name)) or next(iter(res.values()), {})
             pfam = ptx_families(ptx)
             found = pfam | sf.families
-            status, failed = judge(found, expected, sf.spill_bytes, 0)
+            smem = getattr(k.metadata, "shared", None)
+            status, failed = judge(found, expected, sf.spill_bytes, 0, smem, smem_limit(arch))
             if cc >= 90 and not arch.endswith("a"):  # wgmma / tcgen05 need the arch-specific target
                 status = f"TARGET {arch} (want {arch}a)" + ("" if status == "ok" else f", {status}")
                 failed = True
@@ -450,7 +526,9 @@ def triton_rows(specs: list, archs: list[int], tool: str, log) -> list[Row]:
                 "spill_store_bytes": sf.spill_store_bytes,
                 "spill_load_bytes": sf.spill_load_bytes,
                 "stack_bytes": ru.get("STACK"),
-                "shared_bytes": getattr(k.metadata, "shared", None),
+                "shared_bytes": smem,
+                "smem_limit_bytes": smem_limit(arch),
+                "smem_error": smem_error(spec.name, arch, smem),
                 "num_warps": spec.num_warps,
                 "num_stages": spec.num_stages,
                 "compile_s": round(secs, 3),
@@ -467,6 +545,7 @@ def triton_rows(specs: list, archs: list[int], tool: str, log) -> list[Row]:
                     status,
                     failed,
                     details,
+                    smem,
                 )
             )
             log(f"  {spec.name} {arch}: {status} ({secs:.2f} s)")
@@ -551,12 +630,25 @@ def cuda_rows(
                 continue
             for n in here:
                 sf, ru = funcs[n][sm]
-                status, failed = judge(sf.families, expected, sf.spill_bytes, spec.max_spill_bytes)
+                static = ru.get("SHARED")  # None: no res-usage line; the static part is not checked
+                status, failed = judge(
+                    sf.families,
+                    expected,
+                    sf.spill_bytes,
+                    spec.max_spill_bytes,
+                    static,
+                    None if static is None else smem_limit(sm),
+                )
                 details = {
                     "spec": spec.name,
                     "function": n,
                     "demangled": pretty[n],
                     "stack_bytes": ru.get("STACK"),
+                    "static_shared_bytes": static,
+                    "smem_limit_bytes": smem_limit(sm),
+                    "smem_error": None
+                    if static is None
+                    else smem_error(f"{spec.name} [{_short(pretty[n])}]", sm, static),
                     "spill_store_bytes": sf.spill_store_bytes,
                     "spill_load_bytes": sf.spill_load_bytes,
                 }
@@ -572,6 +664,7 @@ def cuda_rows(
                         status,
                         failed,
                         details,
+                        static,
                     )
                 )
     for n in sorted(set(funcs) - covered, key=lambda n: pretty[n]):
@@ -584,10 +677,12 @@ def cuda_rows(
                 "families": sorted(sf.families),
                 "regs": ru.get("REG"),
                 "stack_bytes": ru.get("STACK"),
+                "static_shared_bytes": ru.get("SHARED"),
                 "spill_bytes": sf.spill_bytes,
             }
             for a, (sf, ru) in per.items()
         }
+        shared = [ru["SHARED"] for _, ru in per.values() if "SHARED" in ru]
         rows.append(
             Row(
                 _short(pretty[n]),
@@ -598,6 +693,7 @@ def cuda_rows(
                 max(sf.spill_bytes for sf, _ in per.values()),
                 status="no spec (info)",
                 details={"function": n, "demangled": pretty[n], "per_arch": per_arch},
+                smem_bytes=max(shared) if shared else None,
             )
         )
     return rows
@@ -627,6 +723,25 @@ def format_table(rows: list[Row]) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def smem_lines(rows: list[Row]) -> list[str]:
+    """The shared-memory failures (kernel, arch, bytes, limit) and the largest Triton row per arch."""
+    out = [f"error: {r.details['smem_error']}" for r in rows if r.failed and r.details.get("smem_error")]
+    largest: dict[str, Row] = {}
+    for r in rows:
+        if r.kind == "triton" and r.smem_bytes is not None:
+            if r.arch not in largest or r.smem_bytes > largest[r.arch].smem_bytes:
+                largest[r.arch] = r
+    if largest:
+        out.append(
+            "largest Triton shared memory per block: "
+            + "; ".join(
+                f"{a} {r.smem_bytes} B of {smem_limit(a)} B ({r.kernel})"
+                for a, r in sorted(largest.items(), key=lambda kv: arch_number(kv[0]))
+            )
+        )
+    return out
 
 
 def format_markdown(rows: list[Row]) -> str:
@@ -723,6 +838,8 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.perf_counter() - t0
     print(format_table(rows) if rows else "(no kernels)")
     print()
+    for line in smem_lines(rows):
+        print(line)
     summary = f"{len(rows)} rows, {len(failures)} failing"
     if cuda_missing:
         summary += f"; CUDA not built ({binary.reason})"
@@ -748,6 +865,7 @@ def main(argv: list[str] | None = None) -> int:
                     "families": r.families,
                     "regs": r.regs,
                     "spill_bytes": r.spill_bytes,
+                    "smem_bytes": r.smem_bytes,
                     "expected": r.expected,
                     "status": r.status,
                     "failed": r.failed,

@@ -191,8 +191,10 @@ def test_display_names_and_arch_numbers():
 def test_markdown_escapes_pipes():
     row = kr.Row("a|b", "cuda", "sm_80", ["mma"], 10, 0, ["mma"], "ok", False)
     md = kr.format_markdown([row])
-    assert md.splitlines()[0] == "| kernel | kind | arch | families | regs | spill B | expected | status |"
-    assert "| a\\|b | cuda | sm_80 | mma | 10 | 0 | mma | ok |" in md
+    assert md.splitlines()[0] == (
+        "| kernel | kind | arch | families | regs | spill B | smem B | expected | status |"
+    )
+    assert "| a\\|b | cuda | sm_80 | mma | 10 | 0 | - | mma | ok |" in md
 
 
 # ----------------------------------------------------------------------------------- CUDA rules
