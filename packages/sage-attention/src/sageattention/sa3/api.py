@@ -8,12 +8,11 @@ import os
 
 import torch
 
-from ..core import check_layout, check_mask, check_qkv_consistent
+from ..core import _check_bool, _check_qkv, check_layout, check_mask, check_qkv_consistent
 from . import reference as ref
 
 __all__ = ["fp4_kernel_available", "sageattn3_blackwell"]
 
-_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _BACKENDS = ("auto", "torch", "triton")
 _MAX_TRITON_D = 256
 
@@ -44,24 +43,6 @@ def fp4_kernel_available(device: torch.device) -> tuple[bool, str]:
             return True, ""
         return False, "on the CPU the Triton kernel runs only in Triton's interpreter (TRITON_INTERPRET=1)"
     return False, f"device type {device.type!r} has no Triton NVFP4 kernel"
-
-
-def _check_tensor(name: str, x: object) -> torch.Tensor:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.dtype not in _DTYPES:
-        raise TypeError(f"{name} must be float16, bfloat16 or float32, got {x.dtype}")
-    if x.dim() != 4:
-        raise ValueError(
-            f"{name} must be 4-D ([B, H, N, D] for HND, [B, N, H, D] for NHD), got {tuple(x.shape)}"
-        )
-    return x
-
-
-def _check_bool(name: str, x: object) -> bool:
-    if not isinstance(x, bool):
-        raise TypeError(f"{name} must be a bool, got {type(x).__name__}")
-    return x
 
 
 def _launch_triton(q, k, v, sm_scale, is_causal, mask, per_block_mean):
@@ -156,7 +137,7 @@ def sageattn3_blackwell(
     fallback). Cost: ``2·B·Hq·Nq·Nk·(D + Dv)`` FLOPs. Returns the output in q's dtype and layout.
     """
     tensor_layout = check_layout(tensor_layout)
-    q, k, v = _check_tensor("q", q), _check_tensor("k", k), _check_tensor("v", v)
+    q, k, v = _check_qkv("q", q), _check_qkv("k", k), _check_qkv("v", v)
     is_causal = _check_bool("is_causal", is_causal)
     per_block_mean = _check_bool("per_block_mean", per_block_mean)
     return_lse = _check_bool("return_lse", return_lse)
