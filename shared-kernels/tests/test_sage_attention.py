@@ -10,7 +10,7 @@ import shared_kernels as sk
 import torch
 from shared_kernels import _lib
 from shared_kernels.reference import sage_attention as ref
-from shared_kernels.testing import assert_bit_exact
+from shared_kernels.testing import assert_bit_exact, attention_inputs, cos_rl1, exact_attention
 
 
 @pytest.fixture(autouse=True)
@@ -22,37 +22,12 @@ def _one_torch_thread():
     torch.set_num_threads(n)
 
 
-def _float_inputs(b, hq, hkv, nq, nk, d, seed, k_bias=3.0):
-    g = torch.Generator().manual_seed(seed)
-    q = torch.randn(b, hq, nq, d, generator=g)
-    k = torch.randn(b, hkv, nk, d, generator=g) + k_bias * torch.randn(1, 1, 1, d, generator=g)
-    v = torch.randn(b, hkv, nk, d, generator=g)
-    return q, k - k.mean(dim=-2, keepdim=True), v  # K smoothed (exact for softmax)
-
-
 def _quantized(b, hq, hkv, nq, nk, d, seed, fp8, warp_q=32, v_max=448.0):
-    qf, kf, vf = _float_inputs(b, hq, hkv, nq, nk, d, seed)
+    qf, kf, vf = attention_inputs(b, hq, hkv, nq, nk, d, seed)
     q8, qs = ref.quantize_q_per_thread(qf, warp_q)
     k8, ks = ref.quantize_k_per_thread(kf)
     v8, vs = ref.quantize_v_per_channel_fp8(vf, v_max) if fp8 else (vf.half(), None)
     return (q8, k8, v8, qs, ks, vs), (qf, kf, vf)
-
-
-def _exact_attention(qf, kf, vf, causal):
-    rep = qf.shape[1] // kf.shape[1]
-    k = kf.repeat_interleave(rep, 1).double()
-    v = vf.repeat_interleave(rep, 1).double()
-    s = qf.double() @ k.transpose(-1, -2) * qf.shape[-1] ** -0.5
-    if causal:
-        keep = torch.ones(s.shape[-2:], dtype=torch.bool).tril()
-        s = s.masked_fill(~keep, float("-inf"))
-    return torch.softmax(s, -1) @ v, torch.logsumexp(s, -1)
-
-
-def _cos_rl1(got, want):
-    got, want = got.double().flatten(), want.double().flatten()
-    cos = torch.nn.functional.cosine_similarity(got, want, dim=0).item()
-    return cos, ((got - want).abs().sum() / want.abs().sum()).item()
 
 
 # ---- layout and quantizers ----------------------------------------------------------------------
@@ -118,8 +93,8 @@ SHAPES = [  # b, hq, hkv, nq, nk
 def test_reference_close_to_float64_attention(shape, d, causal, fp8):
     (q8, k8, v8, qs, ks, vs), (qf, kf, vf) = _quantized(*shape, d, seed=sum(shape) + d, fp8=fp8)
     out, lse = ref.sage_attention_fwd(q8, k8, v8, qs, ks, vs, causal, 32, torch.float32)
-    want, want_lse = _exact_attention(qf, kf, vf, causal)
-    cos, rl1 = _cos_rl1(out, want)
+    want, want_lse = exact_attention(qf, kf, vf, causal)
+    cos, rl1 = cos_rl1(out, want)
     # measured: fp16 PV cos ~0.99995, rel L1 ~0.01; fp8 PV cos ~0.9994, rel L1 ~0.035
     assert cos >= (0.998 if fp8 else 0.9999), cos
     assert rl1 <= (0.06 if fp8 else 0.02), rl1
@@ -161,8 +136,8 @@ def _mode_quantized(b, hq, hkv, nq, nk, d, seed, fp8, warp_q=32):
 def test_f16_accumulation_close_to_float64_attention(shape, causal, fp8, mode):
     (q8, k8, v8, qs, ks, vs), (qf, kf, vf) = _mode_quantized(*shape, 64, seed=sum(shape), fp8=fp8)
     out, lse = ref.sage_attention_fwd(q8, k8, v8, qs, ks, vs, causal, 32, torch.float32, mode)
-    want, want_lse = _exact_attention(qf, kf, vf, causal)
-    cos, rl1 = _cos_rl1(out, want)
+    want, want_lse = exact_attention(qf, kf, vf, causal)
+    cos, rl1 = cos_rl1(out, want)
     assert cos >= (0.998 if fp8 else 0.9998), cos
     assert rl1 <= (0.06 if fp8 else 0.02), rl1
     # the row sums do not depend on the accumulator: the lse is the default mode's
@@ -367,10 +342,10 @@ def _assert_kernel_close(out, lse, want, want_lse, fp8, out_dtype, mode=None):
         err = (out - want).abs()
         assert err.max().item() <= (2.0**-5 if mode == "fp16" else 2.0**-7) * vmax, err.max().item()
         assert err.mean().item() <= 2.0**-10 * vmax, err.mean().item()
-        cos, _ = _cos_rl1(out, want)
+        cos, _ = cos_rl1(out, want)
         assert cos >= 0.9999, cos
     elif fp8:  # P rounded to e4m3 against the running max (kernel) vs the final max (reference)
-        cos, rl1 = _cos_rl1(out, want)
+        cos, rl1 = cos_rl1(out, want)
         assert cos >= 0.999 and rl1 <= 0.03, (cos, rl1)
     else:
         out_tol = 4e-3 if out_dtype == torch.bfloat16 else 1e-3
@@ -465,7 +440,7 @@ def test_cuda_matches_reference(case, fp8, mode, causal):
     _assert_kernel_close(out.cpu(), lse.cpu(), want, want_lse, fp8, out_dtype, mode)
     # tighter: the emulation rounds P in the kernel's order (only fp32 op order and exp2f differ)
     emu, emu_lse = _emulate_kernel(*args, causal, warp_q, out_dtype, mode)
-    cos, rl1 = _cos_rl1(out.cpu().float(), emu.float())
+    cos, rl1 = cos_rl1(out.cpu().float(), emu.float())
     assert cos >= 0.99999 and rl1 <= 0.005, (cos, rl1)
     torch.testing.assert_close(lse.cpu(), emu_lse, atol=1e-4, rtol=1e-5)
 

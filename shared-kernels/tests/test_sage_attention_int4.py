@@ -11,7 +11,7 @@ import torch
 from shared_kernels import _lib
 from shared_kernels.reference import sage_attention as ref8
 from shared_kernels.reference import sage_attention_int4 as ref
-from shared_kernels.testing import assert_bit_exact
+from shared_kernels.testing import assert_bit_exact, attention_inputs, cos_rl1, exact_attention
 
 
 @pytest.fixture(autouse=True)
@@ -22,17 +22,8 @@ def _one_torch_thread():
     torch.set_num_threads(n)
 
 
-def _float_inputs(b, hq, hkv, nq, nk, d, seed, q_bias=2.0, k_bias=3.0):
-    """Q and K with a shared per-channel offset (what smoothing removes), K smoothed."""
-    g = torch.Generator().manual_seed(seed)
-    q = torch.randn(b, hq, nq, d, generator=g) + q_bias * torch.randn(1, 1, 1, d, generator=g)
-    k = torch.randn(b, hkv, nk, d, generator=g) + k_bias * torch.randn(1, 1, 1, d, generator=g)
-    v = torch.randn(b, hkv, nk, d, generator=g)
-    return q, k - k.mean(dim=-2, keepdim=True), v
-
-
 def _quantized(b, hq, hkv, nq, nk, d, seed, fp8=False, warp_q=32, smooth_q=True, bias_rows=64):
-    qf, kf, vf = _float_inputs(b, hq, hkv, nq, nk, d, seed)
+    qf, kf, vf = attention_inputs(b, hq, hkv, nq, nk, d, seed, q_bias=2.0)
     bias = None
     qq = qf
     if smooth_q:
@@ -42,22 +33,6 @@ def _quantized(b, hq, hkv, nq, nk, d, seed, fp8=False, warp_q=32, smooth_q=True,
     k4, ks = ref.quantize_k_per_thread_int4(kf)
     v8, vs = ref8.quantize_v_per_channel_fp8(vf) if fp8 else (vf.half(), None)
     return (q4, k4, v8, qs, ks, vs), bias, (qf, kf, vf)
-
-
-def _exact_attention(qf, kf, vf, causal):
-    rep = qf.shape[1] // kf.shape[1]
-    k = kf.repeat_interleave(rep, 1).double()
-    v = vf.repeat_interleave(rep, 1).double()
-    s = qf.double() @ k.transpose(-1, -2) * qf.shape[-1] ** -0.5
-    if causal:
-        s = s.masked_fill(~torch.ones(s.shape[-2:], dtype=torch.bool).tril(), float("-inf"))
-    return torch.softmax(s, -1) @ v, torch.logsumexp(s, -1)
-
-
-def _cos(got, want):
-    return torch.nn.functional.cosine_similarity(
-        got.double().flatten(), want.double().flatten(), dim=0
-    ).item()
 
 
 # ---- packing and quantizers ---------------------------------------------------------------------
@@ -87,7 +62,7 @@ def test_pack_rejects_bad_input(x, exc, match):
 
 @pytest.mark.parametrize("role", ["q", "k"])
 def test_int4_quantizers_round_within_half_a_step(role):
-    qf, kf, _ = _float_inputs(1, 2, 2, 77, 77, 64, seed=1)
+    qf, kf, _ = attention_inputs(1, 2, 2, 77, 77, 64, seed=1, q_bias=2.0)
     x = qf if role == "q" else kf
     if role == "q":
         p, sc = ref.quantize_q_per_thread_int4(x, 16, sm_scale=1.0)
@@ -107,7 +82,7 @@ def test_int4_quantizers_round_within_half_a_step(role):
 
 
 def test_smooth_q_bias_is_exact():
-    qf, kf, _ = _float_inputs(1, 4, 2, 100, 30, 64, seed=2)
+    qf, kf, _ = attention_inputs(1, 4, 2, 100, 30, 64, seed=2, q_bias=2.0)
     qs, qm = ref.smooth_q_per_block(qf, 32)
     assert qm.shape == (1, 4, 4, 64)
     bias = ref.q_mean_bias(qm, kf, 0.125)
@@ -138,18 +113,18 @@ def test_reference_without_bias_is_the_int8_reference_on_the_unpacked_values():
 def test_reference_close_to_float64_attention_and_smoothing_q_helps(causal, fp8):
     b, hq, hkv, nq, nk, d = 1, 4, 2, 130, 97, 64
     args, bias, (qf, kf, vf) = _quantized(b, hq, hkv, nq, nk, d, seed=4, fp8=fp8)
-    want, want_lse = _exact_attention(qf, kf, vf, causal)
+    want, want_lse = exact_attention(qf, kf, vf, causal)
     out, lse = ref.sage_attention_fwd_int4(*args, bias=bias, is_causal=causal, out_dtype=torch.float32)
-    cos_sq = _cos(out, want)
+    cos_sq = cos_rl1(out, want)[0]
     assert cos_sq > 0.99, cos_sq
     torch.testing.assert_close(lse.double(), want_lse, atol=0.5, rtol=0)  # INT4 score error: ~δ/2 per product
     # without Q smoothing the channel offset eats the INT4 range: clearly worse
     args_ns, _, _ = _quantized(b, hq, hkv, nq, nk, d, seed=4, fp8=fp8, smooth_q=False)
     out_ns, _ = ref.sage_attention_fwd_int4(*args_ns, is_causal=causal, out_dtype=torch.float32)
-    assert 1 - _cos(out_ns, want) > 2 * (1 - cos_sq), (_cos(out_ns, want), cos_sq)
+    assert 1 - cos_rl1(out_ns, want)[0] > 2 * (1 - cos_sq), (cos_rl1(out_ns, want)[0], cos_sq)
     # and dropping the bias of smoothed Q is wrong maths, not a rounding difference
     out_nb, _ = ref.sage_attention_fwd_int4(*args, is_causal=causal, out_dtype=torch.float32)
-    assert _cos(out_nb, want) < cos_sq - 0.01
+    assert cos_rl1(out_nb, want)[0] < cos_sq - 0.01
 
 
 # ---- the op -------------------------------------------------------------------------------------
@@ -324,7 +299,7 @@ def test_cuda_matches_reference(case, smooth_q, fp8, causal):
     out, lse = out.cpu().float(), lse.cpu()
     assert torch.isfinite(out).all() and torch.isfinite(lse).all()  # poisoned: every element written
     emu, emu_lse = _emulate_kernel(*args, bias, bias_rows, causal, warp_q, out_dtype)
-    assert _cos(out, emu.float()) >= 0.99999
+    assert cos_rl1(out, emu.float())[0] >= 0.99999
     torch.testing.assert_close(lse, emu_lse, atol=1e-4, rtol=1e-5)
     want, _ = ref.sage_attention_fwd_int4(*args, bias, bias_rows, causal, warp_q, torch.float32)
-    assert _cos(out, want) >= (0.999 if fp8 else 0.9999)
+    assert cos_rl1(out, want)[0] >= (0.999 if fp8 else 0.9999)

@@ -12,7 +12,7 @@ import torch
 from shared_kernels import _lib
 from shared_kernels.ops import sage_attention_sm90 as op_mod
 from shared_kernels.reference import sage_attention_sm90 as ref
-from shared_kernels.testing import assert_bit_exact
+from shared_kernels.testing import assert_bit_exact, attention_inputs, cos_rl1, exact_attention
 
 
 @pytest.fixture(autouse=True)
@@ -24,37 +24,12 @@ def _one_torch_thread():
     torch.set_num_threads(n)
 
 
-def _float_inputs(b, hq, hkv, nq, nk, d, seed, k_bias=3.0):
-    g = torch.Generator().manual_seed(seed)
-    q = torch.randn(b, hq, nq, d, generator=g)
-    k = torch.randn(b, hkv, nk, d, generator=g) + k_bias * torch.randn(1, 1, 1, d, generator=g)
-    v = torch.randn(b, hkv, nk, d, generator=g)
-    return q, k - k.mean(dim=-2, keepdim=True), v  # K smoothed (exact for softmax)
-
-
 def _quantized(b, hq, hkv, nq, nk, d, seed):
-    qf, kf, vf = _float_inputs(b, hq, hkv, nq, nk, d, seed)
+    qf, kf, vf = attention_inputs(b, hq, hkv, nq, nk, d, seed)
     q8, qs = ref.quantize_q_sm90(qf)
     k8, ks = ref.quantize_k_sm90(kf)
     vt, vs = ref.quantize_v_sm90(vf)
     return (q8, k8, vt, qs, ks, vs), (qf, kf, vf)
-
-
-def _exact_attention(qf, kf, vf, causal):
-    rep = qf.shape[1] // kf.shape[1]
-    k = kf.repeat_interleave(rep, 1).double()
-    v = vf.repeat_interleave(rep, 1).double()
-    s = qf.double() @ k.transpose(-1, -2) * qf.shape[-1] ** -0.5
-    if causal:
-        keep = torch.ones(s.shape[-2:], dtype=torch.bool).tril()
-        s = s.masked_fill(~keep, float("-inf"))
-    return torch.softmax(s, -1) @ v, torch.logsumexp(s, -1)
-
-
-def _cos_rl1(got, want):
-    got, want = got.double().flatten(), want.double().flatten()
-    cos = torch.nn.functional.cosine_similarity(got, want, dim=0).item()
-    return cos, ((got - want).abs().sum() / want.abs().sum()).item()
 
 
 # ---- layout, quantizers, reference --------------------------------------------------------------
@@ -92,7 +67,7 @@ def op_perm_row(r):  # k_tile_row
 
 
 def test_quantizers_round_within_half_a_step():
-    qf, kf, vf = _float_inputs(2, 2, 1, 37, 150, 64, seed=1)
+    qf, kf, vf = attention_inputs(2, 2, 1, 37, 150, 64, seed=1)
     q8, qs = ref.quantize_q_sm90(qf, sm_scale=1.0)
     back = q8.float() * (qs[..., ref.q_group_index(37)] / ref.LOG2E)[..., None]
     assert (back - qf).abs().max() <= 0.5 * qs.max() / ref.LOG2E + 1e-6
@@ -121,8 +96,8 @@ def test_reference_close_to_float64_attention(case, causal):
     b, hq, hkv, nq, nk, d = SHAPES[case]
     args, (qf, kf, vf) = _quantized(b, hq, hkv, nq, nk, d, seed=2 + case)
     out, lse = ref.sage_attention_fwd_sm90(*args, causal, torch.float32)
-    want, want_lse = _exact_attention(qf, kf, vf, causal)
-    cos, rl1 = _cos_rl1(out, want)
+    want, want_lse = exact_attention(qf, kf, vf, causal)
+    cos, rl1 = cos_rl1(out, want)
     assert cos >= 0.995 and rl1 <= 0.08, (cos, rl1)
     torch.testing.assert_close(lse.double(), want_lse, atol=0.05, rtol=0.01)
 
@@ -364,7 +339,7 @@ def _assert_kernel_close(out, lse, want, want_lse):
     out = out.float()
     assert torch.isfinite(out).all() and torch.isfinite(lse).all()  # poisoned outputs: every element written
     torch.testing.assert_close(lse, want_lse, atol=2e-4, rtol=1e-5)
-    cos, rl1 = _cos_rl1(out, want)  # exp2 in float32 vs float64 moves a few P elements by one e4m3 step
+    cos, rl1 = cos_rl1(out, want)  # exp2 in float32 vs float64 moves a few P elements by one e4m3 step
     assert cos >= 0.9999 and rl1 <= 0.01, (cos, rl1)
 
 
@@ -509,7 +484,7 @@ def test_cuda_matches_reference(case, causal):
         assert torch.equal(t.view(torch.uint8), t0.view(torch.uint8)), "caller's input changed"
     _assert_kernel_close(out.cpu(), lse.cpu(), want, want_lse)
     emu, emu_lse = _emulate_kernel(*args, causal, out_dtype)  # tighter: P rounded in the kernel's order
-    cos, rl1 = _cos_rl1(out.cpu().float(), emu.float())
+    cos, rl1 = cos_rl1(out.cpu().float(), emu.float())
     assert cos >= 0.99999 and rl1 <= 0.005, (cos, rl1)
     torch.testing.assert_close(lse.cpu(), emu_lse, atol=1e-4, rtol=1e-5)
 

@@ -29,6 +29,38 @@ def cuda_marker_skip(items) -> None:
             item.add_marker(skip)
 
 
+def attention_inputs(b, hq, hkv, nq, nk, d, seed, q_bias=0.0, k_bias=3.0):
+    """Float32 HND ``(q, k, v)`` for the attention-kernel tests: Gaussian, with a shared per-channel offset
+    on K (and on Q when ``q_bias``: what smoothing removes), K smoothed (exact for softmax). The
+    generator draws in a fixed order, so a seed gives the same tensors in every suite."""
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(b, hq, nq, d, generator=g)
+    if q_bias:
+        q = q + q_bias * torch.randn(1, 1, 1, d, generator=g)
+    k = torch.randn(b, hkv, nk, d, generator=g) + k_bias * torch.randn(1, 1, 1, d, generator=g)
+    v = torch.randn(b, hkv, nk, d, generator=g)
+    return q, k - k.mean(dim=-2, keepdim=True), v
+
+
+def exact_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool):
+    """Float64 ``(softmax(q·kᵀ/√D)·v, logsumexp)`` of HND tensors, GQA by repeating k/v heads, causal
+    top-left aligned."""
+    rep = q.shape[1] // k.shape[1]
+    kk = k.repeat_interleave(rep, 1).double()
+    vv = v.repeat_interleave(rep, 1).double()
+    s = q.double() @ kk.transpose(-1, -2) * q.shape[-1] ** -0.5
+    if causal:
+        s = s.masked_fill(~torch.ones(s.shape[-2:], dtype=torch.bool).tril(), float("-inf"))
+    return torch.softmax(s, -1) @ vv, torch.logsumexp(s, -1)
+
+
+def cos_rl1(got: torch.Tensor, want: torch.Tensor) -> tuple[float, float]:
+    """Cosine similarity and relative L1 error of ``got`` against ``want`` (flattened, float64)."""
+    got, want = got.double().flatten(), want.double().flatten()
+    cos = torch.nn.functional.cosine_similarity(got, want, dim=0).item()
+    return cos, ((got - want).abs().sum() / want.abs().sum()).item()
+
+
 def assert_bit_exact(actual: torch.Tensor, expected: torch.Tensor, what: str = "") -> None:
     """Equal bits (NaNs with equal payload compare equal), with the first mismatches in the message."""
     assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
