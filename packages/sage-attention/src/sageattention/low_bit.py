@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from .core import prepare_inputs
+from .core import _check_bool, _resolve_scale
 
 __all__ = ["QK_QUANT_DTYPES", "sageattn_low_bit"]
 
@@ -68,10 +68,11 @@ def sageattn_low_bit(
             f"backend='cpu' is the fused INT8 CPU kernel; qk_quant_dtype={qk_quant_dtype!r} runs with "
             f"backend='auto' or 'torch' (the same maths in PyTorch on the CPU)"
         )
-    # validates q, k, v, layout, mask and the scale alias; the variants take the resolved sm_scale
-    p = prepare_inputs(q, k, v, tensor_layout, is_causal, sm_scale, return_lse, smooth_k, attn_mask, scale)
+    # only the ``scale`` alias is resolved here: the variants validate the tensors, layout and mask
+    # themselves (preparing them here too would convert a bool mask to float twice)
+    sm_scale = _resolve_scale(sm_scale, scale, q.shape[-1] if isinstance(q, torch.Tensor) else 1)
     if qk_quant_dtype == "nvfp4":
-        if not p.smooth_k:
+        if not _check_bool("smooth_k", smooth_k):
             raise ValueError(
                 "smooth_k=False is not available with qk_quant_dtype='nvfp4': SageAttention3 always "
                 "subtracts mean(K) (exact: softmax is invariant to it)"
@@ -79,11 +80,11 @@ def sageattn_low_bit(
         from .sa3 import sageattn3_blackwell
 
         return sageattn3_blackwell(
-            q, k, v, attn_mask, p.is_causal, sm_scale=p.sm_scale, return_lse=p.return_lse,
+            q, k, v, attn_mask, is_causal, sm_scale=sm_scale, return_lse=return_lse,
             tensor_layout=tensor_layout, backend=backend,
         )  # fmt: skip
-    fn, accum = _int4_on(p.q.device)
+    fn, accum = _int4_on(q.device if isinstance(q, torch.Tensor) else torch.device("cpu"))
     return fn(
-        q, k, v, tensor_layout, p.is_causal, "per_thread", p.sm_scale, accum, p.smooth_k, False,
-        p.return_lse, attn_mask=attn_mask, backend=backend,
+        q, k, v, tensor_layout, is_causal, "per_thread", sm_scale, accum, smooth_k, False, return_lse,
+        attn_mask=attn_mask, backend=backend,
     )  # fmt: skip
